@@ -1,0 +1,246 @@
+"""The prepared store format, in one place.
+
+A store is a folder::
+
+    manifest.json          written LAST: a store without it is incomplete
+    shard_00000.h5ad ...   equal-size shards of cells (the last may be short)
+
+Each shard is a valid h5ad file (``anndata.read_h5ad`` reads it) with
+
+- ``X``: raw counts, CSR, float32 values, int32 indices, int64 indptr, shape (cells, genes), written
+  contiguous and uncompressed so that a row range is one contiguous read (and can be memory-mapped);
+- ``obs``: index = source cell id; one int32 code column per :data:`CODED_COLUMNS` entry (codes index
+  the manifest's vocabulary), ``n_genes_all`` (int32, expressed genes over ALL source genes) and
+  ``is_primary_data`` (bool);
+- ``var``: index = Ensembl ``feature_id`` in the store's gene order, column ``feature_name``.
+
+The manifest holds the gene list, one global vocabulary per coded column, the shard list with cell and
+non-zero counts, and how the store was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+FORMAT_NAME = "scvi-sweep-store"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+#: obs columns stored as integer codes into a global vocabulary (manifest["vocab"][column]).
+CODED_COLUMNS = ("dataset_id", "donor_id", "assay", "suspension_type", "cell_type", "tissue")
+#: per-cell numeric obs columns every shard carries.
+N_GENES_ALL = "n_genes_all"
+IS_PRIMARY = "is_primary_data"
+
+CODE_DTYPE = np.int32
+INDEX_DTYPE = np.int32
+INDPTR_DTYPE = np.int64
+VALUE_DTYPE = np.float32
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete or inconsistent; the message says how to rebuild it."""
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index`` (``shard_00000.h5ad``)."""
+    return f"shard_{index:05d}.h5ad"
+
+
+@dataclass
+class Manifest:
+    """What ``manifest.json`` holds. ``shards[i]`` = {"file", "n_cells", "nnz"}."""
+
+    genes: list[str]
+    gene_names: list[str]
+    vocab: dict[str, list[str]]
+    shards: list[dict]
+    shard_size: int
+    sources: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        return sum(s["n_cells"] for s in self.shards)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "n_cells": self.n_cells,
+            "n_genes": self.n_genes,
+            "shard_size": self.shard_size,
+            "genes": {"feature_id": self.genes, "feature_name": self.gene_names},
+            "vocab": self.vocab,
+            "shards": self.shards,
+            "sources": self.sources,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Manifest:
+        return cls(
+            genes=list(obj["genes"]["feature_id"]),
+            gene_names=list(obj["genes"]["feature_name"]),
+            vocab={k: list(v) for k, v in obj["vocab"].items()},
+            shards=list(obj["shards"]),
+            shard_size=int(obj["shard_size"]),
+            sources=list(obj.get("sources", [])),
+            provenance=dict(obj.get("provenance", {})),
+        )
+
+
+def write_manifest(store: str | Path, manifest: Manifest) -> Path:
+    """Write the manifest atomically (temp file + rename): the store counts as complete after this."""
+    path = Path(store) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def rebuild_hint(store: str | Path) -> str:
+    return (
+        f"rebuild it with `python -m sweep.prepare source=... output={store} overwrite=true` "
+        "(or delete the folder and prepare again)"
+    )
+
+
+def read_manifest(store: str | Path) -> Manifest:
+    """Read and check a store's manifest; raise :class:`StoreError` naming what is wrong."""
+    store = Path(store)
+    path = store / MANIFEST_NAME
+    if not store.is_dir():
+        raise StoreError(f"prepared store {store} does not exist; create it with `python -m sweep.prepare`")
+    if not path.is_file():
+        raise StoreError(
+            f"{store} has no {MANIFEST_NAME}: the store is incomplete (preparation did not finish); "
+            + rebuild_hint(store)
+        )
+    obj = json.loads(path.read_text())
+    if obj.get("format") != FORMAT_NAME or obj.get("version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
+            f"(format={obj.get('format')!r}, version={obj.get('version')!r}); " + rebuild_hint(store)
+        )
+    return Manifest.from_json(obj)
+
+
+def write_shard(
+    path: str | Path,
+    X: sp.csr_matrix,
+    obs: pd.DataFrame,
+    genes: list[str],
+    gene_names: list[str],
+) -> int:
+    """Write one shard: obs/var through anndata, X as contiguous uncompressed CSR through h5py.
+
+    ``X`` (cells, genes) counts; ``obs`` indexed by cell id with the code and flag columns.
+    Returns the number of non-zeros written.
+    """
+    path = Path(path)
+    X = sp.csr_matrix(X)
+    X.sort_indices()
+    var = pd.DataFrame({"feature_name": gene_names}, index=pd.Index(genes))
+    anndata.AnnData(obs=obs, var=var).write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        group = f.create_group("X")
+        group.attrs["encoding-type"] = "csr_matrix"
+        group.attrs["encoding-version"] = "0.1.0"
+        group.attrs["shape"] = np.array(X.shape, dtype=np.int64)
+        group.create_dataset("data", data=X.data.astype(VALUE_DTYPE, copy=False), chunks=None)
+        group.create_dataset("indices", data=X.indices.astype(INDEX_DTYPE, copy=False), chunks=None)
+        group.create_dataset("indptr", data=X.indptr.astype(INDPTR_DTYPE, copy=False), chunks=None)
+    return int(X.nnz)
+
+
+class Shard:
+    """Read access to one shard: obs columns and contiguous CSR row ranges (h5py, no pandas)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file: h5py.File | None = None
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None:  # opened lazily: each DataLoader worker opens its own handle
+            self._file = h5py.File(self.path, "r")
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:  # h5py handles cannot cross process boundaries
+        return {"path": self.path, "_file": None}
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.file["X"].attrs["shape"][0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.file["X/data"].shape[0])
+
+    def obs_column(self, name: str) -> np.ndarray:
+        """One obs column as a numpy array, shape (cells,)."""
+        return self.file["obs"][name][:]
+
+    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR rows [start, stop): (data float32 (nnz,), indices int32 (nnz,), indptr int64 (rows+1,))."""
+        X = self.file["X"]
+        indptr = X["indptr"][start : stop + 1]
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        return X["data"][lo:hi], X["indices"][lo:hi], indptr - lo
+
+
+def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest:
+    """Check every shard against the manifest (exists, cells, genes, non-zeros, obs columns).
+
+    Raises :class:`StoreError` naming the first shard that disagrees and how to rebuild the store.
+    """
+    store = Path(store)
+    manifest = manifest or read_manifest(store)
+    needed = (*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY)
+    for entry in manifest.shards:
+        path = store / entry["file"]
+        problem = None
+        if not path.is_file():
+            problem = "is missing"
+        else:
+            try:
+                with h5py.File(path, "r") as f:
+                    shape = tuple(int(x) for x in f["X"].attrs["shape"])
+                    nnz = int(f["X/data"].shape[0])
+                    missing = [c for c in needed if c not in f["obs"]]
+            except (OSError, KeyError) as err:
+                problem = f"cannot be read ({err})"
+            else:
+                if shape != (entry["n_cells"], manifest.n_genes):
+                    problem = (
+                        f"has shape {shape}, the manifest says "
+                        f"({entry['n_cells']}, {manifest.n_genes})"
+                    )
+                elif nnz != entry["nnz"]:
+                    problem = f"has {nnz} non-zeros, the manifest says {entry['nnz']}"
+                elif missing:
+                    problem = f"lacks obs columns {missing}"
+        if problem:
+            raise StoreError(
+                f"shard {path} {problem}: the store and its manifest disagree; " + rebuild_hint(store)
+            )
+    return manifest
