@@ -1,0 +1,195 @@
+"""Structured config schemas: types and allowed values for every key of ``conf/train.yaml``.
+
+Registered in Hydra's ConfigStore as ``train_schema`` and used as the first entry of the defaults
+list, so an ill-typed value (``model.n_hidden=abc``) or an unknown key fails at compose time,
+before any data is read. Each model/plan key is one scvi-tools constructor argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DatasetConfig:
+    """Where the prepared store comes from. ``kind=demo`` makes it from the synthetic generator."""
+
+    kind: str = "prepared"  # prepared | demo
+    path: str | None = MISSING  # the prepared store folder (demo: filled in from the cache)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # demo only: SyntheticConfig keys
+    prepare: dict[str, Any] = field(default_factory=dict)  # demo only: prepare keys
+
+
+@dataclass
+class DataConfig:
+    """Which cells train: the ``data`` group (CZI: primary cells with >= 300 expressed genes)."""
+
+    min_genes: int = 300  # n_genes_all >= min_genes (expressed genes over ALL source genes)
+    primary_only: bool = True  # keep is_primary_data == True only
+    validation_fraction: float = 0.1  # held-out share, same cells for every job with this filter
+    split_seed: int = 0
+
+
+@dataclass
+class BatchConfig:
+    """The ``batch`` group: how obs columns become scVI's batch and categorical covariates."""
+
+    batch_keys: list[str] = field(default_factory=lambda: ["dataset_id", "donor_id"])
+    covariate_keys: list[str] = field(default_factory=list)
+    separator: str = "|"  # joins the batch_keys values into one category label
+
+
+@dataclass
+class ModelConfig:
+    """scvi-tools ``SCVI`` / ``VAE`` constructor arguments (the ``model`` group)."""
+
+    n_hidden: int = 128
+    n_latent: int = 10
+    n_layers: int = 1
+    dropout_rate: float = 0.1
+    dispersion: str = "gene"
+    gene_likelihood: str = "zinb"
+    latent_distribution: str = "normal"
+    encode_covariates: bool = False
+    deeply_inject_covariates: bool = True
+    use_batch_norm: str = "both"
+    use_layer_norm: str = "none"
+    use_observed_lib_size: bool = True
+
+
+@dataclass
+class PlanConfig:
+    """scvi-tools ``TrainingPlan`` arguments (the ``plan`` group); defaults are scvi-tools' own."""
+
+    optimizer: str = "Adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    eps: float = 0.01
+    n_epochs_kl_warmup: int | None = 400
+    n_steps_kl_warmup: int | None = None
+    max_kl_weight: float = 1.0
+    min_kl_weight: float = 0.0
+    reduce_lr_on_plateau: bool = False
+
+
+@dataclass
+class LoaderConfig:
+    """The ``loader`` group. Seed/cellarium keys keep their meaning; block/fetch keys are ours."""
+
+    batch_size: int = 1024
+    num_workers: int | None = None  # None: from the CPU count (cores - 1, at most 8)
+    prefetch_factor: int | None = 2  # batches each worker keeps ready (ignored with 0 workers)
+    persistent_workers: bool = True
+    pin_memory: bool = False
+    max_cache_size: int = 3  # shards a worker reads from at once (open handles)
+    cache_size_strictly_enforced: bool = True  # raise if a worker would need more open shards
+    block_size: int = 256  # rows per contiguous read
+    fetch_size: int = 16384  # cells gathered and shuffled together before batches are cut
+    drop_last: bool = False  # drop each worker's short last training batch (counted either way)
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` arguments (the ``trainer`` group)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    max_epochs: int = 100
+    precision: Any = "32-true"
+    enable_progress_bar: bool = True
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group: ``wandb`` (offline by default) or ``none``."""
+
+    kind: str = "wandb"  # wandb | none
+    project: str = "scvi-sweep"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """The whole ``train.py`` config."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    optimized_metric: str = "elbo_validation"
+    save_model: bool = True
+
+
+#: allowed values of string keys, checked by :func:`validate` (the schema only checks types)
+CHOICES = {
+    "dataset.kind": ("prepared", "demo"),
+    "model.dispersion": ("gene", "gene-batch", "gene-label", "gene-cell"),
+    "model.gene_likelihood": ("nb", "zinb", "poisson"),
+    "model.latent_distribution": ("normal", "ln"),
+    "model.use_batch_norm": ("encoder", "decoder", "none", "both"),
+    "model.use_layer_norm": ("encoder", "decoder", "none", "both"),
+    "plan.optimizer": ("Adam", "AdamW"),
+    "logger.kind": ("wandb", "none"),
+    "logger.mode": ("offline", "online", "disabled"),
+}
+
+#: (key, lower bound, upper bound) for numeric keys, inclusive
+RANGES = (
+    ("data.min_genes", 0, None),
+    ("data.validation_fraction", 0.0, 0.9),
+    ("model.n_hidden", 1, None),
+    ("model.n_latent", 1, None),
+    ("model.n_layers", 1, None),
+    ("model.dropout_rate", 0.0, 0.99),
+    ("plan.lr", 0.0, None),
+    ("plan.max_kl_weight", 0.0, None),
+    ("loader.batch_size", 1, None),
+    ("loader.max_cache_size", 1, None),
+    ("loader.block_size", 1, None),
+    ("loader.fetch_size", 1, None),
+    ("trainer.max_epochs", 1, None),
+)
+
+
+def validate(cfg) -> None:
+    """Check allowed values and ranges; raise ``ValueError`` naming the key and what it accepts."""
+    from omegaconf import OmegaConf
+
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"config key {key}={value!r} is not one of {list(allowed)}")
+    for key, low, high in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"config key {key}={value!r} must lie in [{low}, {high or 'inf'}]")
+    if cfg.loader.num_workers is not None and cfg.loader.num_workers < 0:
+        raise ValueError(f"config key loader.num_workers={cfg.loader.num_workers} must be >= 0")
+    if not cfg.batch.batch_keys:
+        raise ValueError("config key batch.batch_keys is empty: name at least one obs column")
+    overlap = set(cfg.batch.batch_keys) & set(cfg.batch.covariate_keys)
+    if overlap:
+        raise ValueError(
+            f"obs columns {sorted(overlap)} are in both batch.batch_keys and batch.covariate_keys"
+        )
+
+
+def register_schema() -> None:
+    """Make ``train_schema`` available to the defaults list of ``conf/train.yaml``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

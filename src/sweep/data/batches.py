@@ -1,0 +1,81 @@
+"""Batch definitions (the ``batch`` group): obs code columns -> scVI batch and covariate codes.
+
+A batch is the combination of ``batch_keys`` values a cell has; only combinations that occur among
+the selected cells become categories (not the product of all values). Labels join the decoded
+values with a separator: CZI joins with none, so distinct combinations can produce one label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweep.data.store import CODED_COLUMNS
+
+
+@dataclass
+class BatchEncoding:
+    """Codes for every store cell; -1 where the cell is not selected.
+
+    ``batch_codes`` (n_cells,) int64 into ``batch_categories``; ``covariate_codes`` (n_cells, k)
+    int64, column j into ``covariate_categories[covariate_keys[j]]``.
+    """
+
+    batch_categories: list[str]
+    batch_codes: np.ndarray
+    covariate_keys: list[str]
+    covariate_categories: dict[str, list[str]]
+    covariate_codes: np.ndarray
+
+    @property
+    def n_batch(self) -> int:
+        return len(self.batch_categories)
+
+
+def check_columns(batch_keys: list[str], covariate_keys: list[str], store: str) -> None:
+    """Fail before training if a batch definition names a column the store does not carry."""
+    missing = [c for c in [*batch_keys, *covariate_keys] if c not in CODED_COLUMNS]
+    if missing:
+        raise ValueError(
+            f"the batch definition names obs column(s) {missing} that the store {store} lacks; "
+            f"it has {list(CODED_COLUMNS)} (set batch.batch_keys / batch.covariate_keys to those)"
+        )
+
+
+def _encode_combinations(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of ``codes`` (n, k) in sorted order and each row's index into them, shape (n,)."""
+    combos, inverse = np.unique(codes, axis=0, return_inverse=True)
+    return combos, inverse.reshape(-1)
+
+
+def encode_batches(
+    columns: dict[str, np.ndarray],
+    vocab: dict[str, list[str]],
+    selected: np.ndarray,
+    batch_keys: list[str],
+    covariate_keys: list[str],
+    separator: str,
+) -> BatchEncoding:
+    """Build batch and covariate codes from the store's obs codes.
+
+    ``columns[name]`` (n_cells,) int codes into ``vocab[name]``; ``selected`` (n_cells,) bool.
+    """
+    n = selected.shape[0]
+    stacked = np.stack([columns[key][selected] for key in batch_keys], axis=1)
+    combos, inverse = _encode_combinations(stacked)
+    labels = [
+        separator.join(vocab[key][code] for key, code in zip(batch_keys, combo, strict=True))
+        for combo in combos
+    ]
+    batch_codes = np.full(n, -1, dtype=np.int64)
+    batch_codes[selected] = inverse
+
+    covariate_codes = np.full((n, len(covariate_keys)), -1, dtype=np.int64)
+    covariate_categories = {}
+    for j, key in enumerate(covariate_keys):
+        present, inverse = _encode_combinations(columns[key][selected][:, None])
+        covariate_categories[key] = [vocab[key][code] for code in present[:, 0]]
+        covariate_codes[selected, j] = inverse
+    return BatchEncoding(labels, batch_codes, list(covariate_keys), covariate_categories,
+                         covariate_codes)

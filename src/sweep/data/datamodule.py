@@ -1,0 +1,130 @@
+"""The LightningDataModule scvi-tools trains from: store + cell filter + batch definition + loader."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+
+from sweep.data.batches import BatchEncoding, check_columns, encode_batches
+from sweep.data.loader import EpochLoader, ShardBatches, densify
+from sweep.data.selection import CellTable, Split, split_cells
+from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store
+
+log = logging.getLogger(__name__)
+
+
+def default_num_workers() -> int:
+    """Loader workers when ``loader.num_workers`` is null: cores - 1, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class StoreDataModule(LightningDataModule):
+    """Train/validation loaders over a prepared store, with the attributes scvi-tools reads.
+
+    Everything that can fail on bad input (store, filter, split, batch columns) fails in the
+    constructor, before a model is built. ``n_vars``, ``n_batch``, ``n_cats_per_cov``, ``n_obs``,
+    ``n_train``, ``n_val`` describe the data to scvi-tools.
+    """
+
+    def __init__(self, store: str | Path, data_cfg, batch_cfg, loader_cfg, seed: int):
+        super().__init__()
+        self.store = Path(store)
+        self.manifest = check_store(self.store)
+        check_columns(list(batch_cfg.batch_keys), list(batch_cfg.covariate_keys), str(self.store))
+        table = CellTable.read(self.store, self.manifest, [*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY])
+        self.split: Split = split_cells(
+            table,
+            min_genes=data_cfg.min_genes,
+            primary_only=data_cfg.primary_only,
+            validation_fraction=data_cfg.validation_fraction,
+            seed=data_cfg.split_seed,
+        )
+        self.encoding: BatchEncoding = encode_batches(
+            table.columns,
+            self.manifest.vocab,
+            self.split.train | self.split.validation,
+            list(batch_cfg.batch_keys),
+            list(batch_cfg.covariate_keys),
+            batch_cfg.separator,
+        )
+        self.offsets = table.offsets
+        self.loader_cfg = loader_cfg
+        self.seed = seed
+        self.num_workers = (
+            default_num_workers() if loader_cfg.num_workers is None else loader_cfg.num_workers
+        )
+        self.train_set = self._dataset(self.split.train, shuffle=True)
+        self.val_set = self._dataset(self.split.validation, shuffle=False)
+
+    # what scvi-tools reads from a datamodule
+    @property
+    def n_vars(self) -> int:
+        return self.manifest.n_genes
+
+    @property
+    def n_batch(self) -> int:
+        return self.encoding.n_batch
+
+    @property
+    def n_cats_per_cov(self) -> list[int] | None:
+        cats = self.encoding.covariate_categories
+        return [len(cats[k]) for k in self.encoding.covariate_keys] or None
+
+    @property
+    def n_train(self) -> int:
+        return self.split.counts["cells_train"]
+
+    @property
+    def n_val(self) -> int:
+        return self.split.counts["cells_validation"]
+
+    @property
+    def n_obs(self) -> int:
+        return self.n_train + self.n_val
+
+    def _dataset(self, selected: np.ndarray, shuffle: bool) -> ShardBatches:
+        cfg = self.loader_cfg
+        return ShardBatches(
+            self.store,
+            [entry["file"] for entry in self.manifest.shards],
+            self.offsets,
+            self.n_vars,
+            selected,
+            self.encoding.batch_codes,
+            self.encoding.covariate_codes,
+            batch_size=cfg.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            block_size=cfg.block_size,
+            fetch_size=cfg.fetch_size,
+            max_cache_size=cfg.max_cache_size,
+            cache_size_strictly_enforced=cfg.cache_size_strictly_enforced,
+            drop_last=cfg.drop_last and shuffle,
+        )
+
+    def _loader(self, dataset: ShardBatches) -> EpochLoader:
+        if self.trainer is not None:
+            dataset.rank, dataset.world_size = self.trainer.global_rank, self.trainer.world_size
+        workers = self.num_workers
+        return EpochLoader(
+            dataset,
+            epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            num_workers=workers,
+            prefetch_factor=self.loader_cfg.prefetch_factor if workers else None,
+            persistent_workers=self.loader_cfg.persistent_workers and workers > 0,
+            pin_memory=self.loader_cfg.pin_memory,
+        )
+
+    def train_dataloader(self) -> EpochLoader:
+        return self._loader(self.train_set)
+
+    def val_dataloader(self) -> EpochLoader:
+        return self._loader(self.val_set)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Densify the CSR batch on the training device, right before the model sees it."""
+        return densify(batch, self.n_vars)

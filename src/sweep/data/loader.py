@@ -1,0 +1,269 @@
+"""Batches of cells from a prepared store: contiguous block reads, in-memory shuffle, sparse output.
+
+An epoch's order, from (seed, epoch): shards are permuted and taken in groups of ``max_cache_size``;
+the blocks (``block_size`` contiguous rows holding selected cells) of a group are permuted and dealt
+to the (rank, worker) readers in turn, so every selected cell is read by exactly one reader. A reader
+gathers about ``fetch_size`` cells from its blocks of one group (never more than ``max_cache_size``
+shards open), shuffles them in memory and cuts batches; the remainder carries into the next fetch.
+Validation reads all its blocks in store order, split into contiguous runs over the readers.
+
+Batches stay CSR until they reach the training device, where :func:`densify` turns them into what
+scvi-tools' module expects.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scvi import REGISTRY_KEYS
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from sweep.data.store import Shard
+
+#: keys of the sparse X triple in a batch before :func:`densify`
+X_DATA, X_INDICES, X_INDPTR = "X_data", "X_indices", "X_indptr"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Contiguous row ranges [start, stop) of shard ``shard`` that hold selected cells, each (n_blocks,)."""
+
+    shard: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.shard.shape[0])
+
+    @classmethod
+    def cover(cls, offsets: np.ndarray, selected: np.ndarray, block_size: int) -> Blocks:
+        """Cut every shard into ``block_size`` rows and keep the blocks holding a selected cell.
+
+        ``offsets`` (n_shards + 1,) global first rows; ``selected`` (n_cells,) bool.
+        """
+        shards, starts, stops = [], [], []
+        for s in range(len(offsets) - 1):
+            n_rows = int(offsets[s + 1] - offsets[s])
+            start = np.arange(0, n_rows, block_size)
+            stop = np.minimum(start + block_size, n_rows)
+            hits = np.add.reduceat(selected[offsets[s] : offsets[s + 1]], start) if n_rows else []
+            keep = np.asarray(hits) > 0
+            shards.append(np.full(int(keep.sum()), s))
+            starts.append(start[keep])
+            stops.append(stop[keep])
+        return cls(np.concatenate(shards), np.concatenate(starts), np.concatenate(stops))
+
+
+def _reader_slot(rank: int, world_size: int) -> tuple[int, int]:
+    """(this reader's index, number of readers) over all ranks x DataLoader workers."""
+    info = get_worker_info()
+    n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+    return rank * n_workers + worker, world_size * n_workers
+
+
+class ShardBatches(IterableDataset):
+    """Yields ready batches (dicts of numpy arrays, X as CSR parts) for one split of a store.
+
+    ``selected`` (n_cells,) bool marks the split's cells; ``batch_codes`` (n_cells,) and
+    ``covariate_codes`` (n_cells, k) are int64 codes (any value where not selected).
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        shard_files: list[str],
+        offsets: np.ndarray,
+        n_genes: int,
+        selected: np.ndarray,
+        batch_codes: np.ndarray,
+        covariate_codes: np.ndarray,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        block_size: int,
+        fetch_size: int,
+        max_cache_size: int,
+        cache_size_strictly_enforced: bool,
+        drop_last: bool,
+    ):
+        self.paths = [Path(store) / f for f in shard_files]
+        self.offsets = offsets
+        self.n_genes = n_genes
+        self.selected = selected
+        self.batch_codes = batch_codes
+        self.covariate_codes = covariate_codes
+        self.blocks = Blocks.cover(offsets, selected, block_size)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.fetch_size = fetch_size
+        self.max_cache_size = max_cache_size
+        self.strict = cache_size_strictly_enforced
+        self.drop_last = drop_last
+        self.epoch = multiprocessing.Value("q", 0)  # shared with workers: set before each epoch
+        self.rank, self.world_size = 0, 1
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.selected.sum())
+
+    def groups(self, epoch: int) -> list[np.ndarray]:
+        """This epoch's block indices, in groups that each read at most ``max_cache_size`` shards.
+
+        Shuffled: shards and the blocks of each group permuted from (seed, epoch); else store order.
+        """
+        n_shards = len(self.paths)
+        rng = np.random.default_rng([self.seed, epoch])
+        shard_order = rng.permutation(n_shards) if self.shuffle else np.arange(n_shards)
+        groups = []
+        for first in range(0, n_shards, self.max_cache_size):
+            members = shard_order[first : first + self.max_cache_size]
+            in_group = np.flatnonzero(np.isin(self.blocks.shard, members))
+            groups.append(rng.permutation(in_group) if self.shuffle else in_group)
+        return groups
+
+    def my_groups(self, epoch: int) -> list[np.ndarray]:
+        """The share of :meth:`groups` this reader reads (dealt in turn; contiguous runs if ordered)."""
+        reader, n_readers = _reader_slot(self.rank, self.world_size)
+        if self.shuffle:
+            return [g[reader::n_readers] for g in self.groups(epoch)]
+        return [np.array_split(g, n_readers)[reader] for g in self.groups(epoch)]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        epoch = int(self.epoch.value)
+        reader, _ = _reader_slot(self.rank, self.world_size)
+        rng = np.random.default_rng([self.seed, epoch, reader, 1])
+        handles: OrderedDict[int, Shard] = OrderedDict()
+        pending = None
+        try:
+            for group in self.my_groups(epoch):
+                for fetch in self._fetches(group):
+                    cells = self._read(fetch, handles)
+                    if self.shuffle:
+                        cells = cells.take(rng.permutation(cells.n))
+                    pending = cells if pending is None else pending.concat(cells)
+                    while pending.n >= self.batch_size:
+                        yield pending.head(self.batch_size).as_batch()
+                        pending = pending.tail(self.batch_size)
+            if pending is not None and pending.n and not self.drop_last:
+                yield pending.as_batch()
+        finally:
+            for shard in handles.values():
+                shard.close()
+
+    def _fetches(self, group: np.ndarray) -> Iterator[np.ndarray]:
+        """Runs of ``group``'s blocks holding about ``fetch_size`` rows each."""
+        rows = self.blocks.stop[group] - self.blocks.start[group]
+        ends = np.cumsum(rows)
+        cut_at = np.searchsorted(ends, np.arange(self.fetch_size, ends[-1] if len(ends) else 0,
+                                                 self.fetch_size), side="left") + 1
+        yield from (part for part in np.split(group, cut_at) if len(part))
+
+    def _shard(self, s: int, handles: OrderedDict[int, Shard], fetch_shards: set[int]) -> Shard:
+        """Open shard ``s`` through a per-reader cache of at most ``max_cache_size`` handles."""
+        if s in handles:
+            handles.move_to_end(s)
+            return handles[s]
+        if len(handles) >= self.max_cache_size:
+            oldest = next(iter(handles))
+            if self.strict and oldest in fetch_shards:
+                raise RuntimeError(
+                    f"a fetch needs more than loader.max_cache_size={self.max_cache_size} shards "
+                    "open at once; raise loader.max_cache_size"
+                )
+            handles.pop(oldest).close()
+        handles[s] = Shard(self.paths[s])
+        return handles[s]
+
+    def _read(self, fetch: np.ndarray, handles: OrderedDict[int, Shard]) -> Cells:
+        """Read the selected cells of blocks ``fetch`` (contiguous reads), in block order."""
+        fetch_shards = set(self.blocks.shard[fetch].tolist())
+        mats, rows_global = [], []
+        for b in fetch:
+            s, start, stop = (int(self.blocks.shard[b]), int(self.blocks.start[b]),
+                              int(self.blocks.stop[b]))
+            data, indices, indptr = self._shard(s, handles, fetch_shards).read_rows(start, stop)
+            first = int(self.offsets[s]) + start
+            keep = np.flatnonzero(self.selected[first : first + stop - start])
+            block = sp.csr_matrix((data, indices, indptr), shape=(stop - start, self.n_genes))
+            mats.append(block[keep] if len(keep) < stop - start else block)
+            rows_global.append(first + keep)
+        rows = np.concatenate(rows_global)
+        return Cells(sp.vstack(mats, format="csr"), self.batch_codes[rows],
+                     self.covariate_codes[rows])
+
+
+@dataclass
+class Cells:
+    """A set of cells in memory: counts (n, genes) CSR, batch codes (n,), covariate codes (n, k)."""
+
+    X: sp.csr_matrix
+    batch: np.ndarray
+    covariates: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def take(self, rows: np.ndarray) -> Cells:
+        return Cells(self.X[rows], self.batch[rows], self.covariates[rows])
+
+    def head(self, n: int) -> Cells:
+        return Cells(self.X[:n], self.batch[:n], self.covariates[:n])
+
+    def tail(self, n: int) -> Cells:
+        return Cells(self.X[n:], self.batch[n:], self.covariates[n:])
+
+    def concat(self, other: Cells) -> Cells:
+        return Cells(sp.vstack([self.X, other.X], format="csr"),
+                     np.concatenate([self.batch, other.batch]),
+                     np.concatenate([self.covariates, other.covariates]))
+
+    def as_batch(self) -> dict[str, np.ndarray]:
+        """The batch as it crosses to the main process: CSR parts + codes shaped for scvi-tools."""
+        n = self.n
+        batch = {
+            X_DATA: self.X.data.astype(np.float32, copy=False),
+            X_INDICES: self.X.indices.astype(np.int32, copy=False),
+            X_INDPTR: self.X.indptr.astype(np.int64, copy=False),
+            REGISTRY_KEYS.BATCH_KEY: self.batch.reshape(n, 1),
+            REGISTRY_KEYS.LABELS_KEY: np.zeros((n, 1), dtype=np.int64),
+        }
+        if self.covariates.shape[1]:
+            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariates
+        return batch
+
+
+def densify(batch: dict[str, torch.Tensor], n_genes: int) -> dict[str, torch.Tensor]:
+    """Replace the CSR parts by ``X`` (n, n_genes) float32 dense counts, on the batch's device."""
+    data, indices, indptr = batch.pop(X_DATA), batch.pop(X_INDICES), batch.pop(X_INDPTR)
+    n = indptr.shape[0] - 1
+    X = torch.zeros((n, n_genes), dtype=data.dtype, device=data.device)
+    rows = torch.repeat_interleave(torch.arange(n, device=data.device), torch.diff(indptr))
+    X[rows, indices.long()] = data
+    batch[REGISTRY_KEYS.X_KEY] = X
+    return batch
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over :class:`ShardBatches` that tells the dataset the epoch before each pass.
+
+    ``epoch_of()`` returns the trainer's current epoch; with persistent workers the new value
+    reaches them through shared memory before they restart their iterators.
+    """
+
+    def __init__(self, dataset: ShardBatches, epoch_of: Callable[[], int], **kwargs):
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self.epoch_of = epoch_of
+
+    def __iter__(self):
+        self.dataset.epoch.value = self.epoch_of()
+        return super().__iter__()

@@ -1,0 +1,42 @@
+"""Build scvi-tools' SCVI for a store: a plain ``setup_anndata`` model any scvi-tools user can load.
+
+The model is set up on a 2-cell template AnnData whose obs columns are Categoricals carrying the FULL
+category lists of the batch and each covariate, so the registry (and the saved model) knows every
+category while training reads cells from the store through a datamodule.
+"""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from omegaconf import OmegaConf
+from scvi.model import SCVI
+
+#: the obs column that holds the batch category in the template (and in query data)
+BATCH_COLUMN = "batch"
+
+
+def template_adata(genes: list[str], batch_categories: list[str],
+                   covariate_categories: dict[str, list[str]]) -> anndata.AnnData:
+    """A 2-cell AnnData (zeros) with ``genes`` as var names and full-category obs columns."""
+    n = 2
+    obs = pd.DataFrame(index=[f"template-{i}" for i in range(n)])
+    obs[BATCH_COLUMN] = pd.Categorical([batch_categories[0]] * n, categories=batch_categories)
+    for key, categories in covariate_categories.items():
+        obs[key] = pd.Categorical([categories[0]] * n, categories=categories)
+    X = sp.csr_matrix((n, len(genes)), dtype=np.float32)
+    return anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+
+
+def build_scvi(genes: list[str], batch_categories: list[str],
+               covariate_categories: dict[str, list[str]], model_cfg) -> SCVI:
+    """SCVI with ``model_cfg``'s keys passed as constructor arguments, one to one."""
+    adata = template_adata(genes, batch_categories, covariate_categories)
+    SCVI.setup_anndata(
+        adata,
+        batch_key=BATCH_COLUMN,
+        categorical_covariate_keys=list(covariate_categories) or None,
+    )
+    return SCVI(adata, **OmegaConf.to_container(model_cfg, resolve=True))
