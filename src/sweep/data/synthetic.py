@@ -89,7 +89,7 @@ NUCLEUS_DEPTH_FACTOR = 0.7
 LIBRARY_SIGMA = 0.5  # log-scale spread of library sizes within a batch
 LOW_QUALITY_DEPTH = (20.0, 200.0)  # counts; < 300 so that such cells express < 300 genes
 LOW_QUALITY_MT_BOOST = 2.0  # log-shift of MT genes in low-quality (damaged) cells
-CHUNK_CELLS = 1024  # cells sampled per dense chunk (and per RNG stream)
+CHUNK_CELLS = 512  # cells sampled per dense chunk (and per RNG stream)
 
 
 @dataclass
@@ -114,7 +114,7 @@ class World:
 
     Effects are natural-log shifts of the mean expression, already scaled by the strength.
     ``protocols[i][k]`` lists the (assay, suspension_type) pairs donor k of dataset i was
-    profiled with; its cells are split evenly among them.
+    profiled with; its cells are assigned to them uniformly at random.
     """
 
     var: pd.DataFrame  # (G,) index: Ensembl-like ids; column feature_name
@@ -244,7 +244,10 @@ def draw_world(cfg: SyntheticConfig) -> World:
 def _sample_counts(
     library: np.ndarray, profiles: np.ndarray, theta: np.ndarray, rng: np.random.Generator
 ) -> sp.csr_matrix:
-    """NB counts (cells, G) as float32 CSR; library (cells,) counts, profiles (cells, G) sum to 1."""
+    """NB counts (cells, G) as float32 CSR.
+
+    library: (cells,) total counts; profiles: (cells, G), rows sum to 1; theta: (G,).
+    """
     mean = library[:, None] * profiles
     rate = rng.gamma(theta, mean / theta)
     return sp.csr_matrix(rng.poisson(rate).astype(np.float32))

@@ -1,0 +1,68 @@
+"""The ``dataset`` group: find the prepared store a job trains on, making the demo one if needed.
+
+``dataset=demo`` generates census-like sources with :mod:`sweep.data.synthetic` and prepares them
+once into ``<cache>/demo-<fingerprint>/store``; every later job (and every job of a multirun) reuses
+it. A file lock keeps parallel jobs from building it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from sweep.data.store import FORMAT_VERSION, MANIFEST_NAME
+from sweep.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def demo_folder(dataset_cfg) -> Path:
+    """``<cache>/demo-<hash of the generator and prepare parameters>``."""
+    params = {
+        "synthetic": OmegaConf.to_container(dataset_cfg.synthetic, resolve=True),
+        "prepare": OmegaConf.to_container(dataset_cfg.prepare, resolve=True),
+        "store_format": FORMAT_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"demo-{digest}"
+
+
+def build_demo_store(folder: Path, dataset_cfg) -> Path:
+    """Generate the demo sources and prepare them into ``folder/store`` (skipped if complete)."""
+    from sweep.data.prepare import prepare_store
+    from sweep.data.synthetic import SyntheticConfig, generate
+
+    store = folder / "store"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job waits here until the store is built
+        if (store / MANIFEST_NAME).is_file():
+            return store
+        log.info("building the demo data set in %s (once; later runs reuse it)", folder)
+        synthetic = SyntheticConfig(output=str(folder / "sources"),
+                                    **OmegaConf.to_container(dataset_cfg.synthetic, resolve=True))
+        generate(synthetic)
+        prepare_store({
+            **OmegaConf.to_container(dataset_cfg.prepare, resolve=True),
+            "source": str(folder / "sources" / "*.h5ad"),
+            "output": str(store),
+        })
+    return store
+
+
+def resolve_store(dataset_cfg) -> Path:
+    """The store folder a job trains on; the demo store is built on first use."""
+    if dataset_cfg.kind == "demo":
+        if dataset_cfg.path:
+            raise ValueError("dataset=demo makes its own store: leave dataset.path unset, or use "
+                             "dataset=prepared dataset.path=/your/store")
+        return build_demo_store(demo_folder(dataset_cfg), dataset_cfg)
+    if not dataset_cfg.path:
+        raise ValueError("dataset=prepared needs dataset.path=/path/to/store "
+                         "(made by `python -m sweep.prepare source=... output=...`)")
+    return Path(dataset_cfg.path)

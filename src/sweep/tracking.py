@@ -1,0 +1,70 @@
+"""Where a job's metrics go: W&B (offline by default) next to our own files in the run folder.
+
+One W&B run per job: it is finished when the job ends, so no two jobs of one process share a run.
+The group is the sweep's name, so one multirun's jobs group together on the dashboard.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: config groups whose chosen option is logged as a top-level W&B config key
+GROUPS = ("dataset", "data", "batch", "model", "plan", "loader", "trainer", "experiment")
+
+
+def job_identity(cfg) -> dict:
+    """Name, sweep group, overrides and group choices of the current Hydra job.
+
+    Outside Hydra (a plain ``run(cfg)`` call) the job is named "run" with no group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"name": "run", "group": None, "overrides": [], "choices": {}}
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    choices = {g: hc.runtime.choices.get(g) for g in GROUPS if g in hc.runtime.choices}
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else None
+    name = hc.job.override_dirname or "defaults"
+    if multirun:
+        name = f"{hc.job.num}:{name}"
+    return {"name": name, "group": group, "overrides": overrides, "choices": choices}
+
+
+def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
+    """A WandbLogger writing into ``run_dir/wandb``, or None for ``logger=none``."""
+    if cfg.logger.kind == "none":
+        return None
+    config = {
+        **identity["choices"],
+        "overrides": identity["overrides"],
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+    }
+    tags = [*cfg.tags, *cfg.logger.tags, *(f"{k}={v}" for k, v in identity["choices"].items())]
+    logger = WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=identity["name"],
+        group=identity["group"],
+        tags=tags,
+        save_dir=str(run_dir),
+        mode=cfg.logger.mode,
+        config=config,
+        log_model=False,
+    )
+    logger.experiment  # start the run now, so its folder exists even if training fails  # noqa: B018
+    return logger
+
+
+def finish(logger: Logger | None, exit_code: int) -> None:
+    """End the job's W&B run (also on failure, marked with the exit code)."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish(exit_code=exit_code)

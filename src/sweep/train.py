@@ -1,0 +1,132 @@
+"""One training job: config -> store -> datamodule -> scVI -> run folder (model, metrics, history).
+
+``run(cfg, run_dir)`` is what ``train.py`` calls for every Hydra job; it returns the value of
+``cfg.optimized_metric`` from ``metrics.json`` so sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import pandas as pd
+import scvi
+from omegaconf import OmegaConf
+from scvi.train._logger import SimpleLogger
+
+from sweep import tracking
+from sweep.callbacks import Throughput
+from sweep.config import validate
+from sweep.data.datamodule import StoreDataModule
+from sweep.data.demo import resolve_store
+from sweep.model import build_scvi
+
+log = logging.getLogger(__name__)
+
+#: history columns whose last value becomes a ``final`` metric in metrics.json
+FINAL_METRICS = (
+    "elbo_train",
+    "reconstruction_loss_train",
+    "kl_local_train",
+    "elbo_validation",
+    "reconstruction_loss_validation",
+    "kl_local_validation",
+    "kl_weight",
+)
+
+
+def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """scvi-tools' ``model.history`` (one frame per metric, indexed by epoch) as one table."""
+    columns = {name: frame.iloc[:, 0] for name, frame in history.items() if len(frame)}
+    table = pd.DataFrame(columns)
+    table.index.name = "epoch"
+    return table.reset_index()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def run(cfg, run_dir: str | Path) -> float:
+    """Train one scVI model as ``cfg`` says and write the run folder ``run_dir``."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    validate(cfg)
+    store = resolve_store(cfg.dataset)
+    datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
+    scvi.settings.seed = cfg.seed
+    model = build_scvi(
+        datamodule.manifest.genes,
+        datamodule.encoding.batch_categories,
+        datamodule.encoding.covariate_categories,
+        cfg.model,
+    )
+    identity = tracking.job_identity(cfg)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity)
+    throughput = Throughput()
+    loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
+    exit_code = 1
+    try:
+        log.info("training %s for %d epochs on %d cells (%d batches of cells)",
+                 identity["name"], cfg.trainer.max_epochs, datamodule.n_train, datamodule.n_batch)
+        model.train(
+            datamodule=datamodule,
+            max_epochs=cfg.trainer.max_epochs,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            precision=cfg.trainer.precision,
+            plan_kwargs=OmegaConf.to_container(cfg.plan, resolve=True),
+            check_val_every_n_epoch=1,
+            early_stopping=False,
+            logger=loggers,
+            callbacks=[throughput],
+            enable_progress_bar=cfg.trainer.enable_progress_bar,
+            log_every_n_steps=cfg.trainer.log_every_n_steps,
+        )
+        history = history_frame(model.history)
+        history.to_csv(run_dir / "history.csv", index=False)
+        if cfg.save_model:
+            model.save(str(run_dir / "model"), overwrite=True, save_anndata=False)
+        metrics = summarize(cfg, datamodule, history, throughput, identity, store, started)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        if wandb_logger is not None:
+            wandb_logger.experiment.summary.update(
+                {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            )
+        exit_code = 0
+    finally:
+        tracking.finish(wandb_logger, exit_code)
+    log.info("run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric,
+             metrics[cfg.optimized_metric])
+    return float(metrics[cfg.optimized_metric])
+
+
+def summarize(cfg, datamodule: StoreDataModule, history: pd.DataFrame, throughput: Throughput,
+              identity: dict, store: Path, started: float) -> dict:
+    """The run's ``metrics.json``: final losses, cost, cell counts and what was run."""
+    final = {name: float(history[name].iloc[-1]) for name in FINAL_METRICS if name in history}
+    return {
+        **final,
+        "epochs": int(len(history)),
+        "cells_seen": throughput.cells_seen,
+        "train_cells_per_s": throughput.cells_per_s,
+        "train_time_s": throughput.train_time_s,
+        "wall_time_s": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        **datamodule.split.counts,
+        "n_batch": datamodule.n_batch,
+        "n_cats_per_cov": datamodule.n_cats_per_cov or [],
+        "n_genes": datamodule.n_vars,
+        "store": str(store),
+        "job_name": identity["name"],
+        "overrides": identity["overrides"],
+        "choices": identity["choices"],
+    }
