@@ -1,4 +1,4 @@
-"""Lightning callbacks that measure a run: training throughput and time per epoch."""
+"""Lightning callbacks that measure a run: training throughput, time and KL weight per epoch."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
 
-class Throughput(Callback):
-    """Counts training cells and times each training epoch (validation excluded).
+class EpochStats(Callback):
+    """Counts training cells, times each training epoch (validation excluded), records KL weight.
 
-    Logs ``train_cells_per_s`` (cells/s) and ``epoch_time_s`` (s) per epoch; ``cells_seen`` and
-    ``train_time_s`` add up over the run.
+    Logs per epoch ``train_cells_per_s`` (cells/s), ``epoch_time_s`` (s) and ``kl_weight_epoch``
+    (the plan's KL weight as the epoch starts; scvi-tools logs its own ``kl_weight`` per step,
+    which leaves gaps in a per-epoch history). ``cells_seen`` and ``train_time_s`` add up.
     """
 
     def __init__(self):
@@ -24,6 +25,7 @@ class Throughput(Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_cells = 0
         self._epoch_start = time.perf_counter()
+        self._kl_weight = float(pl_module.kl_weight)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_cells += int(batch[REGISTRY_KEYS.X_KEY].shape[0])
@@ -35,6 +37,7 @@ class Throughput(Callback):
         pl_module.log("epoch_time_s", elapsed, on_epoch=True)
         pl_module.log("train_cells_per_s", self._epoch_cells / max(elapsed, 1e-9), on_epoch=True)
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
+        pl_module.log("kl_weight_epoch", self._kl_weight, on_epoch=True)
 
     @property
     def cells_per_s(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import wandb
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import OmegaConf
 
@@ -59,6 +60,7 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         mode=cfg.logger.mode,
         config=config,
         log_model=False,
+        settings=wandb.Settings(silent=True),
     )
     logger.experiment  # start the run now, so its folder exists even if training fails  # noqa: B018
     return logger
@@ -67,4 +69,7 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
 def finish(logger: Logger | None, exit_code: int) -> None:
     """End the job's W&B run (also on failure, marked with the exit code)."""
     if isinstance(logger, WandbLogger):
-        logger.experiment.finish(exit_code=exit_code)
+        run = logger.experiment
+        run.finish(exit_code=exit_code)
+        if run.settings.mode == "offline":
+            log.info("W&B offline run: upload it with `wandb sync %s`", run.settings.sync_dir)

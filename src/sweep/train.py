@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from scvi.train._logger import SimpleLogger
 
 from sweep import tracking
-from sweep.callbacks import Throughput
+from sweep.callbacks import EpochStats
 from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
@@ -41,6 +41,7 @@ FINAL_METRICS = (
 def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """scvi-tools' ``model.history`` (one frame per metric, indexed by epoch) as one table."""
     columns = {name: frame.iloc[:, 0] for name, frame in history.items() if len(frame)}
+    columns["kl_weight"] = columns.pop("kl_weight_epoch")  # see EpochStats
     table = pd.DataFrame(columns)
     table.index.name = "epoch"
     return table.reset_index()
@@ -71,7 +72,7 @@ def run(cfg, run_dir: str | Path) -> float:
     identity = tracking.job_identity(cfg)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity)
-    throughput = Throughput()
+    epoch_stats = EpochStats()
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:
@@ -87,7 +88,7 @@ def run(cfg, run_dir: str | Path) -> float:
             check_val_every_n_epoch=1,
             early_stopping=False,
             logger=loggers,
-            callbacks=[throughput],
+            callbacks=[epoch_stats],
             enable_progress_bar=cfg.trainer.enable_progress_bar,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
         )
@@ -95,7 +96,7 @@ def run(cfg, run_dir: str | Path) -> float:
         history.to_csv(run_dir / "history.csv", index=False)
         if cfg.save_model:
             model.save(str(run_dir / "model"), overwrite=True, save_anndata=False)
-        metrics = summarize(cfg, datamodule, history, throughput, identity, store, started)
+        metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(
@@ -109,16 +110,16 @@ def run(cfg, run_dir: str | Path) -> float:
     return float(metrics[cfg.optimized_metric])
 
 
-def summarize(cfg, datamodule: StoreDataModule, history: pd.DataFrame, throughput: Throughput,
+def summarize(cfg, datamodule: StoreDataModule, history: pd.DataFrame, epoch_stats: EpochStats,
               identity: dict, store: Path, started: float) -> dict:
     """The run's ``metrics.json``: final losses, cost, cell counts and what was run."""
     final = {name: float(history[name].iloc[-1]) for name in FINAL_METRICS if name in history}
     return {
         **final,
         "epochs": int(len(history)),
-        "cells_seen": throughput.cells_seen,
-        "train_cells_per_s": throughput.cells_per_s,
-        "train_time_s": throughput.train_time_s,
+        "cells_seen": epoch_stats.cells_seen,
+        "train_cells_per_s": epoch_stats.cells_per_s,
+        "train_time_s": epoch_stats.train_time_s,
         "wall_time_s": time.perf_counter() - started,
         "peak_rss_mb": peak_rss_mb(),
         **datamodule.split.counts,
