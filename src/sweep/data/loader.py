@@ -116,26 +116,33 @@ class ShardBatches(IterableDataset):
         return int(self.selected.sum())
 
     def groups(self, epoch: int) -> list[np.ndarray]:
-        """This epoch's block indices, in groups that each read at most ``max_cache_size`` shards.
+        """This epoch's shuffled block indices, in groups that read at most ``max_cache_size`` shards.
 
-        Shuffled: shards and the blocks of each group permuted from (seed, epoch); else store order.
+        Shards and the blocks of each group are permuted from (seed, epoch).
         """
-        n_shards = len(self.paths)
         rng = np.random.default_rng([self.seed, epoch])
-        shard_order = rng.permutation(n_shards) if self.shuffle else np.arange(n_shards)
-        groups = []
-        for first in range(0, n_shards, self.max_cache_size):
-            members = shard_order[first : first + self.max_cache_size]
-            in_group = np.flatnonzero(np.isin(self.blocks.shard, members))
-            groups.append(rng.permutation(in_group) if self.shuffle else in_group)
-        return groups
+        shard_order = rng.permutation(len(self.paths))
+        return [
+            rng.permutation(np.flatnonzero(np.isin(self.blocks.shard, members)))
+            for members in np.array_split(shard_order, np.arange(self.max_cache_size,
+                                                                 len(shard_order),
+                                                                 self.max_cache_size))
+        ]
 
     def my_groups(self, epoch: int) -> list[np.ndarray]:
-        """The share of :meth:`groups` this reader reads (dealt in turn; contiguous runs if ordered)."""
+        """The groups of blocks this reader reads.
+
+        Shuffled: each group of :meth:`groups` dealt over the readers in turn. Ordered: one
+        contiguous run of blocks per reader, cut where it moves past ``max_cache_size`` shards.
+        """
         reader, n_readers = _reader_slot(self.rank, self.world_size)
         if self.shuffle:
             return [g[reader::n_readers] for g in self.groups(epoch)]
-        return [np.array_split(g, n_readers)[reader] for g in self.groups(epoch)]
+        mine = np.array_split(np.arange(len(self.blocks)), n_readers)[reader]
+        shards = self.blocks.shard[mine]
+        nth_shard = np.concatenate([[0], np.cumsum(shards[1:] != shards[:-1])])
+        group = nth_shard // self.max_cache_size
+        return np.split(mine, np.flatnonzero(np.diff(group)) + 1)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         epoch = int(self.epoch.value)

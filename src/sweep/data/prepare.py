@@ -1,0 +1,741 @@
+"""Prepare a store: many source h5ad files -> one folder of gene-selected, shuffled shards.
+
+The store format lives in :mod:`sweep.data.store`; this module only fills it. Three passes, each
+parallel over worker processes, none holding more than one source chunk or one shard per process:
+
+1. **scan** (per source): validate the file (raw counts, obs columns, gene ids), count cells, count
+   expressed genes per cell over ALL source genes (``n_genes_all``), collect each coded column's
+   values, hash the cell ids and, for ``genes=hvg``, draw a seeded sample of eligible cells.
+   Then, in the main process: one global vocabulary per coded column, a check that cell ids are
+   unique across sources, the gene selection (a list file or seurat_v3 HVGs) and a seeded global
+   permutation that gives every cell its destination (shard, row).
+2. **pieces** (per source): read the source again in row chunks, keep the store's genes (zero-filling
+   absent ones), encode obs, sort each chunk's rows by destination and write it to a temporary piece
+   file ``.prepare_tmp/piece_XXXXX.h5`` (written atomically; reused when an interrupted run with the
+   same config is resumed).
+3. **shards** (per shard): gather the shard's rows from every piece, order them and write the shard
+   with :func:`sweep.data.store.write_shard`.
+
+The manifest is written last (atomically), so a folder without it is an incomplete store.
+
+Gene order: a gene list keeps the list's order. ``genes=hvg`` keeps the selected genes in source
+order, over the union of all sources' genes (the first source's genes in its order, then genes new
+in later sources in theirs; sources are sorted by path): neither HVG rank nor alphabetical.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import read_elem
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
+
+from sweep.data.store import (
+    CODE_DTYPE,
+    CODED_COLUMNS,
+    FORMAT_VERSION,
+    IS_PRIMARY,
+    MANIFEST_NAME,
+    N_GENES_ALL,
+    Manifest,
+    StoreError,
+    check_store,
+    read_manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+
+HVG = "hvg"  # the `genes` value that selects highly variable genes
+LOG_NAME = "prepare.log"  # written into the store folder
+TMP_DIR = ".prepare_tmp"  # pieces of an unfinished run, inside the store folder
+FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config the pieces belong to
+MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabulary
+HVG_BATCH_SEP = "_"  # joins the hvg_batch_keys values into one batch label
+
+
+class PrepareError(ValueError):
+    """Bad input to prepare (config, source file, gene list, output folder); the message says
+    which file or key and how to fix it."""
+
+
+@dataclass
+class PrepareConfig:
+    """The keys of ``conf/prepare.yaml`` (comments there). ``???`` (MISSING) = required."""
+
+    source: Any = MISSING  # glob string or list of paths/globs
+    output: str = MISSING
+    genes: str = HVG  # "hvg" or a TSV/CSV file whose first column lists Ensembl ids
+    n_top_genes: int = 8000
+    hvg_batch_keys: list[str] = field(default_factory=lambda: ["suspension_type", "assay"])
+    hvg_sample_cells: int = 200_000
+    hvg_min_genes: int = 300
+    shard_size: int = 10_000
+    chunk_rows: int = 10_000
+    seed: int = 0
+    workers: int | None = None
+    overwrite: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Config, sources, fingerprint
+
+
+def resolve_config(cfg: PrepareConfig | Mapping | Any) -> PrepareConfig:
+    """Merge ``cfg`` (dataclass, dict or DictConfig) into the schema; bad keys raise PrepareError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(PrepareConfig), cfg)
+        resolved: PrepareConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise PrepareError(f"bad prepare config: {err}") from err
+    for key in ("n_top_genes", "hvg_sample_cells", "shard_size", "chunk_rows"):
+        if getattr(resolved, key) < 1:
+            raise PrepareError(f"prepare config: {key} must be >= 1, got {getattr(resolved, key)}")
+    if resolved.workers is not None and resolved.workers < 1:
+        raise PrepareError(f"prepare config: workers must be >= 1 or null, got {resolved.workers}")
+    if resolved.genes != HVG and not Path(resolved.genes).is_file():
+        raise PrepareError(
+            f"genes={resolved.genes!r} is neither 'hvg' nor an existing file: pass genes=hvg or "
+            "the path of a TSV/CSV whose first column holds Ensembl ids"
+        )
+    return resolved
+
+
+def resolve_sources(source: str | list[str]) -> list[Path]:
+    """Expand the ``source`` glob(s) to existing files: absolute, sorted, without duplicates."""
+    patterns = [source] if isinstance(source, str) else list(source)
+    if not patterns:
+        raise PrepareError("source is empty: pass source='/data/*.h5ad' or a list of files")
+    paths = set()
+    for pattern in patterns:
+        pattern = os.path.expanduser(str(pattern))
+        matches = glob.glob(pattern)
+        if not matches:
+            raise PrepareError(
+                f"source {pattern!r} matches no file: check the path "
+                "(on the command line quote a glob: source='/data/*.h5ad')"
+            )
+        for match in matches:
+            if Path(match).is_dir():
+                raise PrepareError(f"source {match} is a folder: use source='{match}/*.h5ad'")
+            paths.add(Path(match).resolve())
+    return sorted(paths)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_identity(cfg: PrepareConfig, sources: list[Path]) -> dict:
+    """Everything that determines the store's content (not output, workers, chunking, overwrite)."""
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "sources": [[str(p), p.stat().st_size] for p in sources],
+        "genes": cfg.genes if cfg.genes == HVG else str(Path(cfg.genes).resolve()),
+        "shard_size": cfg.shard_size,
+        "seed": cfg.seed,
+    }
+    if cfg.genes == HVG:
+        identity |= {
+            "n_top_genes": cfg.n_top_genes,
+            "hvg_batch_keys": list(cfg.hvg_batch_keys),
+            "hvg_sample_cells": cfg.hvg_sample_cells,
+            "hvg_min_genes": cfg.hvg_min_genes,
+        }
+    else:
+        identity["genes_sha256"] = _sha256(Path(cfg.genes))
+    return identity
+
+
+def fingerprint(identity: dict) -> str:
+    """Short hash of :func:`config_identity`, stored in ``manifest.provenance["fingerprint"]``."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _identity_diff(old: dict, new: dict) -> str:
+    """Which identity keys differ, e.g. ``shard_size: 4096 -> 10000``."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "sources":
+                diffs.append(
+                    f"sources: {len(old.get(key) or [])} -> {len(new[key])} files "
+                    "(or their paths/sizes changed)"
+                )
+            else:
+                diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return "; ".join(diffs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folder: complete (no-op), different config (error), incomplete (clean)
+
+
+def _is_ours(path: Path) -> bool:
+    """True for the files prepare writes into a store folder."""
+    name = path.name
+    return name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp", LOG_NAME, TMP_DIR) or bool(
+        re.fullmatch(r"shard_\d+(\.tmp)?\.h5ad", name)
+    )
+
+
+def existing_store(out: Path, fp: str, identity: dict, overwrite: bool) -> Manifest | None:
+    """The manifest of a complete store at ``out`` made with the same config, else None.
+
+    A complete store with a different config raises PrepareError unless ``overwrite``.
+    """
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        manifest = read_manifest(out)
+    except StoreError as err:
+        if overwrite:
+            return None
+        raise PrepareError(f"{err}; or pass overwrite=true to replace it") from err
+    old_fp = manifest.provenance.get("fingerprint")
+    if overwrite:
+        log.info("%s: overwrite=true, replacing the existing store", out)
+        return None
+    if old_fp != fp:
+        diff = _identity_diff(manifest.provenance.get("identity", {}), identity)
+        raise PrepareError(
+            f"{out} holds a complete store made with a different config ({diff}); "
+            "pass overwrite=true to replace it, or choose another output folder"
+        )
+    check_store(out, manifest)
+    return manifest
+
+
+def clean_output(out: Path, fp: str) -> None:
+    """Make ``out`` ready for a build: remove an old or incomplete store's files (never others).
+
+    Pieces of an interrupted run with the same fingerprint are kept for reuse.
+    """
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    entries = list(out.iterdir())
+    foreign = sorted(p.name for p in entries if not _is_ours(p))
+    if foreign:
+        raise PrepareError(
+            f"output {out} contains files prepare did not write ({', '.join(foreign[:5])}): "
+            "choose an empty or new output folder"
+        )
+    stale = [p for p in entries if p.name not in (LOG_NAME, TMP_DIR)]
+    if stale and not (out / MANIFEST_NAME).is_file():
+        log.warning("%s: incomplete store (no %s): cleaning and rebuilding", out, MANIFEST_NAME)
+    for path in stale:
+        path.unlink()
+    tmp = out / TMP_DIR
+    if tmp.exists() and (tmp / FINGERPRINT_FILE).is_file():
+        if (tmp / FINGERPRINT_FILE).read_text() == fp:
+            return
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """Copy this module's log records (INFO and up) into ``path`` while the block runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        handler.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one source
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn low-level read failures of ``path`` into a PrepareError naming the file."""
+    try:
+        yield
+    except (OSError, KeyError) as err:
+        raise PrepareError(
+            f"{path}: cannot be read ({type(err).__name__}: {err}): the file is truncated, "
+            "still downloading or not an h5ad file; download or write it again"
+        ) from err
+
+
+def _as_str(values: Any) -> np.ndarray:
+    """An obs column as a str array, shape (cells,); missing values become MISSING_LABEL."""
+    series = pd.Series(values, copy=False).astype(object)
+    return series.where(series.notna(), MISSING_LABEL).astype(str).to_numpy()
+
+
+def _as_flags(values: Any, path: Path, column: str) -> np.ndarray:
+    """A boolean obs column (bool or 0/1 values), shape (cells,)."""
+    array = np.asarray(values)
+    if array.dtype == bool:
+        return array
+    distinct = set(pd.unique(pd.Series(array)))
+    if distinct <= {0, 1}:
+        return array.astype(bool)
+    raise PrepareError(
+        f"{path}: obs column {column!r} must be boolean, got values such as "
+        f"{sorted(map(str, distinct))[:3]}: write it as True/False"
+    )
+
+
+class SourceReader:
+    """One source h5ad opened for streaming: genes and obs read at once, counts in row chunks.
+
+    Counts come from ``raw/X`` (with ``raw/var``) when the file has them, as CELLxGENE downloads
+    keep raw counts there and normalised values in ``X``; otherwise from ``X``. ``X`` may be CSR
+    or dense; it is never loaded whole. Every problem raises PrepareError naming the file.
+    """
+
+    def __init__(self, path: Path, obs_columns: tuple[str, ...]):
+        self.path = path
+        with _reading(path):
+            self.file = h5py.File(path, "r")
+            try:
+                self._read_header(obs_columns)
+            except BaseException:
+                self.file.close()
+                raise
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def _read_header(self, obs_columns: tuple[str, ...]) -> None:
+        f, path = self.file, self.path
+        self.matrix_key, var_key = ("raw/X", "raw/var") if "raw/X" in f else ("X", "var")
+        if self.matrix_key not in f or var_key not in f or "obs" not in f:
+            raise PrepareError(f"{path}: not an h5ad file with X, obs and var")
+        self.matrix = f[self.matrix_key]
+        self.n_cells, self.n_genes = self._shape()
+        self.gene_ids, self.gene_names = self._read_genes(f[var_key], var_key)
+        self.cell_ids, self.obs = self._read_obs(f["obs"], obs_columns)
+
+    def _shape(self) -> tuple[int, int]:
+        if isinstance(self.matrix, h5py.Dataset):
+            n_cells, n_genes = self.matrix.shape
+            return int(n_cells), int(n_genes)
+        encoding = self.matrix.attrs.get("encoding-type")
+        if encoding != "csr_matrix":
+            raise PrepareError(
+                f"{self.path}: {self.matrix_key} is stored as {encoding}; prepare streams rows and "
+                "needs CSR or dense: rewrite it with adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+            )
+        n_cells, n_genes = self.matrix.attrs["shape"]
+        return int(n_cells), int(n_genes)
+
+    def _read_genes(self, var: h5py.Group, var_key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Gene ids (the var index) and names (``feature_name`` or the ids), shape (genes,)."""
+        ids = _as_str(read_elem(var[var.attrs["_index"]]))
+        names = _as_str(read_elem(var["feature_name"])) if "feature_name" in var else ids
+        problem = None
+        if len(ids) != self.n_genes:
+            problem = f"{len(ids)} ids for {self.n_genes} matrix columns"
+        elif len(ids) == 0 or (ids == "").any():
+            problem = "the index is empty or holds empty strings"
+        elif pd.Index(ids).has_duplicates:
+            dups = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+            problem = f"{len(dups)} duplicated ids such as {list(dups[:3])}"
+        if problem:
+            raise PrepareError(
+                f"{self.path}: {var_key} has no usable gene ids ({problem}): the var index must "
+                "hold unique Ensembl feature ids (CELLxGENE's feature_id)"
+            )
+        return ids, names
+
+    def _read_obs(
+        self, obs: h5py.Group, columns: tuple[str, ...]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Cell ids (cells,) str and the requested columns (str arrays; IS_PRIMARY as bool)."""
+        index_name = obs.attrs["_index"]
+        have = [c for c in obs if c != index_name and not c.startswith("__")]
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise PrepareError(
+                f"{self.path}: obs lacks the columns {missing} (it has {sorted(have)}): "
+                "prepare needs the CELLxGENE columns; add or rename them"
+            )
+        cell_ids = _as_str(read_elem(obs[index_name]))
+        if len(cell_ids) != self.n_cells:
+            raise PrepareError(
+                f"{self.path}: obs has {len(cell_ids)} rows for {self.n_cells} matrix rows"
+            )
+        values = {}
+        for column in columns:
+            raw = read_elem(obs[column])
+            if column == IS_PRIMARY:
+                values[column] = _as_flags(raw, self.path, column)
+            else:
+                values[column] = _as_str(raw)
+        return cell_ids, values
+
+    def chunks(self, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """Yield (first row, counts CSR (rows, source genes) float32, explicit zeros removed)."""
+        with _reading(self.path):
+            dense = isinstance(self.matrix, h5py.Dataset)
+            indptr = None if dense else self.matrix["indptr"][:]
+            for start in range(0, self.n_cells, chunk_rows):
+                stop = min(start + chunk_rows, self.n_cells)
+                if dense:
+                    chunk = sp.csr_matrix(self.matrix[start:stop].astype(np.float32))
+                else:
+                    lo, hi = int(indptr[start]), int(indptr[stop])
+                    chunk = sp.csr_matrix(
+                        (
+                            self.matrix["data"][lo:hi].astype(np.float32),
+                            self.matrix["indices"][lo:hi],
+                            indptr[start : stop + 1] - lo,
+                        ),
+                        shape=(stop - start, self.n_genes),
+                    )
+                self._check_counts(chunk, start)
+                chunk.eliminate_zeros()
+                yield start, chunk
+
+    def _check_counts(self, chunk: sp.csr_matrix, start: int) -> None:
+        """Raise unless every value is a finite non-negative integer."""
+        data = chunk.data
+        bad = ~np.isfinite(data) | (data != np.floor(data)) | (data < 0)
+        if not bad.any():
+            return
+        first = int(np.flatnonzero(bad)[0])
+        row = start + int(np.searchsorted(chunk.indptr, first, side="right")) - 1
+        kind = "negative" if data[first] < 0 else "non-integer"
+        where = "raw.X" if self.matrix_key == "raw/X" else "X"
+        raise PrepareError(
+            f"{self.path}: {where} has {kind} values (e.g. {data[first]} in row {row}): "
+            f"{where} looks normalised; prepare needs raw counts (raw.X): use the file's raw "
+            "counts (CELLxGENE keeps them in raw.X) or download the original h5ad"
+        )
+
+
+def _expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
+    """Non-zero genes per row of a chunk without explicit zeros, shape (rows,) int32."""
+    return np.diff(chunk.indptr).astype(np.int32)
+
+
+def _select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """Re-index a chunk's columns: source gene j -> ``columns[j]`` (-1 = dropped), (rows, n_genes)."""
+    keep = columns[chunk.indices] >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    out = sp.csr_matrix(
+        (chunk.data[keep], columns[chunk.indices[keep]], kept_before[chunk.indptr]),
+        shape=(chunk.shape[0], n_genes),
+    )
+    out.sort_indices()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: scan
+
+
+@dataclass
+class Scan:
+    """What pass 1 learns about one source. Arrays have shape (cells,) unless noted."""
+
+    path: Path
+    matrix_key: str
+    n_cells: int
+    gene_ids: tuple[str, ...]
+    gene_names: tuple[str, ...]
+    values: dict[str, list[str]]  # distinct values per coded column
+    cell_id_hashes: np.ndarray  # uint64
+    n_non_primary: int
+    n_below_min_genes: int
+    n_missing_values: dict[str, int]  # NaN obs values per coded column (stored as MISSING_LABEL)
+    sample: sp.csr_matrix | None = None  # HVG sample (sampled cells, source genes)
+    sample_batches: list[str] | None = None  # HVG batch label per sampled cell
+
+
+def count_cells(path: Path) -> int:
+    """Rows of the source's count matrix (reads the header only)."""
+    with SourceReader(path, ()) as reader:
+        return reader.n_cells
+
+
+def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: float) -> Scan:
+    """Pass 1 for source ``index``: validate, count and (``sample_probability > 0``) sample.
+
+    Each eligible cell (primary, ``n_genes_all >= hvg_min_genes``) enters the HVG sample with
+    ``sample_probability``, drawn from the stream (seed, index), independent of chunking.
+    """
+    hvg_keys = tuple(cfg.hvg_batch_keys) if sample_probability > 0 else ()
+    columns = tuple(dict.fromkeys((*CODED_COLUMNS, IS_PRIMARY, *hvg_keys)))
+    with SourceReader(path, columns) as reader:
+        primary = reader.obs[IS_PRIMARY]
+        draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
+        n_below, samples, sampled_rows = 0, [], []
+        for start, chunk in reader.chunks(cfg.chunk_rows):
+            rows = np.arange(start, start + chunk.shape[0])
+            enough = _expressed_genes(chunk) >= cfg.hvg_min_genes
+            n_below += int((~enough).sum())
+            take = enough & primary[rows] & (draws[rows] < sample_probability)
+            if take.any():
+                samples.append(chunk[take])
+                sampled_rows.append(rows[take])
+        scan = Scan(
+            path=path,
+            matrix_key=reader.matrix_key,
+            n_cells=reader.n_cells,
+            gene_ids=tuple(reader.gene_ids),
+            gene_names=tuple(reader.gene_names),
+            values={c: sorted(set(reader.obs[c])) for c in CODED_COLUMNS},
+            cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
+            n_non_primary=int((~primary).sum()),
+            n_below_min_genes=n_below,
+            n_missing_values={c: int((reader.obs[c] == MISSING_LABEL).sum()) for c in CODED_COLUMNS},
+        )
+        if sample_probability > 0:
+            rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
+            scan.sample = (
+                sp.vstack(samples, format="csr")
+                if samples
+                else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
+            )
+            labels = [reader.obs[key][rows] for key in hvg_keys]
+            scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
+    return scan
+
+
+def _attempt(fn: Any, *args: Any) -> Any:
+    """Run ``fn``; return a PrepareError instead of raising it (so that all of them get reported)."""
+    try:
+        return fn(*args)
+    except PrepareError as err:
+        return err
+
+
+def _raise_collected(results: list) -> None:
+    """Raise one PrepareError listing every PrepareError among ``results``."""
+    errors = [r for r in results if isinstance(r, PrepareError)]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        listed = "\n  ".join(str(e) for e in errors[:20])
+        raise PrepareError(f"{len(errors)} sources are unusable:\n  {listed}")
+
+
+def run_parallel(pool: Executor | None, fn: Any, tasks: list[tuple], desc: str) -> list:
+    """``[fn(*t) for t in tasks]`` over the pool (in this process when None), with a progress bar."""
+    if pool is None:
+        return [fn(*task) for task in tqdm(tasks, desc=desc)]
+    futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+    results: list = [None] * len(tasks)
+    try:
+        for future in tqdm(as_completed(futures), total=len(tasks), desc=desc):
+            results[futures[future]] = future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return results
+
+
+def _dedupe_gene_tables(scans: list[Scan]) -> None:
+    """Let sources with the same gene list share one tuple (thousands of 60k-id lists otherwise)."""
+    seen: dict[tuple, tuple] = {}
+    for scan in scans:
+        scan.gene_ids = seen.setdefault(scan.gene_ids, scan.gene_ids)
+        scan.gene_names = seen.setdefault(scan.gene_names, scan.gene_names)
+
+
+def _vocabulary(scans: list[Scan]) -> dict[str, list[str]]:
+    """One sorted vocabulary per coded column over all sources."""
+    return {c: sorted(set().union(*(s.values[c] for s in scans))) for c in CODED_COLUMNS}
+
+
+def _check_unique_cell_ids(scans: list[Scan]) -> None:
+    """Raise naming the files when a cell id occurs twice (within or across sources)."""
+    hashes = np.concatenate([s.cell_id_hashes for s in scans])
+    values, counts = np.unique(hashes, return_counts=True)
+    duplicated = values[counts > 1]
+    if len(duplicated) == 0:
+        return
+    owners: dict[str, list[str]] = {}
+    for scan in scans:
+        hit = np.isin(scan.cell_id_hashes, duplicated)
+        if hit.any():
+            with SourceReader(scan.path, ()) as reader:
+                for cell_id in reader.cell_ids[hit]:
+                    owners.setdefault(cell_id, []).append(scan.path.name)
+    clashes = {cell: files for cell, files in owners.items() if len(files) > 1}
+    if not clashes:  # a 64-bit hash collision between different ids
+        return
+    cell, files = next(iter(clashes.items()))
+    folder = scans[0].path.parent
+    raise PrepareError(
+        f"{len(clashes)} cell ids occur more than once, e.g. {cell!r} in {files} (in {folder}): "
+        "cell ids must be unique across sources; drop duplicated files or make the obs index "
+        "unique (e.g. prefix it with the dataset_id)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gene selection
+
+
+def _gene_union(scans: list[Scan]) -> dict[str, str]:
+    """Every source gene id -> its name, in source order (first source first)."""
+    union: dict[str, str] = {}
+    for gene_ids, gene_names in dict.fromkeys((s.gene_ids, s.gene_names) for s in scans):
+        for gene_id, name in zip(gene_ids, gene_names, strict=True):
+            union.setdefault(gene_id, name)
+    return union
+
+
+def read_gene_list(path: Path, known: Mapping[str, str]) -> list[str]:
+    """Ids in the first column of a TSV/CSV, in file order.
+
+    The first line is a header when its first field is neither a source gene id nor ``ENS...``.
+    """
+    fields = [re.split(r"[\t,]", line)[0].strip().strip("\"'") for line in path.read_text().split("\n")]
+    ids = [f for f in fields if f]
+    if ids and ids[0] not in known and not ids[0].startswith("ENS"):
+        log.info("%s: treating the first line (%r) as a header", path, ids[0])
+        ids = ids[1:]
+    if not ids:
+        raise PrepareError(f"gene list {path} holds no ids: put one Ensembl id per line")
+    duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+    if len(duplicated):
+        raise PrepareError(
+            f"gene list {path} lists {len(duplicated)} ids more than once, e.g. "
+            f"{list(duplicated[:3])}: remove the duplicates"
+        )
+    return ids
+
+
+def genes_from_list(path: Path, union: Mapping[str, str]) -> list[str]:
+    """The list's ids; raises when none is a source gene, logs those absent from every source."""
+    ids = read_gene_list(path, union)
+    absent = [g for g in ids if g not in union]
+    if len(absent) == len(ids):
+        raise PrepareError(
+            f"gene list {path} matches no source gene: the list has ids such as {ids[:3]}, the "
+            f"sources have ids such as {list(union)[:3]}; the list's first column must hold the "
+            "sources' var index (Ensembl feature ids)"
+        )
+    if absent:
+        log.warning(
+            "%d of %d ids of %s are in no source (zero-filled in every cell), e.g. %s",
+            len(absent),
+            len(ids),
+            path,
+            absent[:5],
+        )
+    return ids
+
+
+def _hvg_sample(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig):
+    """All sources' samples in union gene space, cut to at most ``hvg_sample_cells`` cells.
+
+    Returns (counts CSR (cells, union genes), batch labels (cells,)).
+    """
+    position = pd.Index(list(union))
+    parts, batches = [], []
+    for scan in scans:
+        columns = position.get_indexer(list(scan.gene_ids))
+        parts.append(_select_genes(scan.sample, columns, len(position)))
+        batches.extend(scan.sample_batches)
+        scan.sample, scan.sample_batches = None, None
+    X, labels = sp.vstack(parts, format="csr"), np.asarray(batches, dtype=object)
+    if X.shape[0] > cfg.hvg_sample_cells:
+        rng = np.random.default_rng([cfg.seed, 1])
+        keep = np.sort(rng.choice(X.shape[0], cfg.hvg_sample_cells, replace=False))
+        X, labels = X[keep], labels[keep]
+    return X, labels
+
+
+def highly_variable_genes(X: sp.csr_matrix, batches: np.ndarray, n_top_genes: int) -> np.ndarray:
+    """Column indices (sorted) of scanpy's seurat_v3 top ``n_top_genes`` of counts X (cells, genes)."""
+    import anndata
+    import scanpy as sc
+
+    adata = anndata.AnnData(X=X, obs=pd.DataFrame({"batch": pd.Categorical(batches)}))
+    adata.obs_names = adata.obs_names.astype(str)
+    batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
+    sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key
+    )
+    return np.flatnonzero(adata.var["highly_variable"].to_numpy())
+
+
+def genes_by_hvg(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig) -> tuple:
+    """Top ``n_top_genes`` HVGs in union order, and what the selection saw (provenance)."""
+    X, batches = _hvg_sample(scans, union, cfg)
+    ids = list(union)
+    info = {
+        "sample_cells": int(X.shape[0]),
+        "batches": {str(k): int(v) for k, v in pd.Series(batches).value_counts().items()},
+        "n_genes_considered": len(ids),
+    }
+    if X.shape[0] == 0:
+        raise PrepareError(
+            f"genes=hvg: no primary cell has >= {cfg.hvg_min_genes} expressed genes in the "
+            "sources: lower hvg_min_genes or pass a gene list (genes=FILE)"
+        )
+    if cfg.n_top_genes >= len(ids):
+        log.info("genes=hvg: n_top_genes=%d >= %d genes: taking all", cfg.n_top_genes, len(ids))
+        return ids, info
+    log.info(
+        "genes=hvg: seurat_v3 on %d sampled cells x %d genes, %d batches (%s)",
+        X.shape[0],
+        len(ids),
+        len(info["batches"]),
+        "+".join(cfg.hvg_batch_keys) or "none",
+    )
+    return [ids[j] for j in highly_variable_genes(X, batches, cfg.n_top_genes)], info
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 2: pieces
+
+
+def piece_path(tmp: Path, index: int) -> Path:
+    return tmp / f"piece_{index:05d}.h5"
+
+
+def destinations(n_cells: list[int], seed: int) -> list[np.ndarray]:
+    """Seeded global shuffle: per source, each cell's row in the shuffled store, int64 (cells,).
+
+    Store row ``r`` lives in shard ``r // shard_size`` at row ``r % shard_size``.
+    """
+    order = np.random.default_rng(seed).permutation(sum(n_cells))
+    dest = np.empty_like(order)
+    dest[order] = np.arange(len(order))
+    return np.split(dest, np.cumsum(n_cells)[:-1])
+
+

@@ -1,0 +1,62 @@
+"""Shared fixtures: small stores written directly (unit tests) and a real demo-like store made by the
+synthetic generator + prepare (end-to-end tests), all under pytest's temp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from sweep.data.store import (
+    CODED_COLUMNS,
+    IS_PRIMARY,
+    N_GENES_ALL,
+    Manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def make_store(folder: Path, shard_sizes: list[int], n_genes: int = 60, seed: int = 0,
+               n_codes: int = 3) -> Path:
+    """A store of random counts whose cell ``g`` (global row) has value ``g + 1`` in gene 0.
+
+    Gene 0 thus identifies every cell, so tests can check which cells a loader delivered.
+    obs codes are random in [0, n_codes); n_genes_all uniform in [0, 1000).
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    shards, first = [], 0
+    for s, n in enumerate(shard_sizes):
+        X = sp.random(n, n_genes, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+        X.data = np.ceil(X.data * 10)
+        X = X.tolil()
+        X[:, 0] = (np.arange(first, first + n) + 1)[:, None]
+        X = sp.csr_matrix(X)
+        obs = pd.DataFrame(
+            {c: rng.integers(0, n_codes, n).astype(np.int32) for c in CODED_COLUMNS},
+            index=[f"cell{g}" for g in range(first, first + n)],
+        )
+        obs[N_GENES_ALL] = rng.integers(0, 1000, n).astype(np.int32)
+        obs[IS_PRIMARY] = rng.random(n) > 0.1
+        nnz = write_shard(folder / shard_name(s), X, obs, genes, [f"G{i}" for i in range(n_genes)])
+        shards.append({"file": shard_name(s), "n_cells": n, "nnz": nnz})
+        first += n
+    vocab = {c: [f"{c}-{i}" for i in range(n_codes)] for c in CODED_COLUMNS}
+    write_manifest(folder, Manifest(genes, [f"G{i}" for i in range(n_genes)], vocab, shards,
+                                    max(shard_sizes)))
+    return folder
+
+
+@pytest.fixture
+def small_store(tmp_path) -> Path:
+    """5 shards (4 x 500 cells + 1 x 130), 60 genes."""
+    return make_store(tmp_path / "store", [500, 500, 500, 500, 130])
