@@ -1,0 +1,112 @@
+"""Cell filter, validation split and batch definitions, on obs codes alone."""
+
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from sweep.config import BatchConfig, DataConfig, LoaderConfig
+from sweep.data.batches import encode_batches
+from sweep.data.datamodule import StoreDataModule
+from sweep.data.selection import CellTable, split_cells, validation_flags
+from sweep.data.store import IS_PRIMARY, N_GENES_ALL, StoreError, read_manifest
+
+
+def table_of(**columns):
+    n = len(next(iter(columns.values())))
+    return CellTable({k: np.asarray(v) for k, v in columns.items()}, np.array([0, n]))
+
+
+def test_filter_counts_and_split():
+    rng = np.random.default_rng(0)
+    n = 10_000
+    genes = rng.integers(0, 1000, n)
+    primary = rng.random(n) > 0.1
+    split = split_cells(table_of(**{N_GENES_ALL: genes, IS_PRIMARY: primary}), 300, True, 0.1, 0)
+    keep = (genes >= 300) & primary
+    assert not (split.train & split.validation).any()
+    assert np.array_equal(split.train | split.validation, keep)
+    assert split.counts["cells_after_filter"] == keep.sum()
+    assert split.counts["cells_below_300_genes"] == (genes < 300).sum()
+    assert split.counts["cells_not_primary"] == (~primary).sum()
+    assert abs(split.counts["cells_validation"] / keep.sum() - 0.1) < 0.02
+
+
+def test_validation_cells_do_not_depend_on_the_filter():
+    rng = np.random.default_rng(1)
+    table = table_of(**{N_GENES_ALL: rng.integers(0, 1000, 5000), IS_PRIMARY: np.ones(5000, bool)})
+    strict = split_cells(table, 300, True, 0.1, seed=7)
+    loose = split_cells(table, 0, True, 0.1, seed=7)
+    assert np.array_equal(strict.validation, loose.validation & (table.columns[N_GENES_ALL] >= 300))
+    assert np.array_equal(validation_flags(5000, 0.1, 7), loose.validation)
+
+
+def test_filter_or_split_that_leaves_nothing_says_so():
+    table = table_of(**{N_GENES_ALL: np.full(50, 100), IS_PRIMARY: np.ones(50, bool)})
+    with pytest.raises(ValueError, match="leaves no cells.*data.min_genes"):
+        split_cells(table, 300, True, 0.1, 0)
+    with pytest.raises(ValueError, match="no validation cells"):
+        split_cells(table, 0, True, 0.0, 0)
+
+
+def test_batches_are_the_combinations_that_occur_joined_with_separator():
+    vocab = {"dataset_id": ["d0", "d1"], "donor_id": ["a", "b", "c"], "assay": ["x", "y"]}
+    columns = {
+        "dataset_id": np.array([0, 0, 1, 1, 1, 0]),
+        "donor_id": np.array([0, 0, 2, 2, 1, 1]),
+        "assay": np.array([0, 1, 1, 1, 0, 0]),
+    }
+    selected = np.array([True, True, True, True, True, False])
+    enc = encode_batches(columns, vocab, selected, ["dataset_id", "donor_id"], ["assay"], "|")
+    assert enc.batch_categories == ["d0|a", "d1|b", "d1|c"]  # d0|b only in an unselected cell
+    assert enc.batch_codes.tolist() == [0, 0, 2, 2, 1, -1]
+    assert enc.covariate_categories == {"assay": ["x", "y"]}
+    assert enc.covariate_codes[:, 0].tolist() == [0, 1, 1, 1, 0, -1]
+    czi = encode_batches(columns, vocab, selected, ["dataset_id", "donor_id", "assay"], [], "|")
+    assert czi.n_batch == 4 and "d0|a|y" in czi.batch_categories
+
+
+def test_separator_avoids_czi_collisions():
+    """CZI joins with no separator: "ab"+"c" and "a"+"bc" become one batch."""
+    vocab = {"dataset_id": ["a", "ab"], "donor_id": ["bc", "c"]}
+    columns = {"dataset_id": np.array([0, 1]), "donor_id": np.array([0, 1])}
+    ours = encode_batches(columns, vocab, np.ones(2, bool), ["dataset_id", "donor_id"], [], "|")
+    theirs = encode_batches(columns, vocab, np.ones(2, bool), ["dataset_id", "donor_id"], [], "")
+    assert ours.n_batch == 2 and len(set(ours.batch_categories)) == 2
+    assert len(set(theirs.batch_categories)) == 1
+
+
+def configs(**batch):
+    data = OmegaConf.structured(DataConfig)
+    batch_cfg = OmegaConf.merge(OmegaConf.structured(BatchConfig), batch)
+    loader = OmegaConf.merge(OmegaConf.structured(LoaderConfig), {"num_workers": 0})
+    return data, batch_cfg, loader
+
+
+def test_datamodule_describes_the_data_to_scvi(small_store):
+    dm = StoreDataModule(small_store, *configs(covariate_keys=["assay", "suspension_type"]), seed=0)
+    assert dm.n_vars == 60
+    assert dm.n_obs == dm.n_train + dm.n_val == dm.split.counts["cells_after_filter"]
+    assert dm.n_cats_per_cov == [3, 3]
+    assert dm.n_batch == len(dm.encoding.batch_categories) <= 9
+
+
+def test_batch_column_the_store_lacks_fails_listing_what_it_has(small_store):
+    with pytest.raises(ValueError, match=r"\['sample_id'\].*it has \['dataset_id'"):
+        StoreDataModule(small_store, *configs(batch_keys=["dataset_id", "sample_id"]), seed=0)
+
+
+def test_store_whose_shard_disagrees_with_manifest_is_refused(small_store):
+    manifest_path = small_store / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"][2]["n_cells"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="shard_00002.h5ad has shape .*sweep.prepare"):
+        StoreDataModule(small_store, *configs(), seed=0)
+
+
+def test_incomplete_store_is_refused(small_store):
+    (small_store / "manifest.json").unlink()
+    with pytest.raises(StoreError, match="incomplete"):
+        read_manifest(small_store)
