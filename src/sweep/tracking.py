@@ -6,6 +6,7 @@ The group is the sweep's name, so one multirun's jobs group together on the dash
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def job_identity(cfg) -> dict:
         return {"name": "run", "group": None, "overrides": [], "choices": {}}
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    choices = {g: hc.runtime.choices.get(g) for g in GROUPS if g in hc.runtime.choices}
+    choices = {g: hc.runtime.choices[g] for g in GROUPS if hc.runtime.choices.get(g) is not None}
     multirun = hc.mode == RunMode.MULTIRUN
     group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else None
     name = hc.job.override_dirname or "defaults"
@@ -41,7 +42,11 @@ def job_identity(cfg) -> dict:
 
 
 def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
-    """A WandbLogger writing into ``run_dir/wandb``, or None for ``logger=none``."""
+    """A WandbLogger writing into ``run_dir/wandb``, or None for ``logger=none``.
+
+    The run's id, name, group and tags also go to ``run_dir/wandb_run.json``: offline W&B runs
+    cannot be read back from Python, and reports need to link jobs to their W&B runs.
+    """
     if cfg.logger.kind == "none":
         return None
     config = {
@@ -62,7 +67,10 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         log_model=False,
         settings=wandb.Settings(silent=True),
     )
-    logger.experiment  # start the run now, so its folder exists even if training fails  # noqa: B018
+    run = logger.experiment  # start the run now, so its folder exists even if training fails
+    record = {"id": run.id, "name": run.name, "group": run.group, "project": run.project,
+              "tags": list(run.tags), "mode": cfg.logger.mode, "dir": run.settings.sync_dir}
+    (run_dir / "wandb_run.json").write_text(json.dumps(record, indent=1))
     return logger
 
 

@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from logging.handlers import MemoryHandler
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,47 +232,32 @@ def existing_store(out: Path, fp: str, identity: dict, overwrite: bool) -> Manif
     return manifest
 
 
-def clean_output(out: Path, fp: str) -> None:
-    """Make ``out`` ready for a build: remove an old or incomplete store's files (never others).
-
-    Pieces of an interrupted run with the same fingerprint are kept for reuse.
-    """
-    if not out.exists():
-        out.mkdir(parents=True)
-        return
-    entries = list(out.iterdir())
-    foreign = sorted(p.name for p in entries if not _is_ours(p))
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder holding files prepare did not write (they would be in the way)."""
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p)) if out.is_dir() else []
     if foreign:
         raise PrepareError(
             f"output {out} contains files prepare did not write ({', '.join(foreign[:5])}): "
             "choose an empty or new output folder"
         )
-    stale = [p for p in entries if p.name not in (LOG_NAME, TMP_DIR)]
+
+
+def clean_output(out: Path, fp: str) -> None:
+    """Make ``out`` ready for a build: remove an old or incomplete store's files (never others).
+
+    Pieces of an interrupted run with the same fingerprint ``fp`` are kept for reuse.
+    """
+    check_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in out.iterdir() if p.name not in (LOG_NAME, TMP_DIR)]
     if stale and not (out / MANIFEST_NAME).is_file():
         log.warning("%s: incomplete store (no %s): cleaning and rebuilding", out, MANIFEST_NAME)
     for path in stale:
         path.unlink()
     tmp = out / TMP_DIR
-    if tmp.exists() and (tmp / FINGERPRINT_FILE).is_file():
-        if (tmp / FINGERPRINT_FILE).read_text() == fp:
-            return
+    if (tmp / FINGERPRINT_FILE).is_file() and (tmp / FINGERPRINT_FILE).read_text() == fp:
+        return
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def _log_to_file(path: Path) -> Iterator[None]:
-    """Copy this module's log records (INFO and up) into ``path`` while the block runs."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-    old_level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(old_level)
-        handler.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +503,9 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
             cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
             n_non_primary=int((~primary).sum()),
             n_below_min_genes=n_below,
-            n_missing_values={c: int((reader.obs[c] == MISSING_LABEL).sum()) for c in CODED_COLUMNS},
+            n_missing_values={
+                c: int((reader.obs[c] == MISSING_LABEL).sum()) for c in CODED_COLUMNS
+            },
         )
         if sample_probability > 0:
             rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
@@ -622,7 +610,9 @@ def read_gene_list(path: Path, known: Mapping[str, str]) -> list[str]:
 
     The first line is a header when its first field is neither a source gene id nor ``ENS...``.
     """
-    fields = [re.split(r"[\t,]", line)[0].strip().strip("\"'") for line in path.read_text().split("\n")]
+    fields = [
+        re.split(r"[\t,]", line)[0].strip().strip("\"'") for line in path.read_text().split("\n")
+    ]
     ids = [f for f in fields if f]
     if ids and ids[0] not in known and not ids[0].startswith("ENS"):
         log.info("%s: treating the first line (%r) as a header", path, ids[0])
@@ -739,3 +729,352 @@ def destinations(n_cells: list[int], seed: int) -> list[np.ndarray]:
     return np.split(dest, np.cumsum(n_cells)[:-1])
 
 
+def _encode(reader: SourceReader, vocab: dict[str, list[str]]) -> np.ndarray:
+    """The coded columns as codes into the global vocabulary, int32 (cells, len(CODED_COLUMNS))."""
+    codes = np.empty((reader.n_cells, len(CODED_COLUMNS)), dtype=CODE_DTYPE)
+    for j, column in enumerate(CODED_COLUMNS):
+        codes[:, j] = pd.Categorical(reader.obs[column], categories=vocab[column]).codes
+    if (codes < 0).any():
+        raise PrepareError(f"{reader.path}: obs changed since it was scanned; prepare again")
+    return codes
+
+
+def write_piece(
+    cfg: PrepareConfig,
+    path: Path,
+    piece: Path,
+    genes: list[str],
+    vocab: dict[str, list[str]],
+    dest: np.ndarray,
+) -> np.ndarray:
+    """Pass 2 for one source: its cells (store genes, codes), sorted by destination within chunks.
+
+    ``dest`` (cells,) int64 store rows. Writes ``piece`` atomically, one group per chunk, and
+    returns its blocks, int64 (blocks, 4): shard, chunk, first row, end row (a block is a run of
+    one chunk's rows bound for one shard). A piece left by an interrupted run is reused.
+    """
+    if piece.exists():
+        with h5py.File(piece, "r") as f:
+            return f["blocks"][:]
+    partial = piece.with_name(piece.name + ".tmp")
+    blocks = []
+    with SourceReader(path, (*CODED_COLUMNS, IS_PRIMARY)) as reader, h5py.File(partial, "w") as out:
+        columns = pd.Index(genes).get_indexer(reader.gene_ids)
+        codes = _encode(reader, vocab)
+        for k, (start, chunk) in enumerate(reader.chunks(cfg.chunk_rows)):
+            local = np.argsort(dest[start : start + chunk.shape[0]], kind="stable")
+            rows = start + local
+            group = out.create_group(f"chunk_{k:05d}")
+            X = _select_genes(chunk, columns, len(genes))[local]
+            group.create_dataset("data", data=X.data)
+            group.create_dataset("indices", data=X.indices)
+            group.create_dataset("indptr", data=X.indptr.astype(np.int64))
+            group.create_dataset("dest", data=dest[rows])
+            group.create_dataset("codes", data=codes[rows])
+            group.create_dataset(N_GENES_ALL, data=_expressed_genes(chunk)[local])
+            group.create_dataset(IS_PRIMARY, data=reader.obs[IS_PRIMARY][rows])
+            group.create_dataset(
+                "cell_ids", data=reader.cell_ids[rows].astype(object), dtype=h5py.string_dtype()
+            )
+            shard = dest[rows] // cfg.shard_size
+            firsts = np.flatnonzero(np.diff(shard, prepend=-1))
+            ends = np.append(firsts[1:], len(rows))
+            blocks.append(np.column_stack([shard[firsts], np.full_like(firsts, k), firsts, ends]))
+        blocks = np.concatenate(blocks).astype(np.int64) if blocks else np.zeros((0, 4), np.int64)
+        out.create_dataset("blocks", data=blocks)
+    os.replace(partial, piece)
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 3: shards
+
+
+def shard_tasks(blocks: list[np.ndarray], n_shards: int) -> list[np.ndarray]:
+    """Regroup pass 2's blocks by shard: per shard, int64 (blocks, 4): source, chunk, first, end."""
+    table = np.concatenate(
+        [np.column_stack([b[:, 0], np.full(len(b), i), b[:, 1:]]) for i, b in enumerate(blocks)]
+    )
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
+    bounds = np.searchsorted(table[:, 0], np.arange(n_shards + 1))
+    return [table[bounds[s] : bounds[s + 1], 1:] for s in range(n_shards)]
+
+
+def _read_block(group: h5py.Group, first: int, end: int, n_genes: int) -> tuple:
+    """Rows [first, end) of a piece chunk: (CSR (rows, genes), {field: array (rows, ...)})."""
+    indptr = group["indptr"][first : end + 1]
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    X = sp.csr_matrix(
+        (group["data"][lo:hi], group["indices"][lo:hi], indptr - lo), shape=(end - first, n_genes)
+    )
+    fields = {name: group[name][first:end] for name in ("dest", "codes", N_GENES_ALL, IS_PRIMARY)}
+    fields["cell_ids"] = group["cell_ids"].asstr()[first:end]
+    return X, fields
+
+
+def write_store_shard(
+    out: Path,
+    index: int,
+    blocks: np.ndarray,
+    tmp: Path,
+    genes: list[str],
+    gene_names: list[str],
+    shard_size: int,
+) -> dict:
+    """Pass 3: gather shard ``index`` from the pieces, order its rows, write it atomically.
+
+    ``blocks`` int64 (blocks, 4): source, chunk, first row, end row. Returns the manifest entry.
+    """
+    matrices, parts = [], []
+    for source in np.unique(blocks[:, 0]):
+        with h5py.File(piece_path(tmp, int(source)), "r") as f:
+            for _, chunk, first, end in blocks[blocks[:, 0] == source]:
+                X, fields = _read_block(f[f"chunk_{chunk:05d}"], first, end, len(genes))
+                matrices.append(X)
+                parts.append(fields)
+    fields = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    order = np.argsort(fields["dest"])
+    expected = np.arange(index * shard_size, index * shard_size + len(order))
+    if not np.array_equal(fields["dest"][order], expected):
+        raise PrepareError(
+            f"{tmp}: the pieces do not match the shuffle of shard {index}; delete {tmp} and prepare again"
+        )
+    codes = fields["codes"][order]
+    obs = pd.DataFrame(
+        {column: codes[:, j] for j, column in enumerate(CODED_COLUMNS)},
+        index=pd.Index(fields["cell_ids"][order], dtype=object),
+    )
+    obs[N_GENES_ALL] = fields[N_GENES_ALL][order]
+    obs[IS_PRIMARY] = fields[IS_PRIMARY][order].astype(bool)
+    name = shard_name(index)
+    partial = out / name.replace(".h5ad", ".tmp.h5ad")
+    X = sp.vstack(matrices, format="csr")[order]
+    nnz = write_shard(partial, X, obs, genes, gene_names)
+    os.replace(partial, out / name)
+    return {"file": name, "n_cells": len(order), "nnz": nnz}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+@dataclass
+class Plan:
+    """What pass 1 decided: the sources' scans, vocabularies and the store's genes."""
+
+    scans: list[Scan]
+    vocab: dict[str, list[str]]
+    genes: list[str]
+    gene_names: list[str]
+    hvg: dict | None
+
+
+def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -> Plan:
+    """Pass 1 and the global decisions; every input check happens here, before anything is written."""
+    probability = 0.0
+    if cfg.genes == HVG:
+        n_cells = run_parallel(pool, _attempt, [(count_cells, p) for p in sources], "count cells")
+        _raise_collected(n_cells)
+        probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(n_cells)))
+    tasks = [(scan_source, cfg, i, p, probability) for i, p in enumerate(sources)]
+    scans = run_parallel(pool, _attempt, tasks, "scan sources")
+    _raise_collected(scans)
+    _dedupe_gene_tables(scans)
+    if sum(s.n_cells for s in scans) == 0:
+        raise PrepareError(f"the {len(sources)} sources hold no cells")
+    _check_unique_cell_ids(scans)
+    union = _gene_union(scans)
+    hvg = None
+    if cfg.genes == HVG:
+        genes, hvg = genes_by_hvg(scans, union, cfg)
+    else:
+        genes = genes_from_list(Path(cfg.genes), union)
+    return Plan(scans, _vocabulary(scans), genes, [union.get(g, g) for g in genes], hvg)
+
+
+def source_entries(plan: Plan, min_genes: int) -> list[dict]:
+    """Manifest ``sources`` entries; logs each source's counts."""
+    store_genes = set(plan.genes)
+    present: dict[int, int] = {}  # id(gene tuple) -> store genes present (tuples are shared)
+    entries = []
+    for scan in plan.scans:
+        n_present = present.setdefault(
+            id(scan.gene_ids), len(store_genes.intersection(scan.gene_ids))
+        )
+        entry = {
+            "file": str(scan.path),
+            "n_cells": scan.n_cells,
+            "n_genes_source": len(scan.gene_ids),
+            "n_genes_missing": len(plan.genes) - n_present,
+            "matrix": scan.matrix_key,
+            "n_non_primary": scan.n_non_primary,
+            "n_below_min_genes": scan.n_below_min_genes,
+        }
+        entries.append(entry)
+        log.info(
+            "%s: %d cells (%s), %d genes; %d of %d store genes present, %d zero-filled; "
+            "%d non-primary, %d below %d expressed genes",
+            scan.path.name,
+            scan.n_cells,
+            scan.matrix_key,
+            entry["n_genes_source"],
+            n_present,
+            len(plan.genes),
+            entry["n_genes_missing"],
+            scan.n_non_primary,
+            scan.n_below_min_genes,
+            min_genes,
+        )
+        for column, n in scan.n_missing_values.items():
+            if n:
+                log.warning(
+                    "%s: %d cells lack %s; stored as %r", scan.path.name, n, column, MISSING_LABEL
+                )
+    return entries
+
+
+def build_store(
+    cfg: PrepareConfig, plan: Plan, out: Path, pool: Executor | None, provenance: dict
+) -> Manifest:
+    """Passes 2 and 3 into the cleaned folder ``out``, then the manifest (last)."""
+    entries = source_entries(plan, cfg.hvg_min_genes)
+    n_cells = [s.n_cells for s in plan.scans]
+    n_shards = -(-sum(n_cells) // cfg.shard_size)
+    log.info(
+        "%d sources, %d cells (%d non-primary, %d below %d expressed genes; all kept and flagged) "
+        "-> %d genes, %d shards of %d cells",
+        len(n_cells),
+        sum(n_cells),
+        sum(e["n_non_primary"] for e in entries),
+        sum(e["n_below_min_genes"] for e in entries),
+        cfg.hvg_min_genes,
+        len(plan.genes),
+        n_shards,
+        cfg.shard_size,
+    )
+    tmp = out / TMP_DIR
+    tmp.mkdir(exist_ok=True)
+    (tmp / FINGERPRINT_FILE).write_text(provenance["fingerprint"])
+    reused = sum(piece_path(tmp, i).exists() for i in range(len(n_cells)))
+    if reused:
+        log.info("reusing %d source pieces of an interrupted run with the same config", reused)
+    dest = destinations(n_cells, cfg.seed)
+    tasks = [
+        (cfg, s.path, piece_path(tmp, i), plan.genes, plan.vocab, dest[i])
+        for i, s in enumerate(plan.scans)
+    ]
+    blocks = run_parallel(pool, write_piece, tasks, "write pieces")
+    del dest, tasks
+    tasks = [
+        (out, s, b, tmp, plan.genes, plan.gene_names, cfg.shard_size)
+        for s, b in enumerate(shard_tasks(blocks, n_shards))
+    ]
+    shards = run_parallel(pool, write_store_shard, tasks, "write shards")
+    shutil.rmtree(tmp)
+    provenance["counts"] = {
+        "n_sources": len(n_cells),
+        "n_cells": sum(n_cells),
+        "n_non_primary": sum(e["n_non_primary"] for e in entries),
+        "n_below_min_genes": sum(e["n_below_min_genes"] for e in entries),
+        "min_genes": cfg.hvg_min_genes,
+        "n_shards": n_shards,
+        "nnz": sum(s["nnz"] for s in shards),
+    }
+    manifest = Manifest(
+        genes=plan.genes,
+        gene_names=plan.gene_names,
+        vocab=plan.vocab,
+        shards=shards,
+        shard_size=cfg.shard_size,
+        sources=entries,
+        provenance=provenance,
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+@contextmanager
+def _process_pool(workers: int) -> Iterator[Executor | None]:
+    """A process pool of ``workers`` processes, or None (run in this process) for one worker."""
+    if workers <= 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield pool
+
+
+@contextmanager
+def _run_log() -> Iterator[MemoryHandler]:
+    """Buffer this module's log records (INFO and up) until :func:`_start_log_file` names a file."""
+    buffer = MemoryHandler(capacity=1 << 20, flushLevel=logging.DEBUG)
+    old_level = log.level
+    log.addHandler(buffer)
+    log.setLevel(logging.INFO)
+    try:
+        yield buffer
+    finally:
+        log.removeHandler(buffer)
+        log.setLevel(old_level)
+        buffer.flush()
+        if buffer.target is not None:
+            buffer.target.close()
+        buffer.close()
+
+
+def _start_log_file(buffer: MemoryHandler, path: Path) -> None:
+    """Send the buffered and all further records to ``path`` (appended)."""
+    target = logging.FileHandler(path)
+    target.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    buffer.setTarget(target)
+    buffer.flush()
+
+
+def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
+    """Prepare the store ``cfg.output`` from the sources ``cfg.source``; return its manifest.
+
+    ``cfg``: a :class:`PrepareConfig`, a dict or a DictConfig with its keys (ill-typed or unknown
+    keys raise PrepareError before any file is read). A complete store made with the same config is
+    left as is ("store complete"); one made with another config raises unless ``overwrite``; an
+    incomplete one is cleaned and rebuilt. Bad sources raise PrepareError before any shard is written.
+    """
+    start = time.time()
+    cfg = resolve_config(cfg)
+    sources = resolve_sources(cfg.source)
+    identity = config_identity(cfg, sources)
+    fp = fingerprint(identity)
+    out = Path(cfg.output).expanduser().resolve()
+    manifest = existing_store(out, fp, identity, cfg.overwrite)
+    if manifest is not None:
+        log.info(
+            "%s: store complete (%d cells x %d genes in %d shards), nothing to do",
+            out,
+            manifest.n_cells,
+            manifest.n_genes,
+            len(manifest.shards),
+        )
+        return manifest
+    check_output_folder(out)
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    log.info("preparing %s from %d sources with %d workers", out, len(sources), workers)
+    with _run_log() as buffer, _process_pool(workers) as pool:
+        plan = plan_store(cfg, sources, pool)
+        clean_output(out, fp)
+        _start_log_file(buffer, out / LOG_NAME)
+        provenance = {
+            "config": asdict(cfg),
+            "sources": [str(p) for p in sources],
+            "identity": identity,
+            "fingerprint": fp,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "hvg": plan.hvg,
+        }
+        manifest = build_store(cfg, plan, out, pool, provenance)
+        log.info(
+            "%s: wrote %d cells x %d genes in %d shards (%.1f s)",
+            out,
+            manifest.n_cells,
+            manifest.n_genes,
+            len(manifest.shards),
+            time.time() - start,
+        )
+    return manifest
