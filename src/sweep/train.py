@@ -55,7 +55,15 @@ def peak_rss_mb() -> float:
 
 
 def run(cfg, run_dir: str | Path) -> float:
-    """Train one scVI model as ``cfg`` says and write the run folder ``run_dir``."""
+    """Train as ``cfg`` says, write the run folder ``run_dir``; the value of the optimized metric."""
+    metrics = fit(cfg, run_dir)[1]
+    log.info("run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric,
+             metrics[cfg.optimized_metric])
+    return float(metrics[cfg.optimized_metric])
+
+
+def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
+    """Train one scVI model as ``cfg`` says and write the run folder; (trained model, metrics)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,9 +113,7 @@ def run(cfg, run_dir: str | Path) -> float:
         exit_code = 0
     finally:
         tracking.finish(wandb_logger, exit_code)
-    log.info("run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric,
-             metrics[cfg.optimized_metric])
-    return float(metrics[cfg.optimized_metric])
+    return model, metrics
 
 
 def summarize(cfg, datamodule: StoreDataModule, history: pd.DataFrame, epoch_stats: EpochStats,

@@ -9,10 +9,10 @@ parallel over worker processes, none holding more than one source chunk or one s
    Then, in the main process: one global vocabulary per coded column, a check that cell ids are
    unique across sources, the gene selection (a list file or seurat_v3 HVGs) and a seeded global
    permutation that gives every cell its destination (shard, row).
-2. **pieces** (per source): read the source again in row chunks, keep the store's genes (zero-filling
-   absent ones), encode obs, sort each chunk's rows by destination and write it to a temporary piece
-   file ``.prepare_tmp/piece_XXXXX.h5`` (written atomically; reused when an interrupted run with the
-   same config is resumed).
+2. **pieces** (per source): read the source again in row chunks, keep the store's genes
+   (zero-filling absent ones), encode obs, sort each chunk's rows by destination and write them to a
+   temporary piece file ``.prepare_tmp/piece_XXXXX.h5`` (written atomically; reused when an
+   interrupted run with the same config is resumed).
 3. **shards** (per shard): gather the shard's rows from every piece, order them and write the shard
    with :func:`sweep.data.store.write_shard`.
 
@@ -36,11 +36,12 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from logging.handlers import MemoryHandler
 from dataclasses import asdict, dataclass, field
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
+import anndata
 import h5py
 import numpy as np
 import pandas as pd
@@ -73,6 +74,7 @@ LOG_NAME = "prepare.log"  # written into the store folder
 TMP_DIR = ".prepare_tmp"  # pieces of an unfinished run, inside the store folder
 FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config the pieces belong to
 MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabulary
+DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values at a time
 HVG_BATCH_SEP = "_"  # joins the hvg_batch_keys values into one batch label
 
 
@@ -104,7 +106,7 @@ class PrepareConfig:
 
 
 def resolve_config(cfg: PrepareConfig | Mapping | Any) -> PrepareConfig:
-    """Merge ``cfg`` (dataclass, dict or DictConfig) into the schema; bad keys raise PrepareError."""
+    """Merge ``cfg`` (dataclass, dict, DictConfig) into the schema; bad keys raise PrepareError."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(PrepareConfig), cfg)
         resolved: PrepareConfig = OmegaConf.to_object(merged)
@@ -337,8 +339,8 @@ class SourceReader:
         encoding = self.matrix.attrs.get("encoding-type")
         if encoding != "csr_matrix":
             raise PrepareError(
-                f"{self.path}: {self.matrix_key} is stored as {encoding}; prepare streams rows and "
-                "needs CSR or dense: rewrite it with adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+                f"{self.path}: {self.matrix_key} is stored as {encoding}; prepare streams rows "
+                "and needs CSR or dense: rewrite it (adata.X = adata.X.tocsr(); write_h5ad)"
             )
         n_cells, n_genes = self.matrix.attrs["shape"]
         return int(n_cells), int(n_genes)
@@ -393,6 +395,8 @@ class SourceReader:
         with _reading(self.path):
             dense = isinstance(self.matrix, h5py.Dataset)
             indptr = None if dense else self.matrix["indptr"][:]
+            if dense:
+                chunk_rows = max(1, min(chunk_rows, DENSE_CHUNK_VALUES // max(1, self.n_genes)))
             for start in range(0, self.n_cells, chunk_rows):
                 stop = min(start + chunk_rows, self.n_cells)
                 if dense:
@@ -434,7 +438,7 @@ def _expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
 
 
 def _select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
-    """Re-index a chunk's columns: source gene j -> ``columns[j]`` (-1 = dropped), (rows, n_genes)."""
+    """Re-index columns: source gene j -> ``columns[j]`` (-1 = dropped); CSR (rows, n_genes)."""
     keep = columns[chunk.indices] >= 0
     kept_before = np.concatenate([[0], np.cumsum(keep)])
     out = sp.csr_matrix(
@@ -462,7 +466,6 @@ class Scan:
     cell_id_hashes: np.ndarray  # uint64
     n_non_primary: int
     n_below_min_genes: int
-    n_missing_values: dict[str, int]  # NaN obs values per coded column (stored as MISSING_LABEL)
     sample: sp.csr_matrix | None = None  # HVG sample (sampled cells, source genes)
     sample_batches: list[str] | None = None  # HVG batch label per sampled cell
 
@@ -503,9 +506,6 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
             cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
             n_non_primary=int((~primary).sum()),
             n_below_min_genes=n_below,
-            n_missing_values={
-                c: int((reader.obs[c] == MISSING_LABEL).sum()) for c in CODED_COLUMNS
-            },
         )
         if sample_probability > 0:
             rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
@@ -520,7 +520,7 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
 
 
 def _attempt(fn: Any, *args: Any) -> Any:
-    """Run ``fn``; return a PrepareError instead of raising it (so that all of them get reported)."""
+    """Run ``fn``; return a PrepareError instead of raising it (so that all get reported)."""
     try:
         return fn(*args)
     except PrepareError as err:
@@ -538,7 +538,7 @@ def _raise_collected(results: list) -> None:
 
 
 def run_parallel(pool: Executor | None, fn: Any, tasks: list[tuple], desc: str) -> list:
-    """``[fn(*t) for t in tasks]`` over the pool (in this process when None), with a progress bar."""
+    """``[fn(*t) for t in tasks]`` over the pool (here when None), with a progress bar."""
     if pool is None:
         return [fn(*task) for task in tqdm(tasks, desc=desc)]
     futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
@@ -670,12 +670,13 @@ def _hvg_sample(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig)
 
 
 def highly_variable_genes(X: sp.csr_matrix, batches: np.ndarray, n_top_genes: int) -> np.ndarray:
-    """Column indices (sorted) of scanpy's seurat_v3 top ``n_top_genes`` of counts X (cells, genes)."""
-    import anndata
-    import scanpy as sc
+    """Sorted column indices of the seurat_v3 top ``n_top_genes`` of counts X (cells, genes)."""
+    import scanpy as sc  # imported here: slow to import, only genes=hvg needs it
 
-    adata = anndata.AnnData(X=X, obs=pd.DataFrame({"batch": pd.Categorical(batches)}))
-    adata.obs_names = adata.obs_names.astype(str)
+    obs = pd.DataFrame(
+        {"batch": pd.Categorical(batches)}, index=np.arange(len(batches)).astype(str)
+    )
+    adata = anndata.AnnData(X=X, obs=obs)
     batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
     sc.pp.highly_variable_genes(
         adata, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key
@@ -837,7 +838,8 @@ def write_store_shard(
     expected = np.arange(index * shard_size, index * shard_size + len(order))
     if not np.array_equal(fields["dest"][order], expected):
         raise PrepareError(
-            f"{tmp}: the pieces do not match the shuffle of shard {index}; delete {tmp} and prepare again"
+            f"{tmp}: the pieces do not match the shuffle of shard {index}; "
+            f"delete {tmp} and prepare again"
         )
     codes = fields["codes"][order]
     obs = pd.DataFrame(
@@ -870,7 +872,7 @@ class Plan:
 
 
 def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -> Plan:
-    """Pass 1 and the global decisions; every input check happens here, before anything is written."""
+    """Pass 1 and the global decisions; every input check happens here, before any write."""
     probability = 0.0
     if cfg.genes == HVG:
         n_cells = run_parallel(pool, _attempt, [(count_cells, p) for p in sources], "count cells")
@@ -925,11 +927,6 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
             scan.n_below_min_genes,
             min_genes,
         )
-        for column, n in scan.n_missing_values.items():
-            if n:
-                log.warning(
-                    "%s: %d cells lack %s; stored as %r", scan.path.name, n, column, MISSING_LABEL
-                )
     return entries
 
 
@@ -1033,9 +1030,10 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
     """Prepare the store ``cfg.output`` from the sources ``cfg.source``; return its manifest.
 
     ``cfg``: a :class:`PrepareConfig`, a dict or a DictConfig with its keys (ill-typed or unknown
-    keys raise PrepareError before any file is read). A complete store made with the same config is
-    left as is ("store complete"); one made with another config raises unless ``overwrite``; an
-    incomplete one is cleaned and rebuilt. Bad sources raise PrepareError before any shard is written.
+    keys raise PrepareError before any file is read). A complete store made with the same config
+    is left as is ("store complete"); one made with another config raises unless ``overwrite``;
+    an incomplete one is cleaned and rebuilt. Bad sources raise PrepareError before any shard is
+    written.
     """
     start = time.time()
     cfg = resolve_config(cfg)
@@ -1055,8 +1053,8 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
         return manifest
     check_output_folder(out)
     workers = cfg.workers or len(os.sched_getaffinity(0))
-    log.info("preparing %s from %d sources with %d workers", out, len(sources), workers)
     with _run_log() as buffer, _process_pool(workers) as pool:
+        log.info("preparing %s from %d sources with %d workers", out, len(sources), workers)
         plan = plan_store(cfg, sources, pool)
         clean_output(out, fp)
         _start_log_file(buffer, out / LOG_NAME)
