@@ -11,8 +11,8 @@ from scvi import REGISTRY_KEYS
 class EpochStats(Callback):
     """Counts training cells, times each training epoch (validation excluded), records KL weight.
 
-    Logs per epoch ``train_cells_per_s`` (cells/s), ``epoch_time_s`` (s) and ``kl_weight_epoch``
-    (the plan's KL weight as the epoch starts; scvi-tools logs its own ``kl_weight`` per step,
+    Logs per epoch ``train_cells_per_s`` (cells/s), ``epoch_time_s`` (s), ``lr`` and
+    ``kl_weight_epoch``, both as the epoch starts (scvi-tools logs its own ``kl_weight`` per step,
     which leaves gaps in a per-epoch history). ``cells_seen`` and ``train_time_s`` add up.
     """
 
@@ -26,6 +26,7 @@ class EpochStats(Callback):
         self._epoch_cells = 0
         self._epoch_start = time.perf_counter()
         self._kl_weight = float(pl_module.kl_weight)
+        self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._epoch_cells += int(batch[REGISTRY_KEYS.X_KEY].shape[0])
@@ -38,6 +39,7 @@ class EpochStats(Callback):
         pl_module.log("train_cells_per_s", self._epoch_cells / max(elapsed, 1e-9), on_epoch=True)
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
         pl_module.log("kl_weight_epoch", self._kl_weight, on_epoch=True)
+        pl_module.log("lr", self._lr, on_epoch=True)
 
     @property
     def cells_per_s(self) -> float:

@@ -39,8 +39,13 @@ FINAL_METRICS = (
 
 
 def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """scvi-tools' ``model.history`` (one frame per metric, indexed by epoch) as one table."""
-    columns = {name: frame.iloc[:, 0] for name, frame in history.items() if len(frame)}
+    """scvi-tools' ``model.history`` (one frame per metric) as one table, a row per epoch.
+
+    Step-indexed entries (Lightning's learning-rate monitor) are left out; EpochStats logs the
+    learning rate per epoch instead.
+    """
+    columns = {name: frame.iloc[:, 0] for name, frame in history.items()
+               if len(frame) and frame.index.name == "epoch"}
     columns["kl_weight"] = columns.pop("kl_weight_epoch")  # see EpochStats
     table = pd.DataFrame(columns)
     table.index.name = "epoch"

@@ -1,7 +1,8 @@
 """Prepare a store: many source h5ad files -> one folder of gene-selected, shuffled shards.
 
 The store format lives in :mod:`sweep.data.store`; this module only fills it. Three passes, each
-parallel over worker processes, none holding more than one source chunk or one shard per process:
+parallel over worker processes; a process holds counts of one source chunk (``chunk_rows`` rows) or
+one shard at a time, plus one source's obs columns:
 
 1. **scan** (per source): validate the file (raw counts, obs columns, gene ids), count cells, count
    expressed genes per cell over ALL source genes (``n_genes_all``), collect each coded column's
@@ -17,6 +18,7 @@ parallel over worker processes, none holding more than one source chunk or one s
    with :func:`sweep.data.store.write_shard`.
 
 The manifest is written last (atomically), so a folder without it is an incomplete store.
+The main process keeps about 24 bytes per cell (cell id hashes, the permutation) and the HVG sample.
 
 Gene order: a gene list keeps the list's order. ``genes=hvg`` keeps the selected genes in source
 order, over the union of all sources' genes (the first source's genes in its order, then genes new
@@ -579,14 +581,13 @@ def _check_unique_cell_ids(scans: list[Scan]) -> None:
         if hit.any():
             with SourceReader(scan.path, ()) as reader:
                 for cell_id in reader.cell_ids[hit]:
-                    owners.setdefault(cell_id, []).append(scan.path.name)
+                    owners.setdefault(cell_id, []).append(str(scan.path))
     clashes = {cell: files for cell, files in owners.items() if len(files) > 1}
     if not clashes:  # a 64-bit hash collision between different ids
         return
     cell, files = next(iter(clashes.items()))
-    folder = scans[0].path.parent
     raise PrepareError(
-        f"{len(clashes)} cell ids occur more than once, e.g. {cell!r} in {files} (in {folder}): "
+        f"{len(clashes)} cell ids occur more than once, e.g. {cell!r} in {files}: "
         "cell ids must be unique across sources; drop duplicated files or make the obs index "
         "unique (e.g. prefix it with the dataset_id)"
     )
@@ -1006,7 +1007,7 @@ def _run_log() -> Iterator[MemoryHandler]:
     buffer = MemoryHandler(capacity=1 << 20, flushLevel=logging.DEBUG)
     old_level = log.level
     log.addHandler(buffer)
-    log.setLevel(logging.INFO)
+    log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
     try:
         yield buffer
     finally:
