@@ -4,6 +4,8 @@ The groups (conf/): dataset, data, batch, model, plan, loader, trainer, logger, 
 Returns the job's `optimized_metric` so sweepers can optimise it.
 """
 
+import logging
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -18,6 +20,7 @@ register_schema()
 def main(cfg: DictConfig) -> float:
     from sweep.train import run  # heavy imports after Hydra has parsed the command line
 
+    logging.getLogger("lightning").handlers.clear()  # it propagates to Hydra's handlers too
     return run(cfg, HydraConfig.get().runtime.output_dir)
 
 

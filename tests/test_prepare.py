@@ -21,7 +21,7 @@ import sweep.data.prepare as prepare_module
 from sweep.data.prepare import PrepareConfig, PrepareError, prepare_store
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store
 from sweep.data.synthetic import SyntheticConfig, generate
-from sweep.paths import CONF_DIR, REPO_ROOT
+from sweep.paths import CONF_DIR
 
 SHARD_SIZE = 128
 ABSENT = ["ENSG99999999901", "ENSG99999999902"]  # listed genes that no source has
@@ -52,6 +52,7 @@ def gene_list(sources, source_data, tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def config(sources: list[Path], output: Path, **keys) -> PrepareConfig:
+    """Every h5ad in the folder of ``sources[0]``; small shards, one process unless ``keys`` say."""
     keys = {"shard_size": SHARD_SIZE, "hvg_min_genes": 100, "workers": 1} | keys
     return PrepareConfig(source=str(sources[0].parent / "*.h5ad"), output=str(output), **keys)
 
@@ -141,6 +142,10 @@ def test_hvg_matches_scanpy_in_source_order(sources, source_data, tmp_path):
     cells.obs["batch"] = (
         cells.obs["suspension_type"].astype(str) + "_" + cells.obs["assay"].astype(str)
     )
+    sizes = cells.obs["batch"].value_counts()
+    small = list(sizes.index[sizes < prepare_module.HVG_MIN_BATCH_CELLS])  # left out, logged
+    assert small and manifest.provenance["hvg"]["left_out_batches"] == sizes[small].to_dict()
+    cells = cells[~cells.obs["batch"].isin(small)].copy()
     sc.pp.highly_variable_genes(cells, flavor="seurat_v3", n_top_genes=50, batch_key="batch")
     assert set(manifest.genes) == set(cells.var_names[cells.var["highly_variable"]])
     assert manifest.provenance["hvg"]["sample_cells"] == cells.n_obs
@@ -149,10 +154,10 @@ def test_hvg_matches_scanpy_in_source_order(sources, source_data, tmp_path):
 
 def test_hvg_takes_all_genes_and_bounds_its_sample(sources, tmp_path):
     manifest = prepare_store(
-        config(sources, tmp_path / "all", genes="hvg", n_top_genes=5000, hvg_sample_cells=100)
+        config(sources, tmp_path / "all", genes="hvg", n_top_genes=5000, hvg_sample_cells=300)
     )
     assert manifest.n_genes == 400
-    assert 0 < manifest.provenance["hvg"]["sample_cells"] <= 100
+    assert 0 < manifest.provenance["hvg"]["sample_cells"] <= 300
 
 
 def test_raw_counts_and_dense_sources(source_data, tmp_path):
@@ -336,7 +341,6 @@ def test_cli(sources, tmp_path):
         assert f["X/data"].chunks is None  # contiguous, as the store format wants
     bad = subprocess.run(command + ["shard_size=abc"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "shard_size" in bad.stderr
-    assert REPO_ROOT.joinpath("conf", "prepare.yaml").is_file()
     pd.testing.assert_index_equal(
         pd.Index(manifest["genes"]["feature_id"]),
         anndata.read_h5ad(out / manifest["shards"][0]["file"], backed="r").var_names,

@@ -78,6 +78,7 @@ FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config the pieces belong t
 MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabulary
 DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values at a time
 HVG_BATCH_SEP = "_"  # joins the hvg_batch_keys values into one batch label
+HVG_MIN_BATCH_CELLS = 50  # smaller HVG batches are left out of the seurat_v3 fit
 
 
 class PrepareError(ValueError):
@@ -685,23 +686,50 @@ def highly_variable_genes(X: sp.csr_matrix, batches: np.ndarray, n_top_genes: in
     return np.flatnonzero(adata.var["highly_variable"].to_numpy())
 
 
+def _drop_small_batches(X: sp.csr_matrix, batches: np.ndarray) -> tuple:
+    """Leave out HVG batches with < HVG_MIN_BATCH_CELLS sampled cells: seurat_v3's loess fit fails
+    (or crashes, for one cell) on them. Returns (X, batches, {left-out batch: cells})."""
+    counts = pd.Series(batches).value_counts()
+    small = counts[counts < HVG_MIN_BATCH_CELLS]
+    if small.empty:
+        return X, batches, {}
+    log.warning(
+        "genes=hvg: leaving out %d batches with < %d sampled cells (%s); raise hvg_sample_cells "
+        "or use fewer hvg_batch_keys to keep them",
+        len(small),
+        HVG_MIN_BATCH_CELLS,
+        ", ".join(f"{k}: {v}" for k, v in small.items()),
+    )
+    keep = ~np.isin(batches, small.index)
+    return X[keep], batches[keep], {str(k): int(v) for k, v in small.items()}
+
+
 def genes_by_hvg(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig) -> tuple:
     """Top ``n_top_genes`` HVGs in union order, and what the selection saw (provenance)."""
     X, batches = _hvg_sample(scans, union, cfg)
+    X, batches, left_out = _drop_small_batches(X, batches)
     ids = list(union)
     info = {
         "sample_cells": int(X.shape[0]),
         "batches": {str(k): int(v) for k, v in pd.Series(batches).value_counts().items()},
+        "left_out_batches": left_out,
         "n_genes_considered": len(ids),
     }
-    if X.shape[0] == 0:
-        raise PrepareError(
-            f"genes=hvg: no primary cell has >= {cfg.hvg_min_genes} expressed genes in the "
-            "sources: lower hvg_min_genes or pass a gene list (genes=FILE)"
-        )
     if cfg.n_top_genes >= len(ids):
         log.info("genes=hvg: n_top_genes=%d >= %d genes: taking all", cfg.n_top_genes, len(ids))
         return ids, info
+    if X.shape[0] == 0:
+        raise PrepareError(
+            f"genes=hvg: no batch has >= {HVG_MIN_BATCH_CELLS} primary cells with >= "
+            f"{cfg.hvg_min_genes} expressed genes in the sample: lower hvg_min_genes, raise "
+            "hvg_sample_cells or pass a gene list (genes=FILE)"
+        )
+    if len({s.gene_ids for s in scans}) > 1:
+        log.warning(
+            "genes=hvg: the sources' gene lists differ: choosing among their union of %d ids "
+            "(a gene a source lacks counts as zero there)",
+            len(ids),
+        )
     log.info(
         "genes=hvg: seurat_v3 on %d sampled cells x %d genes, %d batches (%s)",
         X.shape[0],
@@ -709,7 +737,15 @@ def genes_by_hvg(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig
         len(info["batches"]),
         "+".join(cfg.hvg_batch_keys) or "none",
     )
-    return [ids[j] for j in highly_variable_genes(X, batches, cfg.n_top_genes)], info
+    try:
+        chosen = highly_variable_genes(X, batches, cfg.n_top_genes)
+    except ValueError as err:
+        raise PrepareError(
+            f"genes=hvg: scanpy's seurat_v3 failed on {X.shape[0]} cells in "
+            f"{len(info['batches'])} batches ({err}): raise hvg_sample_cells, use fewer "
+            "hvg_batch_keys or pass a gene list (genes=FILE)"
+        ) from err
+    return [ids[j] for j in chosen], info
 
 
 # ---------------------------------------------------------------------------------------------
