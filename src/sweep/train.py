@@ -89,7 +89,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:
-        log.info("training %s for %d epochs on %d cells (%d batches of cells)",
+        log.info("training %s for %d epochs on %d cells, %d batch categories",
                  identity["name"], cfg.trainer.max_epochs, datamodule.n_train, datamodule.n_batch)
         model.train(
             datamodule=datamodule,
