@@ -1,5 +1,4 @@
-"""Shared fixtures: small stores written directly (unit tests) and a real demo-like store made by the
-synthetic generator + prepare (end-to-end tests), all under pytest's temp folders."""
+"""Shared fixtures: small stores written directly with the store module, in tmp folders."""
 
 from __future__ import annotations
 
@@ -24,8 +23,9 @@ from sweep.data.store import (
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def make_store(folder: Path, shard_sizes: list[int], n_genes: int = 60, seed: int = 0,
-               n_codes: int = 3) -> Path:
+def make_store(
+    folder: Path, shard_sizes: list[int], n_genes: int = 60, seed: int = 0, n_codes: int = 3
+) -> Path:
     """A store of random counts whose cell ``g`` (global row) has value ``g + 1`` in gene 0.
 
     Gene 0 thus identifies every cell, so tests can check which cells a loader delivered.
@@ -51,8 +51,9 @@ def make_store(folder: Path, shard_sizes: list[int], n_genes: int = 60, seed: in
         shards.append({"file": shard_name(s), "n_cells": n, "nnz": nnz})
         first += n
     vocab = {c: [f"{c}-{i}" for i in range(n_codes)] for c in CODED_COLUMNS}
-    write_manifest(folder, Manifest(genes, [f"G{i}" for i in range(n_genes)], vocab, shards,
-                                    max(shard_sizes)))
+    write_manifest(
+        folder, Manifest(genes, [f"G{i}" for i in range(n_genes)], vocab, shards, max(shard_sizes))
+    )
     return folder
 
 

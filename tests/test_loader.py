@@ -1,4 +1,4 @@
-"""The block loader: every selected cell exactly once per epoch, shuffled, sparse until densified."""
+"""The block loader: each selected cell once per epoch, shuffled, sparse until densified."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,15 @@ import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 
-from sweep.data.loader import X_DATA, X_INDICES, X_INDPTR, Blocks, EpochLoader, ShardBatches, densify
+from sweep.data.loader import (
+    X_DATA,
+    X_INDICES,
+    X_INDPTR,
+    Blocks,
+    EpochLoader,
+    ShardBatches,
+    densify,
+)
 from sweep.data.selection import CellTable
 from sweep.data.store import CODED_COLUMNS, Shard, read_manifest
 
@@ -17,13 +25,29 @@ def make_batches(store, selected=None, shuffle=True, **overrides):
     n = table.n_cells
     if selected is None:
         selected = np.random.default_rng(1).random(n) < 0.8
-    kwargs = dict(batch_size=64, shuffle=shuffle, seed=3, block_size=32, fetch_size=200,
-                  max_cache_size=2, cache_size_strictly_enforced=True, drop_last=False)
+    kwargs = dict(
+        batch_size=64,
+        shuffle=shuffle,
+        seed=3,
+        block_size=32,
+        fetch_size=200,
+        max_cache_size=2,
+        cache_size_strictly_enforced=True,
+        drop_last=False,
+    )
     kwargs.update(overrides)
     batch_codes = np.arange(n) % 7  # code = global row % 7, checkable per cell
     covariates = np.stack([np.arange(n) % 2, np.arange(n) % 3], axis=1)
-    return ShardBatches(store, [s["file"] for s in manifest.shards], table.offsets,
-                        manifest.n_genes, selected, batch_codes, covariates, **kwargs), selected
+    return ShardBatches(
+        store,
+        [s["file"] for s in manifest.shards],
+        table.offsets,
+        manifest.n_genes,
+        selected,
+        batch_codes,
+        covariates,
+        **kwargs,
+    ), selected
 
 
 def cell_ids(batch) -> np.ndarray:
@@ -47,7 +71,8 @@ def test_blocks_cover_exactly_the_selected_cells():
     selected = np.zeros(25, bool)
     selected[[0, 3, 12, 24]] = True
     blocks = Blocks.cover(offsets, selected, block_size=4)
-    assert list(zip(blocks.shard, blocks.start, blocks.stop)) == [(0, 0, 4), (1, 0, 4), (1, 12, 15)]
+    ranges = list(zip(blocks.shard, blocks.start, blocks.stop, strict=True))
+    assert ranges == [(0, 0, 4), (1, 0, 4), (1, 12, 15)]
 
 
 def test_every_selected_cell_once_per_epoch_across_ranks(small_store):
@@ -78,8 +103,11 @@ def test_order_is_shuffled_new_each_epoch_and_reproducible(small_store):
 
 def test_validation_is_ordered_and_split_into_contiguous_runs(small_store):
     dataset, selected = make_batches(small_store, shuffle=False)
-    runs = [np.concatenate([cell_ids(b) for b in epoch_cells(dataset, 60, e, rank=r, world_size=2)])
-            for e in (0, 5) for r in range(2)]
+    runs = [
+        np.concatenate([cell_ids(b) for b in epoch_cells(dataset, 60, e, rank=r, world_size=2)])
+        for e in (0, 5)
+        for r in range(2)
+    ]
     assert np.array_equal(runs[0], runs[2])  # epoch does not change validation
     ordered = np.concatenate(runs[:2])
     assert np.array_equal(ordered, np.flatnonzero(selected))
@@ -89,16 +117,18 @@ def test_counts_codes_and_covariates_match_the_store(small_store):
     dataset, _ = make_batches(small_store)
     manifest = read_manifest(small_store)
     shards = [Shard(small_store / s["file"]) for s in manifest.shards]
-    full = sp.vstack([sp.csr_matrix(s.read_rows(0, s.n_cells), shape=(s.n_cells, 60))
-                      for s in shards]).toarray()
+    full = sp.vstack(
+        [sp.csr_matrix(s.read_rows(0, s.n_cells), shape=(s.n_cells, 60)) for s in shards]
+    ).toarray()
     batch = epoch_cells(dataset, 60, epoch=2)[0]
     rows = cell_ids(batch)
     assert batch[REGISTRY_KEYS.X_KEY].dtype == torch.float32
     assert np.array_equal(batch[REGISTRY_KEYS.X_KEY].numpy(), full[rows])
     assert np.array_equal(batch[REGISTRY_KEYS.BATCH_KEY].numpy()[:, 0], rows % 7)
     assert batch[REGISTRY_KEYS.BATCH_KEY].dtype == torch.int64
-    assert np.array_equal(batch[REGISTRY_KEYS.CAT_COVS_KEY].numpy(),
-                          np.stack([rows % 2, rows % 3], axis=1))
+    assert np.array_equal(
+        batch[REGISTRY_KEYS.CAT_COVS_KEY].numpy(), np.stack([rows % 2, rows % 3], axis=1)
+    )
     assert not batch[REGISTRY_KEYS.LABELS_KEY].any()
 
 
@@ -113,8 +143,9 @@ def test_batches_cross_workers_sparse(small_store):
 def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent):
     dataset, selected = make_batches(small_store)
     epoch = {"now": 0}
-    loader = EpochLoader(dataset, epoch_of=lambda: epoch["now"], num_workers=2,
-                         persistent_workers=persistent)
+    loader = EpochLoader(
+        dataset, epoch_of=lambda: epoch["now"], num_workers=2, persistent_workers=persistent
+    )
     orders = []
     for e in range(2):
         epoch["now"] = e
@@ -134,8 +165,9 @@ def test_drop_last_drops_only_each_readers_short_batch(small_store):
 @pytest.mark.parametrize("strict", [True, False])
 def test_cache_bound_guard(small_store, monkeypatch, strict):
     """A fetch spanning more shards than max_cache_size is refused when strict, else evicted."""
-    dataset, selected = make_batches(small_store, max_cache_size=2,
-                                     cache_size_strictly_enforced=strict, fetch_size=10_000)
+    dataset, selected = make_batches(
+        small_store, max_cache_size=2, cache_size_strictly_enforced=strict, fetch_size=10_000
+    )
     everything = np.arange(len(dataset.blocks))
     monkeypatch.setattr(dataset, "groups", lambda epoch: [everything])  # one group, 5 shards
     if strict:

@@ -70,7 +70,9 @@ def test_hidden_512_differs_from_czi_128_only_in_width():
     module = build_scvi([f"g{i}" for i in range(100)], ["a", "b"], {}, cfg.model).module
     assert module.z_encoder.encoder.fc_layers[0][0].out_features == 512
     assert OmegaConf.to_container(cfg.model) == {
-        **OmegaConf.to_container(compose_train("model=czi_128").model), "n_hidden": 512}
+        **OmegaConf.to_container(compose_train("model=czi_128").model),
+        "n_hidden": 512,
+    }
 
 
 def _read_back(module) -> dict:
@@ -90,8 +92,9 @@ def _read_back(module) -> dict:
         "n_hidden": encoder_layers[0][0].out_features,
         "n_latent": module.n_latent,
         "n_layers": len(encoder_layers),
-        "dropout_rate": next(m.p for m in encoder_layers.modules()
-                             if isinstance(m, torch.nn.Dropout)),
+        "dropout_rate": next(
+            m.p for m in encoder_layers.modules() if isinstance(m, torch.nn.Dropout)
+        ),
         "dispersion": module.dispersion,
         "gene_likelihood": module.gene_likelihood,
         "latent_distribution": module.latent_distribution,
@@ -110,17 +113,27 @@ def _read_back(module) -> dict:
     "overrides",
     [
         [],
-        ["model.n_hidden=64", "model.n_latent=7", "model.n_layers=3", "model.dropout_rate=0.25",
-         "model.dispersion=gene-batch", "model.gene_likelihood=zinb",
-         "model.latent_distribution=ln", "model.encode_covariates=true",
-         "model.deeply_inject_covariates=false", "model.use_batch_norm=encoder",
-         "model.use_layer_norm=decoder", "model.use_observed_lib_size=false"],
+        [
+            "model.n_hidden=64",
+            "model.n_latent=7",
+            "model.n_layers=3",
+            "model.dropout_rate=0.25",
+            "model.dispersion=gene-batch",
+            "model.gene_likelihood=zinb",
+            "model.latent_distribution=ln",
+            "model.encode_covariates=true",
+            "model.deeply_inject_covariates=false",
+            "model.use_batch_norm=encoder",
+            "model.use_layer_norm=decoder",
+            "model.use_observed_lib_size=false",
+        ],
     ],
 )
 def test_every_model_key_reaches_the_module(overrides):
     cfg = compose_train("model=czi_128", *overrides)
-    module = build_scvi([f"g{i}" for i in range(50)], ["a", "b", "c"], {"assay": ["x", "y"]},
-                        cfg.model).module
+    module = build_scvi(
+        [f"g{i}" for i in range(50)], ["a", "b", "c"], {"assay": ["x", "y"]}, cfg.model
+    ).module
     seen = _read_back(module)
     decoder_in = seen.pop("_decoder_in")
     assert seen == OmegaConf.to_container(cfg.model)

@@ -21,8 +21,9 @@ from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.paths import CONF_DIR, REPO_ROOT
 from sweep.train import fit
 
-SMALL = dict(n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5,
-             donors_per_dataset=2, seed=0)
+SMALL = dict(
+    n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5, donors_per_dataset=2, seed=0
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,23 +36,39 @@ def sources(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def store(sources, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "store"
-    prepare_store({"source": str(sources / "*.h5ad"), "output": str(out), "genes": "hvg",
-                   "n_top_genes": 400, "shard_size": 700, "workers": 2})
+    prepare_store(
+        {
+            "source": str(sources / "*.h5ad"),
+            "output": str(out),
+            "genes": "hvg",
+            "n_top_genes": 400,
+            "shard_size": 700,
+            "workers": 2,
+        }
+    )
     return out
 
 
 def compose_train(store: Path, *overrides: str):
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["dataset=prepared", f"dataset.path={store}",
-                                           "trainer.enable_progress_bar=false", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "dataset=prepared",
+                f"dataset.path={store}",
+                "trainer.enable_progress_bar=false",
+                *overrides,
+            ],
+        )
 
 
 @pytest.mark.slow
 def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, sources, tmp_path):
     run_dir = tmp_path / "run"
-    cfg = compose_train(store, "trainer.max_epochs=2", "loader.batch_size=256",
-                        "loader.num_workers=1")
+    cfg = compose_train(
+        store, "trainer.max_epochs=2", "loader.batch_size=256", "loader.num_workers=1"
+    )
     model, metrics = fit(cfg, run_dir)
 
     on_disk = json.loads((run_dir / "metrics.json").read_text())
@@ -63,8 +80,13 @@ def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, s
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [0, 1]
     assert history["kl_weight"].tolist() == pytest.approx([0.0, 1 / 20])  # plan=czi: epoch/20
-    assert {"elbo_validation", "reconstruction_loss_validation", "kl_local_validation",
-            "elbo_train", "train_cells_per_s"} <= set(history.columns)
+    assert {
+        "elbo_validation",
+        "reconstruction_loss_validation",
+        "kl_local_validation",
+        "elbo_train",
+        "train_cells_per_s",
+    } <= set(history.columns)
     assert (run_dir / "config_resolved.yaml").is_file()
     record = json.loads((run_dir / "wandb_run.json").read_text())
     assert Path(record["dir"]).is_dir() and record["mode"] == "offline"
@@ -90,11 +112,24 @@ def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, s
 
 @pytest.mark.slow
 def test_every_plan_key_reaches_the_training_plan(store, tmp_path):
-    plan = {"optimizer": "AdamW", "lr": 0.003, "weight_decay": 0.02, "eps": 1e-5,
-            "n_epochs_kl_warmup": 4, "max_kl_weight": 0.8, "min_kl_weight": 0.2,
-            "reduce_lr_on_plateau": True}
-    cfg = compose_train(store, "trainer.max_epochs=3", "logger=none", "save_model=false",
-                        "loader.num_workers=0", *(f"plan.{k}={v}" for k, v in plan.items()))
+    plan = {
+        "optimizer": "AdamW",
+        "lr": 0.003,
+        "weight_decay": 0.02,
+        "eps": 1e-5,
+        "n_epochs_kl_warmup": 4,
+        "max_kl_weight": 0.8,
+        "min_kl_weight": 0.2,
+        "reduce_lr_on_plateau": True,
+    }
+    cfg = compose_train(
+        store,
+        "trainer.max_epochs=3",
+        "logger=none",
+        "save_model=false",
+        "loader.num_workers=0",
+        *(f"plan.{k}={v}" for k, v in plan.items()),
+    )
     model, _ = fit(cfg, tmp_path / "run")
     training_plan = model.trainer.lightning_module
     optimizer = model.trainer.optimizers[0]
@@ -120,11 +155,23 @@ def test_every_plan_key_reaches_the_training_plan(store, tmp_path):
 def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "-m", "dataset=prepared",
-         f"dataset.path={store}", "model=czi_128,hidden_512", "batch=czi_concat,covariates",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "loader.num_workers=0",
-         f"hydra.sweep.dir={sweep_dir}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "-m",
+            "dataset=prepared",
+            f"dataset.path={store}",
+            "model=czi_128,hidden_512",
+            "batch=czi_concat,covariates",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "loader.num_workers=0",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
@@ -134,8 +181,9 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
     assert len({r["id"] for r in runs}) == 4
     assert {r["group"] for r in runs} == {f"train-{sweep_dir.name}"}
     choices = {(m["choices"]["model"], m["choices"]["batch"]) for m in metrics}
-    assert choices == {(a, b) for a in ("czi_128", "hidden_512")
-                       for b in ("czi_concat", "covariates")}
+    assert choices == {
+        (a, b) for a in ("czi_128", "hidden_512") for b in ("czi_concat", "covariates")
+    }
     # same data filter: the same validation cells for every job
     assert len({m["cells_validation"] for m in metrics}) == 1
     # czi_concat has more batch categories than dataset+donor (a donor with two assays)
@@ -145,8 +193,13 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
 
 
 def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *overrides],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,8 +221,8 @@ def test_bad_config_fails_before_any_data_is_read(tmp_path, override, message):
 
 
 def test_missing_store_is_named_with_the_fix(tmp_path):
-    result = run_train("dataset=prepared", f"dataset.path={tmp_path / 'nowhere'}",
-                       "logger=none", cwd=tmp_path)
+    result = run_train(
+        "dataset=prepared", f"dataset.path={tmp_path / 'nowhere'}", "logger=none", cwd=tmp_path
+    )
     assert result.returncode != 0
     assert "nowhere does not exist" in result.stderr and "sweep.prepare" in result.stderr
-

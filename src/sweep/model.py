@@ -1,8 +1,8 @@
-"""Build scvi-tools' SCVI for a store: a plain ``setup_anndata`` model any scvi-tools user can load.
+"""Build scvi-tools' SCVI for a store: a plain ``setup_anndata`` model anyone can load.
 
-The model is set up on a 2-cell template AnnData whose obs columns are Categoricals carrying the FULL
-category lists of the batch and each covariate, so the registry (and the saved model) knows every
-category while training reads cells from the store through a datamodule.
+The model is set up on a 2-cell template AnnData whose obs columns are Categoricals carrying
+the FULL category lists of the batch and each covariate, so the registry (and the saved model)
+knows every category while training reads cells from the store through a datamodule.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from scvi.model import SCVI
 BATCH_COLUMN = "batch"
 
 
-def template_adata(genes: list[str], batch_categories: list[str],
-                   covariate_categories: dict[str, list[str]]) -> anndata.AnnData:
+def template_adata(
+    genes: list[str], batch_categories: list[str], covariate_categories: dict[str, list[str]]
+) -> anndata.AnnData:
     """A 2-cell AnnData (zeros) with ``genes`` as var names and full-category obs columns."""
     n = 2
     obs = pd.DataFrame(index=[f"template-{i}" for i in range(n)])
@@ -30,8 +31,12 @@ def template_adata(genes: list[str], batch_categories: list[str],
     return anndata.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
 
 
-def build_scvi(genes: list[str], batch_categories: list[str],
-               covariate_categories: dict[str, list[str]], model_cfg) -> SCVI:
+def build_scvi(
+    genes: list[str],
+    batch_categories: list[str],
+    covariate_categories: dict[str, list[str]],
+    model_cfg,
+) -> SCVI:
     """SCVI with ``model_cfg``'s keys passed as constructor arguments, one to one."""
     adata = template_adata(genes, batch_categories, covariate_categories)
     SCVI.setup_anndata(

@@ -10,6 +10,6 @@ CONF_DIR = REPO_ROOT / "conf"
 
 
 def cache_dir() -> Path:
-    """Folder for generated data (demo sources and stores): $SCVI_SWEEP_CACHE or ~/.cache/scvi-sweep."""
+    """Folder for generated data: $SCVI_SWEEP_CACHE or ~/.cache/scvi-sweep."""
     env = os.environ.get("SCVI_SWEEP_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "scvi-sweep"

@@ -68,8 +68,15 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         settings=wandb.Settings(silent=True),
     )
     run = logger.experiment  # start the run now, so its folder exists even if training fails
-    record = {"id": run.id, "name": run.name, "group": run.group, "project": run.project,
-              "tags": list(run.tags), "mode": cfg.logger.mode, "dir": run.settings.sync_dir}
+    record = {
+        "id": run.id,
+        "name": run.name,
+        "group": run.group,
+        "project": run.project,
+        "tags": list(run.tags),
+        "mode": cfg.logger.mode,
+        "dir": run.settings.sync_dir,
+    }
     (run_dir / "wandb_run.json").write_text(json.dumps(record, indent=1))
     return logger
 

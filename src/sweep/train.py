@@ -44,8 +44,11 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     Step-indexed entries (Lightning's learning-rate monitor) are left out; EpochStats logs the
     learning rate per epoch instead.
     """
-    columns = {name: frame.iloc[:, 0] for name, frame in history.items()
-               if len(frame) and frame.index.name == "epoch"}
+    columns = {
+        name: frame.iloc[:, 0]
+        for name, frame in history.items()
+        if len(frame) and frame.index.name == "epoch"
+    }
     columns["kl_weight"] = columns.pop("kl_weight_epoch")  # see EpochStats
     table = pd.DataFrame(columns)
     table.index.name = "epoch"
@@ -60,10 +63,11 @@ def peak_rss_mb() -> float:
 
 
 def run(cfg, run_dir: str | Path) -> float:
-    """Train as ``cfg`` says, write the run folder ``run_dir``; the value of the optimized metric."""
+    """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric."""
     metrics = fit(cfg, run_dir)[1]
-    log.info("run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric,
-             metrics[cfg.optimized_metric])
+    log.info(
+        "run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric, metrics[cfg.optimized_metric]
+    )
     return float(metrics[cfg.optimized_metric])
 
 
@@ -89,8 +93,13 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:
-        log.info("training %s for %d epochs on %d cells, %d batch categories",
-                 identity["name"], cfg.trainer.max_epochs, datamodule.n_train, datamodule.n_batch)
+        log.info(
+            "training %s for %d epochs on %d cells, %d batch categories",
+            identity["name"],
+            cfg.trainer.max_epochs,
+            datamodule.n_train,
+            datamodule.n_batch,
+        )
         model.train(
             datamodule=datamodule,
             max_epochs=cfg.trainer.max_epochs,
@@ -121,8 +130,15 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     return model, metrics
 
 
-def summarize(cfg, datamodule: StoreDataModule, history: pd.DataFrame, epoch_stats: EpochStats,
-              identity: dict, store: Path, started: float) -> dict:
+def summarize(
+    cfg,
+    datamodule: StoreDataModule,
+    history: pd.DataFrame,
+    epoch_stats: EpochStats,
+    identity: dict,
+    store: Path,
+    started: float,
+) -> dict:
     """The run's ``metrics.json``: final losses, cost, cell counts and what was run."""
     final = {name: float(history[name].iloc[-1]) for name in FINAL_METRICS if name in history}
     return {

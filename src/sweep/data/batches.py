@@ -44,7 +44,7 @@ def check_columns(batch_keys: list[str], covariate_keys: list[str], store: str) 
 
 
 def _encode_combinations(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique rows of ``codes`` (n, k) in sorted order and each row's index into them, shape (n,)."""
+    """Unique rows of ``codes`` (n, k), sorted, and each row's index into them (n,)."""
     combos, inverse = np.unique(codes, axis=0, return_inverse=True)
     return combos, inverse.reshape(-1)
 
@@ -77,5 +77,6 @@ def encode_batches(
         present, inverse = _encode_combinations(columns[key][selected][:, None])
         covariate_categories[key] = [vocab[key][code] for code in present[:, 0]]
         covariate_codes[selected, j] = inverse
-    return BatchEncoding(labels, batch_codes, list(covariate_keys), covariate_categories,
-                         covariate_codes)
+    return BatchEncoding(
+        labels, batch_codes, list(covariate_keys), covariate_categories, covariate_codes
+    )

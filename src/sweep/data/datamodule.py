@@ -1,4 +1,4 @@
-"""The LightningDataModule scvi-tools trains from: store + cell filter + batch definition + loader."""
+"""The LightningDataModule scvi-tools trains from: store, cell filter, batch definition, loader."""
 
 from __future__ import annotations
 

@@ -44,14 +44,18 @@ def build_demo_store(folder: Path, dataset_cfg) -> Path:
         if (store / MANIFEST_NAME).is_file():
             return store
         log.info("building the demo data set in %s (once; later runs reuse it)", folder)
-        synthetic = SyntheticConfig(output=str(folder / "sources"),
-                                    **OmegaConf.to_container(dataset_cfg.synthetic, resolve=True))
+        synthetic = SyntheticConfig(
+            output=str(folder / "sources"),
+            **OmegaConf.to_container(dataset_cfg.synthetic, resolve=True),
+        )
         generate(synthetic)
-        prepare_store({
-            **OmegaConf.to_container(dataset_cfg.prepare, resolve=True),
-            "source": str(folder / "sources" / "*.h5ad"),
-            "output": str(store),
-        })
+        prepare_store(
+            {
+                **OmegaConf.to_container(dataset_cfg.prepare, resolve=True),
+                "source": str(folder / "sources" / "*.h5ad"),
+                "output": str(store),
+            }
+        )
     return store
 
 
@@ -59,10 +63,14 @@ def resolve_store(dataset_cfg) -> Path:
     """The store folder a job trains on; the demo store is built on first use."""
     if dataset_cfg.kind == "demo":
         if dataset_cfg.path:
-            raise ValueError("dataset=demo makes its own store: leave dataset.path unset, or use "
-                             "dataset=prepared dataset.path=/your/store")
+            raise ValueError(
+                "dataset=demo makes its own store: leave dataset.path unset, or use "
+                "dataset=prepared dataset.path=/your/store"
+            )
         return build_demo_store(demo_folder(dataset_cfg), dataset_cfg)
     if not dataset_cfg.path:
-        raise ValueError("dataset=prepared needs dataset.path=/path/to/store "
-                         "(made by `python -m sweep.prepare source=... output=...`)")
+        raise ValueError(
+            "dataset=prepared needs dataset.path=/path/to/store "
+            "(made by `python -m sweep.prepare source=... output=...`)"
+        )
     return Path(dataset_cfg.path)

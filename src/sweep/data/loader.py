@@ -1,10 +1,11 @@
-"""Batches of cells from a prepared store: contiguous block reads, in-memory shuffle, sparse output.
+"""Batches of cells from a prepared store: contiguous block reads, in-memory shuffle, CSR output.
 
 An epoch's order, from (seed, epoch): shards are permuted and taken in groups of ``max_cache_size``;
 the blocks (``block_size`` contiguous rows holding selected cells) of a group are permuted and dealt
-to the (rank, worker) readers in turn, so every selected cell is read by exactly one reader. A reader
-gathers about ``fetch_size`` cells from its blocks of one group (never more than ``max_cache_size``
-shards open), shuffles them in memory and cuts batches; the remainder carries into the next fetch.
+to the (rank, worker) readers in turn, so every selected cell is read by exactly one reader.
+A reader gathers about ``fetch_size`` cells from its blocks of one group (never more than
+``max_cache_size`` shards open), shuffles them in memory and cuts batches; the remainder carries
+into the next fetch.
 Validation reads all its blocks in store order, split into contiguous runs over the readers.
 
 Batches stay CSR until they reach the training device, where :func:`densify` turns them into what
@@ -33,7 +34,7 @@ X_DATA, X_INDICES, X_INDPTR = "X_data", "X_indices", "X_indptr"
 
 @dataclass(frozen=True)
 class Blocks:
-    """Contiguous row ranges [start, stop) of shard ``shard`` that hold selected cells, each (n_blocks,)."""
+    """Row ranges [start, stop) of shard ``shard`` holding selected cells; each (n_blocks,)."""
 
     shard: np.ndarray
     start: np.ndarray
@@ -116,7 +117,7 @@ class ShardBatches(IterableDataset):
         return int(self.selected.sum())
 
     def groups(self, epoch: int) -> list[np.ndarray]:
-        """This epoch's shuffled block indices, in groups that read at most ``max_cache_size`` shards.
+        """This epoch's shuffled block indices, in groups reading <= ``max_cache_size`` shards.
 
         Shards and the blocks of each group are permuted from (seed, epoch).
         """
@@ -124,9 +125,9 @@ class ShardBatches(IterableDataset):
         shard_order = rng.permutation(len(self.paths))
         return [
             rng.permutation(np.flatnonzero(np.isin(self.blocks.shard, members)))
-            for members in np.array_split(shard_order, np.arange(self.max_cache_size,
-                                                                 len(shard_order),
-                                                                 self.max_cache_size))
+            for members in np.array_split(
+                shard_order, np.arange(self.max_cache_size, len(shard_order), self.max_cache_size)
+            )
         ]
 
     def my_groups(self, epoch: int) -> list[np.ndarray]:
@@ -170,8 +171,14 @@ class ShardBatches(IterableDataset):
         """Runs of ``group``'s blocks holding about ``fetch_size`` rows each."""
         rows = self.blocks.stop[group] - self.blocks.start[group]
         ends = np.cumsum(rows)
-        cut_at = np.searchsorted(ends, np.arange(self.fetch_size, ends[-1] if len(ends) else 0,
-                                                 self.fetch_size), side="left") + 1
+        cut_at = (
+            np.searchsorted(
+                ends,
+                np.arange(self.fetch_size, ends[-1] if len(ends) else 0, self.fetch_size),
+                side="left",
+            )
+            + 1
+        )
         yield from (part for part in np.split(group, cut_at) if len(part))
 
     def _shard(self, s: int, handles: OrderedDict[int, Shard], fetch_shards: set[int]) -> Shard:
@@ -195,8 +202,11 @@ class ShardBatches(IterableDataset):
         fetch_shards = set(self.blocks.shard[fetch].tolist())
         mats, rows_global = [], []
         for b in fetch:
-            s, start, stop = (int(self.blocks.shard[b]), int(self.blocks.start[b]),
-                              int(self.blocks.stop[b]))
+            s, start, stop = (
+                int(self.blocks.shard[b]),
+                int(self.blocks.start[b]),
+                int(self.blocks.stop[b]),
+            )
             data, indices, indptr = self._shard(s, handles, fetch_shards).read_rows(start, stop)
             first = int(self.offsets[s]) + start
             keep = np.flatnonzero(self.selected[first : first + stop - start])
@@ -204,8 +214,9 @@ class ShardBatches(IterableDataset):
             mats.append(block[keep] if len(keep) < stop - start else block)
             rows_global.append(first + keep)
         rows = np.concatenate(rows_global)
-        return Cells(sp.vstack(mats, format="csr"), self.batch_codes[rows],
-                     self.covariate_codes[rows])
+        return Cells(
+            sp.vstack(mats, format="csr"), self.batch_codes[rows], self.covariate_codes[rows]
+        )
 
 
 @dataclass
@@ -230,9 +241,11 @@ class Cells:
         return Cells(self.X[n:], self.batch[n:], self.covariates[n:])
 
     def concat(self, other: Cells) -> Cells:
-        return Cells(sp.vstack([self.X, other.X], format="csr"),
-                     np.concatenate([self.batch, other.batch]),
-                     np.concatenate([self.covariates, other.covariates]))
+        return Cells(
+            sp.vstack([self.X, other.X], format="csr"),
+            np.concatenate([self.batch, other.batch]),
+            np.concatenate([self.covariates, other.covariates]),
+        )
 
     def as_batch(self) -> dict[str, np.ndarray]:
         """The batch as it crosses to the main process: CSR parts + codes shaped for scvi-tools."""

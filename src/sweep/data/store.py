@@ -9,13 +9,13 @@ Each shard is a valid h5ad file (``anndata.read_h5ad`` reads it) with
 
 - ``X``: raw counts, CSR, float32 values, int32 indices, int64 indptr, shape (cells, genes), written
   contiguous and uncompressed so that a row range is one contiguous read (and can be memory-mapped);
-- ``obs``: index = source cell id; one int32 code column per :data:`CODED_COLUMNS` entry (codes index
-  the manifest's vocabulary), ``n_genes_all`` (int32, expressed genes over ALL source genes) and
-  ``is_primary_data`` (bool);
+- ``obs``: index = source cell id; one int32 code column per :data:`CODED_COLUMNS` entry
+  (codes index the manifest's vocabulary), ``n_genes_all`` (int32, expressed genes over ALL
+  source genes) and ``is_primary_data`` (bool);
 - ``var``: index = Ensembl ``feature_id`` in the store's gene order, column ``feature_name``.
 
-The manifest holds the gene list, one global vocabulary per coded column, the shard list with cell and
-non-zero counts, and how the store was made.
+The manifest holds the gene list, one global vocabulary per coded column, the shard list with
+cell and non-zero counts, and how the store was made.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Manifest:
 
 
 def write_manifest(store: str | Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temp file + rename): the store counts as complete after this."""
+    """Write the manifest atomically (temp file + rename): after this the store is complete."""
     path = Path(store) / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest.to_json(), indent=1))
@@ -124,17 +124,20 @@ def read_manifest(store: str | Path) -> Manifest:
     store = Path(store)
     path = store / MANIFEST_NAME
     if not store.is_dir():
-        raise StoreError(f"prepared store {store} does not exist; create it with `python -m sweep.prepare`")
+        raise StoreError(
+            f"prepared store {store} does not exist; create it with `python -m sweep.prepare`"
+        )
     if not path.is_file():
         raise StoreError(
-            f"{store} has no {MANIFEST_NAME}: the store is incomplete (preparation did not finish); "
+            f"{store} has no {MANIFEST_NAME}: the store is incomplete (prepare did not finish); "
             + rebuild_hint(store)
         )
     obj = json.loads(path.read_text())
     if obj.get("format") != FORMAT_NAME or obj.get("version") != FORMAT_VERSION:
         raise StoreError(
             f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
-            f"(format={obj.get('format')!r}, version={obj.get('version')!r}); " + rebuild_hint(store)
+            f"(format={obj.get('format')!r}, version={obj.get('version')!r}); "
+            + rebuild_hint(store)
         )
     return Manifest.from_json(obj)
 
@@ -201,7 +204,7 @@ class Shard:
         return self.file["obs"][name][:]
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """CSR rows [start, stop): (data float32 (nnz,), indices int32 (nnz,), indptr int64 (rows+1,))."""
+        """CSR rows [start, stop): data float32 (nnz,), indices int32 (nnz,), indptr (rows+1,)."""
         X = self.file["X"]
         indptr = X["indptr"][start : stop + 1]
         lo, hi = int(indptr[0]), int(indptr[-1])
@@ -241,6 +244,7 @@ def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest
                     problem = f"lacks obs columns {missing}"
         if problem:
             raise StoreError(
-                f"shard {path} {problem}: the store and its manifest disagree; " + rebuild_hint(store)
+                f"shard {path} {problem}: the store and its manifest disagree; "
+                + rebuild_hint(store)
             )
     return manifest
