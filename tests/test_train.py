@@ -152,6 +152,17 @@ def test_every_plan_key_reaches_the_training_plan(store, tmp_path):
 
 
 @pytest.mark.slow
+def test_same_config_same_model(store, tmp_path):
+    overrides = ("trainer.max_epochs=2", "logger=none", "save_model=false", "loader.num_workers=1")
+    first = fit(compose_train(store, *overrides), tmp_path / "a")[1]
+    second = fit(compose_train(store, *overrides), tmp_path / "b")[1]
+    other_seed = fit(compose_train(store, *overrides, "seed=1"), tmp_path / "c")[1]
+    assert first["elbo_validation"] == second["elbo_validation"]
+    assert first["elbo_train"] == second["elbo_train"]
+    assert other_seed["elbo_validation"] != first["elbo_validation"]
+
+
+@pytest.mark.slow
 def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
