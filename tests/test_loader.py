@@ -11,6 +11,7 @@ from sweep.data.loader import (
     X_INDICES,
     X_INDPTR,
     Blocks,
+    Cells,
     EpochLoader,
     ShardBatches,
     densify,
@@ -132,11 +133,19 @@ def test_counts_codes_and_covariates_match_the_store(small_store):
     assert not batch[REGISTRY_KEYS.LABELS_KEY].any()
 
 
-def test_batches_cross_workers_sparse(small_store):
+def test_batches_cross_workers_sparse_and_compact(small_store):
     dataset, selected = make_batches(small_store)
     raw = next(iter(dataset))
     assert set(raw) >= {X_DATA, X_INDICES, X_INDPTR} and REGISTRY_KEYS.X_KEY not in raw
-    assert raw[X_INDICES].dtype == np.int32 and raw[X_DATA].dtype == np.float32
+    assert raw[X_INDICES].dtype == np.int16 and raw[X_DATA].dtype == np.int16
+
+
+def test_counts_too_large_for_int16_travel_as_float32():
+    X = sp.csr_matrix(np.array([[0, 40_000, 3], [7, 0, 0]], dtype=np.float32))
+    cells = Cells(X, np.zeros(2, np.int64), np.zeros((2, 0), np.int64))
+    raw = cells.as_batch()
+    assert raw[X_DATA].dtype == np.float32
+    assert np.array_equal(dense(raw, 3)[REGISTRY_KEYS.X_KEY].numpy(), X.toarray())
 
 
 @pytest.mark.parametrize("persistent", [True, False])

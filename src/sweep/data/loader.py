@@ -26,10 +26,11 @@ import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sweep.data.store import Shard
+from sweep.data.store import INDEX_DTYPE, VALUE_DTYPE, Shard
 
 #: keys of the sparse X triple in a batch before :func:`densify`
 X_DATA, X_INDICES, X_INDPTR = "X_data", "X_indices", "X_indptr"
+INT16_MAX = np.iinfo(np.int16).max
 
 
 @dataclass(frozen=True)
@@ -150,19 +151,28 @@ class ShardBatches(IterableDataset):
         reader, _ = _reader_slot(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, epoch, reader, 1])
         handles: OrderedDict[int, Shard] = OrderedDict()
-        pending = None
+        size = self.batch_size
+        carry: Cells | None = None  # the last short batch of a fetch, completed by the next
         try:
             for group in self.my_groups(epoch):
                 for fetch in self._fetches(group):
-                    cells = self._read(fetch, handles)
-                    if self.shuffle:
-                        cells = cells.take(rng.permutation(cells.n))
-                    pending = cells if pending is None else pending.concat(cells)
-                    while pending.n >= self.batch_size:
-                        yield pending.head(self.batch_size).as_batch()
-                        pending = pending.tail(self.batch_size)
-            if pending is not None and pending.n and not self.drop_last:
-                yield pending.as_batch()
+                    buffer, rows = self._read(fetch, handles)
+                    order = rng.permutation(rows) if self.shuffle else rows
+                    if carry is not None:
+                        need = size - carry.n
+                        carry = carry.concat(buffer.take(order[:need]))
+                        order = order[need:]
+                        if carry.n < size:
+                            continue
+                        yield carry.as_batch()
+                        carry = None
+                    full = len(order) - len(order) % size
+                    for first in range(0, full, size):
+                        yield buffer.take(order[first : first + size]).as_batch()
+                    if full < len(order):
+                        carry = buffer.take(order[full:])
+            if carry is not None and carry.n and not self.drop_last:
+                yield carry.as_batch()
         finally:
             for shard in handles.values():
                 shard.close()
@@ -197,26 +207,46 @@ class ShardBatches(IterableDataset):
         handles[s] = Shard(self.paths[s])
         return handles[s]
 
-    def _read(self, fetch: np.ndarray, handles: OrderedDict[int, Shard]) -> Cells:
-        """Read the selected cells of blocks ``fetch`` (contiguous reads), in block order."""
+    def _read(
+        self, fetch: np.ndarray, handles: OrderedDict[int, Shard]
+    ) -> tuple[Cells, np.ndarray]:
+        """All rows of blocks ``fetch`` as one CSR buffer, and the buffer rows of selected cells.
+
+        Each block is two contiguous reads (values, gene indices) straight into the buffer.
+        """
         fetch_shards = set(self.blocks.shard[fetch].tolist())
-        mats, rows_global = [], []
-        for b in fetch:
-            s, start, stop = (
-                int(self.blocks.shard[b]),
-                int(self.blocks.start[b]),
-                int(self.blocks.stop[b]),
-            )
-            data, indices, indptr = self._shard(s, handles, fetch_shards).read_rows(start, stop)
-            first = int(self.offsets[s]) + start
-            keep = np.flatnonzero(self.selected[first : first + stop - start])
-            block = sp.csr_matrix((data, indices, indptr), shape=(stop - start, self.n_genes))
-            mats.append(block[keep] if len(keep) < stop - start else block)
-            rows_global.append(first + keep)
-        rows = np.concatenate(rows_global)
-        return Cells(
-            sp.vstack(mats, format="csr"), self.batch_codes[rows], self.covariate_codes[rows]
+        blocks = [
+            (int(self.blocks.shard[b]), int(self.blocks.start[b]), int(self.blocks.stop[b]))
+            for b in fetch
+        ]
+        shards = [self._shard(s, handles, fetch_shards) for s, _, _ in blocks]
+        lo = np.array(
+            [shard.indptr[start] for shard, (_, start, _) in zip(shards, blocks, strict=True)]
         )
+        hi = np.array(
+            [shard.indptr[stop] for shard, (_, _, stop) in zip(shards, blocks, strict=True)]
+        )
+        base = np.concatenate([[0], np.cumsum(hi - lo)])
+        data = np.empty(base[-1], dtype=VALUE_DTYPE)
+        indices = np.empty(base[-1], dtype=INDEX_DTYPE)
+        indptr, global_rows = [np.zeros(1, dtype=np.int64)], []
+        for k, (shard, (s, start, stop)) in enumerate(zip(shards, blocks, strict=True)):
+            shard.read_into("data", lo[k], hi[k], data[base[k] : base[k + 1]])
+            shard.read_into("indices", lo[k], hi[k], indices[base[k] : base[k + 1]])
+            indptr.append(shard.indptr[start + 1 : stop + 1] - lo[k] + base[k])
+            global_rows.append(np.arange(self.offsets[s] + start, self.offsets[s] + stop))
+        rows = np.concatenate(global_rows)
+        index_dtype = np.int32 if base[-1] < np.iinfo(np.int32).max else np.int64
+        X = sp.csr_matrix(
+            (
+                data,
+                indices.astype(index_dtype, copy=False),
+                np.concatenate(indptr).astype(index_dtype),
+            ),
+            shape=(len(rows), self.n_genes),
+        )
+        buffer = Cells(X, self.batch_codes[rows], self.covariate_codes[rows])
+        return buffer, np.flatnonzero(self.selected[rows])
 
 
 @dataclass
@@ -234,12 +264,6 @@ class Cells:
     def take(self, rows: np.ndarray) -> Cells:
         return Cells(self.X[rows], self.batch[rows], self.covariates[rows])
 
-    def head(self, n: int) -> Cells:
-        return Cells(self.X[:n], self.batch[:n], self.covariates[:n])
-
-    def tail(self, n: int) -> Cells:
-        return Cells(self.X[n:], self.batch[n:], self.covariates[n:])
-
     def concat(self, other: Cells) -> Cells:
         return Cells(
             sp.vstack([self.X, other.X], format="csr"),
@@ -248,12 +272,17 @@ class Cells:
         )
 
     def as_batch(self) -> dict[str, np.ndarray]:
-        """The batch as it crosses to the main process: CSR parts + codes shaped for scvi-tools."""
+        """The batch as it crosses to the main process: compact CSR parts + codes for scvi-tools.
+
+        Counts travel as int16 when the batch's largest fits (else float32) and gene indices as
+        int16 when the store has fewer than 32768 genes: half the bytes of float32 + int32.
+        """
         n = self.n
+        values, indices = self.X.data, self.X.indices
         batch = {
-            X_DATA: self.X.data.astype(np.float32, copy=False),
-            X_INDICES: self.X.indices.astype(np.int32, copy=False),
-            X_INDPTR: self.X.indptr.astype(np.int64, copy=False),
+            X_DATA: values.astype(np.int16 if values.max(initial=0) <= INT16_MAX else np.float32),
+            X_INDICES: indices.astype(np.int16 if self.X.shape[1] <= INT16_MAX + 1 else np.int32),
+            X_INDPTR: self.X.indptr,
             REGISTRY_KEYS.BATCH_KEY: self.batch.reshape(n, 1),
             REGISTRY_KEYS.LABELS_KEY: np.zeros((n, 1), dtype=np.int64),
         }
@@ -266,10 +295,11 @@ def densify(batch: dict[str, torch.Tensor], n_genes: int) -> dict[str, torch.Ten
     """Replace the CSR parts by ``X`` (n, n_genes) float32 dense counts, on the batch's device."""
     data, indices, indptr = batch.pop(X_DATA), batch.pop(X_INDICES), batch.pop(X_INDPTR)
     n = indptr.shape[0] - 1
-    X = torch.zeros((n, n_genes), dtype=data.dtype, device=data.device)
-    rows = torch.repeat_interleave(torch.arange(n, device=data.device), torch.diff(indptr))
-    X[rows, indices.long()] = data
-    batch[REGISTRY_KEYS.X_KEY] = X
+    X = torch.zeros(n * n_genes, dtype=torch.float32, device=data.device)
+    row_starts = torch.arange(0, n * n_genes, n_genes, device=data.device)
+    flat = torch.repeat_interleave(row_starts, torch.diff(indptr), output_size=data.shape[0])
+    X[flat.add_(indices.to(torch.int64))] = data.to(torch.float32)
+    batch[REGISTRY_KEYS.X_KEY] = X.view(n, n_genes)
     return batch
 
 

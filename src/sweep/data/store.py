@@ -171,11 +171,19 @@ def write_shard(
 
 
 class Shard:
-    """Read access to one shard: obs columns and contiguous CSR row ranges (h5py, no pandas)."""
+    """Read access to one shard: obs columns and CSR rows, without pandas or anndata.
+
+    ``indptr`` is read whole on first use (8 bytes per cell). ``read_into`` fills a caller's buffer
+    with a range of ``X/data`` or ``X/indices``: one ``preadv`` system call when the dataset is
+    stored contiguous and uncompressed (as :func:`write_shard` writes it), else through h5py.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file: h5py.File | None = None
+        self._fd: int | None = None
+        self._indptr: np.ndarray | None = None
+        self._raw: dict[str, int | None] = {}
 
     @property
     def file(self) -> h5py.File:
@@ -186,10 +194,15 @@ class Shard:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+        self.__init__(self.path)
 
-    def __getstate__(self) -> dict:  # h5py handles cannot cross process boundaries
-        return {"path": self.path, "_file": None}
+    def __getstate__(self) -> dict:  # open handles cannot cross process boundaries
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
     @property
     def n_cells(self) -> int:
@@ -199,16 +212,52 @@ class Shard:
     def nnz(self) -> int:
         return int(self.file["X/data"].shape[0])
 
+    @property
+    def indptr(self) -> np.ndarray:
+        """CSR row pointers, shape (cells + 1,) int64."""
+        if self._indptr is None:
+            self._indptr = self.file["X/indptr"][:].astype(np.int64, copy=False)
+        return self._indptr
+
     def obs_column(self, name: str) -> np.ndarray:
         """One obs column as a numpy array, shape (cells,)."""
         return self.file["obs"][name][:]
 
+    def _byte_offset(self, name: str) -> int | None:
+        """File offset of ``X/<name>`` if stored contiguous, uncompressed and in our dtype."""
+        if name not in self._raw:
+            ds = self.file["X"][name]
+            native = {"data": VALUE_DTYPE, "indices": INDEX_DTYPE}[name]
+            raw = ds.chunks is None and ds.compression is None and ds.dtype == native
+            self._raw[name] = ds.id.get_offset() if raw and ds.shape[0] > 0 else None
+        return self._raw[name]
+
+    def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
+        """Copy ``X/<name>[lo:hi]`` into ``out`` (shape (hi - lo,), the dataset's dtype)."""
+        offset = self._byte_offset(name)
+        if offset is None:
+            if hi > lo:
+                self.file["X"][name].read_direct(out, np.s_[lo:hi])
+            return
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        wanted = out.nbytes
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset + lo * out.itemsize)
+        if got != wanted:
+            raise StoreError(
+                f"shard {self.path} is truncated: read {got} of {wanted} bytes of "
+                f"X/{name}; " + rebuild_hint(self.path.parent)
+            )
+
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR rows [start, stop): data float32 (nnz,), indices int32 (nnz,), indptr (rows+1,)."""
-        X = self.file["X"]
-        indptr = X["indptr"][start : stop + 1]
+        indptr = self.indptr[start : stop + 1]
         lo, hi = int(indptr[0]), int(indptr[-1])
-        return X["data"][lo:hi], X["indices"][lo:hi], indptr - lo
+        data = np.empty(hi - lo, VALUE_DTYPE)
+        indices = np.empty(hi - lo, INDEX_DTYPE)
+        self.read_into("data", lo, hi, data)
+        self.read_into("indices", lo, hi, indices)
+        return data, indices, indptr - lo
 
 
 def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest:
