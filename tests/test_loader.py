@@ -10,11 +10,14 @@ from sweep.data.loader import (
     X_DATA,
     X_INDICES,
     X_INDPTR,
+    X_RELEASE,
     Blocks,
     Cells,
     EpochLoader,
     ShardBatches,
+    dense_counts,
     densify,
+    scatter_counts,
 )
 from sweep.data.selection import CellTable
 from sweep.data.store import CODED_COLUMNS, Shard, read_manifest
@@ -140,6 +143,19 @@ def test_batches_cross_workers_sparse_and_compact(small_store):
     assert raw[X_INDICES].dtype == np.int16 and raw[X_DATA].dtype == np.int16
 
 
+@pytest.mark.parametrize("values", [np.int16, np.float32])
+def test_cpu_and_device_densify_agree_with_scipy(values):
+    X = sp.random(300, 500, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    X.data = np.ceil(X.data * 50)
+    parts = (
+        torch.from_numpy(X.data.astype(values)),
+        torch.from_numpy(X.indices.astype(np.int16)),
+        torch.from_numpy(X.indptr.astype(np.int32)),
+    )
+    assert np.array_equal(dense_counts(*parts, 500).numpy(), X.toarray())
+    assert np.array_equal(scatter_counts(*parts, 500).numpy(), X.toarray())
+
+
 def test_counts_too_large_for_int16_travel_as_float32():
     X = sp.csr_matrix(np.array([[0, 40_000, 3], [7, 0, 0]], dtype=np.float32))
     cells = Cells(X, np.zeros(2, np.int64), np.zeros((2, 0), np.int64))
@@ -149,16 +165,27 @@ def test_counts_too_large_for_int16_travel_as_float32():
 
 
 @pytest.mark.parametrize("persistent", [True, False])
-def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent):
+@pytest.mark.parametrize("slot_bytes", [1 << 20, 16])  # room for a batch; none: sent by value
+def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent, slot_bytes):
     dataset, selected = make_batches(small_store)
     epoch = {"now": 0}
     loader = EpochLoader(
-        dataset, epoch_of=lambda: epoch["now"], num_workers=2, persistent_workers=persistent
+        dataset,
+        epoch_of=lambda: epoch["now"],
+        slot_bytes=slot_bytes,
+        num_workers=2,
+        persistent_workers=persistent,
     )
     orders = []
     for e in range(2):
         epoch["now"] = e
-        cells = np.concatenate([cell_ids(densify(b, 60)) for b in loader])
+        cells, via_ring = [], 0
+        for batch in loader:
+            via_ring += X_RELEASE in batch
+            cells.append(cell_ids(densify(batch, 60)))
+        assert via_ring == (len(cells) if slot_bytes > 16 else 0)
+        assert not any(dataset.ring.busy)  # every slot released after densify
+        cells = np.concatenate(cells)
         assert np.array_equal(np.sort(cells), np.flatnonzero(selected))
         orders.append(cells)
     assert not np.array_equal(orders[0], orders[1])

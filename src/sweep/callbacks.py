@@ -19,6 +19,7 @@ class EpochStats(Callback):
     def __init__(self):
         self.cells_seen = 0
         self.train_time_s = 0.0
+        self.epoch_rates: list[float] = []  # training cells/s of each epoch
         self._epoch_cells = 0
         self._epoch_start = 0.0
 
@@ -35,8 +36,9 @@ class EpochStats(Callback):
         elapsed = time.perf_counter() - self._epoch_start
         self.cells_seen += self._epoch_cells
         self.train_time_s += elapsed
+        self.epoch_rates.append(self._epoch_cells / max(elapsed, 1e-9))
         pl_module.log("epoch_time_s", elapsed, on_epoch=True)
-        pl_module.log("train_cells_per_s", self._epoch_cells / max(elapsed, 1e-9), on_epoch=True)
+        pl_module.log("train_cells_per_s", self.epoch_rates[-1], on_epoch=True)
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
         pl_module.log("kl_weight_epoch", self._kl_weight, on_epoch=True)
         pl_module.log("lr", self._lr, on_epoch=True)

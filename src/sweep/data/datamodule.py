@@ -86,6 +86,14 @@ class StoreDataModule(LightningDataModule):
     def n_obs(self) -> int:
         return self.n_train + self.n_val
 
+    @property
+    def slot_bytes(self) -> int:
+        """Room for a typical batch in a worker's shared-memory slot: 2x the mean non-zeros per
+        cell at 4 bytes each (int16 counts + int16 gene index), plus row pointers."""
+        nnz_per_cell = sum(s["nnz"] for s in self.manifest.shards) / max(self.manifest.n_cells, 1)
+        size = self.loader_cfg.batch_size
+        return int(size * 2 * nnz_per_cell * 4 + 8 * (size + 1))
+
     def _dataset(self, selected: np.ndarray, shuffle: bool) -> ShardBatches:
         cfg = self.loader_cfg
         return ShardBatches(
@@ -113,6 +121,7 @@ class StoreDataModule(LightningDataModule):
         return EpochLoader(
             dataset,
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            slot_bytes=self.slot_bytes,
             num_workers=workers,
             prefetch_factor=self.loader_cfg.prefetch_factor if workers else None,
             persistent_workers=self.loader_cfg.persistent_workers and workers > 0,

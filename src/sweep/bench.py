@@ -1,0 +1,519 @@
+"""Benchmarks (never timed tests): ``python -m sweep.bench loader STORE [options]``.
+
+Measured side by side in one run on the same store, batch 1024 unless told otherwise:
+
+1. this loader at 0, 1, 2 workers over full epochs; a cell counts once its batch is a dense float
+   tensor on the training device (the CPU here), as cellarium-ml's are;
+2. the ceiling: plain contiguous reads of the same CSR shards, no shuffling, one core (read only,
+   and read + densify);
+3. the anchor (``--anchor``): cellarium-ml's own loader on the same shard files, through
+   ``shared/anchors/cellarium_loader_bench.sh`` (it lives in its own venv);
+4. end to end (``--train``): ``model=czi_128`` training throughput with this loader vs the same
+   model fed batches already materialised in memory (the model-only ceiling);
+5. the loader's peak RSS on the store and on one 10x larger (``--rss-scale 10``).
+
+Each loader configuration runs in a fresh process so that its peak RSS is its own. ``--make-store``
+writes a store shaped like the seed's (3241 genes, 1000-1500 non-zeros per cell, 10k-cell shards).
+Results print as a table and go into ``docs/benchmarks.md`` between markers (``--write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from lightning.pytorch import LightningDataModule
+
+from sweep.data.store import (
+    CODED_COLUMNS,
+    IS_PRIMARY,
+    N_GENES_ALL,
+    Manifest,
+    Shard,
+    read_manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+from sweep.paths import REPO_ROOT
+
+ANCHOR_SCRIPT = REPO_ROOT.parent / "shared" / "anchors" / "cellarium_loader_bench.sh"
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+# --------------------------------------------------------------------------------------------
+# a store shaped like the seed's
+
+
+def make_store(
+    folder: Path,
+    n_shards: int = 8,
+    shard_size: int = 10_000,
+    n_genes: int = 3241,
+    nnz_per_cell: tuple[int, int] = (1000, 1500),
+    seed: int = 0,
+) -> Path:
+    """Random counts (geometric, mean 2) with ``nnz_per_cell`` non-zeros per cell on average.
+
+    obs codes are random (5 values per column), every cell primary with n_genes_all = 2 x nnz.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    shards = []
+    for s in range(n_shards):
+        parts = []
+        for first in range(0, shard_size, 1000):
+            rows = min(1000, shard_size - first)
+            density = rng.uniform(*nnz_per_cell, size=rows) / n_genes
+            mask = rng.random((rows, n_genes), dtype=np.float32) < density[:, None]
+            part = sp.csr_matrix(mask, dtype=np.float32)
+            part.data = rng.geometric(0.5, part.nnz).astype(np.float32)
+            parts.append(part)
+        X = sp.vstack(parts, format="csr")
+        obs = pd.DataFrame(
+            {c: rng.integers(0, 5, shard_size).astype(np.int32) for c in CODED_COLUMNS},
+            index=[f"bench-{s}-{i}" for i in range(shard_size)],
+        )
+        obs[N_GENES_ALL] = (2 * np.diff(X.indptr)).astype(np.int32)
+        obs[IS_PRIMARY] = True
+        nnz = write_shard(folder / shard_name(s), X, obs, genes, genes)
+        shards.append({"file": shard_name(s), "n_cells": shard_size, "nnz": nnz})
+    vocab = {c: [f"{c}-{i}" for i in range(5)] for c in CODED_COLUMNS}
+    write_manifest(
+        folder,
+        Manifest(
+            genes,
+            genes,
+            vocab,
+            shards,
+            shard_size,
+            provenance={"made_by": "sweep.bench make_store"},
+        ),
+    )
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# measurements (each returns a dict row)
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process plus that of its largest finished child (workers), MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + child) / 1024
+
+
+def _datamodule(store: Path, workers: int, batch_size: int):
+    from omegaconf import OmegaConf
+
+    from sweep.config import TrainConfig
+    from sweep.data.datamodule import StoreDataModule
+
+    cfg = OmegaConf.structured(TrainConfig)
+    cfg.data.min_genes = 0
+    cfg.data.validation_fraction = 0.01
+    cfg.loader.num_workers = workers
+    cfg.loader.batch_size = batch_size
+    return StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=0)
+
+
+def loader_rate(store: Path, workers: int, batch_size: int, epochs: int) -> dict:
+    """This loader over ``epochs`` full training epochs; dense float32 batches on the CPU."""
+    import torch
+
+    from sweep.data.loader import densify
+
+    dm = _datamodule(store, workers, batch_size)
+    loader = dm.train_dataloader()
+    per_epoch = []
+    for epoch in range(epochs):
+        loader.dataset.epoch.value = epoch
+        cells, start = 0, time.perf_counter()
+        for batch in loader:
+            X = densify(batch, dm.n_vars)["X"]
+            assert X.dtype == torch.float32
+            cells += X.shape[0]
+        per_epoch.append(cells / (time.perf_counter() - start))
+    del loader  # persistent workers exit: their peak RSS becomes visible to getrusage
+    return {
+        "what": f"this loader, {workers} workers",
+        "cells_per_s": max(per_epoch),
+        "first_epoch_cells_per_s": per_epoch[0],
+        "cells_per_epoch": cells,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def ceiling_rate(store: Path, batch_size: int, densify_too: bool) -> dict:
+    """Contiguous ``batch_size``-row CSR reads of every shard in order, one core."""
+    import torch
+
+    from sweep.data.loader import X_DATA, X_INDICES, X_INDPTR, densify
+
+    manifest = read_manifest(store)
+    cells, start = 0, time.perf_counter()
+    for entry in manifest.shards:
+        shard = Shard(store / entry["file"])
+        for first in range(0, entry["n_cells"], batch_size):
+            stop = min(first + batch_size, entry["n_cells"])
+            data, indices, indptr = shard.read_rows(first, stop)
+            if densify_too:
+                batch = {
+                    X_DATA: torch.from_numpy(data),
+                    X_INDICES: torch.from_numpy(indices),
+                    X_INDPTR: torch.from_numpy(indptr),
+                }
+                densify(batch, manifest.n_genes)
+            cells += stop - first
+        shard.close()
+    what = "ceiling: contiguous reads" + (" + densify" if densify_too else " (sparse)")
+    return {
+        "what": what,
+        "cells_per_s": cells / (time.perf_counter() - start),
+        "cells_per_epoch": cells,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def anchor_rate(store: Path, workers: int, batch_size: int) -> dict:
+    """cellarium-ml 0.0.15's loader on the same shards (its own venv, via the anchor script)."""
+    if not ANCHOR_SCRIPT.is_file():
+        raise FileNotFoundError(f"{ANCHOR_SCRIPT} not found: --anchor needs ../shared/anchors/")
+    out = subprocess.run(
+        ["bash", str(ANCHOR_SCRIPT), str(store / "shard_*.h5ad"), str(workers), str(batch_size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = out.stdout.strip().splitlines()[
+        -1
+    ]  # "cellarium workers=N batch=B: C cells in S s = R cells/s"
+    rate = float(line.rsplit("=", 1)[1].split()[0])
+    return {
+        "what": f"cellarium-ml 0.0.15, {workers} workers",
+        "cells_per_s": rate,
+        "cells_per_epoch": int(line.split(": ")[1].split()[0]),
+        "peak_rss_mb": None,
+        "raw": line,
+    }
+
+
+def train_rate(store: Path, workers: int, batch_size: int, epochs: int, in_memory: bool) -> dict:
+    """``model=czi_128`` training cells/s (best epoch, no validation) fed by this loader, or by
+    the same batches already densified in memory (the model-only ceiling)."""
+    import scvi
+    from hydra import compose, initialize_config_dir
+
+    from sweep.callbacks import EpochStats
+    from sweep.config import register_schema
+    from sweep.data.loader import densify
+    from sweep.model import build_scvi
+    from sweep.paths import CONF_DIR
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        model_cfg = compose("train", overrides=["model=czi_128"]).model
+    dm = _datamodule(store, workers, batch_size)
+    if in_memory:
+        dm = InMemoryBatches(dm, [densify(b, dm.n_vars) for b in dm.train_dataloader()])
+    scvi.settings.seed = 0
+    model = build_scvi(dm.manifest.genes, dm.encoding.batch_categories, {}, model_cfg)
+    stats = EpochStats()
+    model.train(
+        datamodule=dm,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        check_val_every_n_epoch=None,
+        callbacks=[stats],
+        enable_progress_bar=False,
+        logger=False,
+        early_stopping=False,
+    )
+    what = (
+        "czi_128 training, batches in memory"
+        if in_memory
+        else f"czi_128 training, this loader ({workers} workers)"
+    )
+    return {
+        "what": what,
+        "cells_per_s": max(stats.epoch_rates),
+        "cells_per_epoch": dm.n_train,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+class InMemoryBatches(LightningDataModule):
+    """The model-only ceiling: a datamodule whose training batches are already dense tensors."""
+
+    def __init__(self, source, batches: list[dict]):
+        super().__init__()
+        self.batches = batches
+        self.manifest, self.encoding = source.manifest, source.encoding
+        self.n_vars, self.n_batch, self.n_cats_per_cov = (
+            source.n_vars,
+            source.n_batch,
+            source.n_cats_per_cov,
+        )
+        self.n_train, self.n_val, self.n_obs = source.n_train, source.n_val, source.n_obs
+
+    def train_dataloader(self) -> list[dict]:
+        return self.batches
+
+    def val_dataloader(self) -> list[dict]:
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# orchestration: each measurement in its own process, then one table
+
+
+MEASURES = {
+    "loader": loader_rate,
+    "ceiling": ceiling_rate,
+    "anchor": anchor_rate,
+    "train": train_rate,
+}
+
+
+def measure_in_subprocess(kind: str, **kwargs) -> dict:
+    """Run one measurement in a fresh interpreter (its own peak RSS); its result row."""
+    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+    out = subprocess.run(
+        [sys.executable, "-m", "sweep.bench", "_measure", kind, args],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench {kind} {kwargs} failed:\n{out.stderr[-3000:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {row['what']:<45} {row['cells_per_s']:>10,.0f} cells/s", flush=True)
+    return row
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    model_name = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+        if Path("/proc/cpuinfo").exists()
+        else cpu
+    )
+    return (
+        f"{os.cpu_count()} cores ({model_name}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def store_shape(store: Path) -> str:
+    manifest = read_manifest(store)
+    nnz = sum(s["nnz"] for s in manifest.shards)
+    return (
+        f"{manifest.n_cells:,} cells x {manifest.n_genes:,} genes in {len(manifest.shards)} "
+        f"shards of {manifest.shard_size:,}, {nnz / manifest.n_cells:,.0f} non-zeros per cell"
+    )
+
+
+def run_loader_bench(args: argparse.Namespace) -> list[dict]:
+    store = Path(args.store)
+    if args.make_store:
+        make_store(store, n_shards=args.shards)
+    rows = []
+    print(f"store: {store_shape(store)}")
+    for workers in args.workers:
+        rows.append(
+            measure_in_subprocess(
+                "loader",
+                store=store,
+                workers=workers,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+            )
+        )
+    for densify_too in (False, True):
+        rows.append(
+            measure_in_subprocess(
+                "ceiling", store=store, batch_size=args.batch_size, densify_too=densify_too
+            )
+        )
+    if args.anchor:
+        for workers in args.workers:
+            rows.append(
+                measure_in_subprocess(
+                    "anchor", store=store, workers=workers, batch_size=args.batch_size
+                )
+            )
+    if args.train:
+        for in_memory in (True, False):
+            rows.append(
+                measure_in_subprocess(
+                    "train",
+                    store=store,
+                    workers=args.train_workers,
+                    batch_size=args.batch_size,
+                    epochs=2,
+                    in_memory=in_memory,
+                )
+            )
+    if args.rss_scale > 1:
+        big = store.with_name(store.name + f"_x{args.rss_scale}")
+        manifest = read_manifest(store)
+        make_store(
+            big,
+            n_shards=len(manifest.shards) * args.rss_scale,
+            shard_size=manifest.shard_size,
+            n_genes=manifest.n_genes,
+        )
+        row = measure_in_subprocess(
+            "loader", store=big, workers=max(args.workers), batch_size=args.batch_size, epochs=1
+        )
+        row["what"] += f", store x{args.rss_scale}"
+        rows.append(row)
+        shutil.rmtree(big)
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """The targets of the loader issue, as ratios of rows measured in this run."""
+    by = {r["what"]: r for r in rows}
+    ours = {
+        int(r["what"].split(", ")[1].split()[0]): r
+        for r in rows
+        if r["what"].startswith("this loader") and "store x" not in r["what"]
+    }
+    lines = []
+    for workers, row in sorted(ours.items()):
+        anchor = by.get(f"cellarium-ml 0.0.15, {workers} workers")
+        if anchor:
+            lines.append(
+                f"this loader / cellarium-ml at {workers} workers: "
+                f"{row['cells_per_s'] / anchor['cells_per_s']:.1f}x"
+            )
+    best = max(ours.values(), key=lambda r: r["cells_per_s"])
+    for name in ("ceiling: contiguous reads + densify", "ceiling: contiguous reads (sparse)"):
+        lines.append(
+            f"best of this loader ({best['cells_per_s']:,.0f} cells/s, shuffled) / "
+            f"{name}: {best['cells_per_s'] / by[name]['cells_per_s']:.0%}"
+        )
+    memory = by.get("czi_128 training, batches in memory")
+    fed = next((r for r in rows if r["what"].startswith("czi_128 training, this loader")), None)
+    if memory and fed:
+        lines.append(
+            f"czi_128 training fed by this loader / fed from memory: "
+            f"{fed['cells_per_s'] / memory['cells_per_s']:.1%}"
+        )
+    big = next((r for r in rows if "store x" in r["what"]), None)
+    if big:
+        workers = int(big["what"].split(", ")[1].split()[0])
+        small = ours[workers]
+        lines.append(
+            f"peak RSS with the store x{big['what'].rsplit('x', 1)[1]}: "
+            f"{big['peak_rss_mb']:,.0f} MiB vs {small['peak_rss_mb']:,.0f} MiB "
+            f"({big['peak_rss_mb'] / small['peak_rss_mb'] - 1:+.0%})"
+        )
+    return lines
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, label: str) -> str:
+    table = [
+        "| measurement | cells/s | first epoch cells/s | cells per epoch | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        first = r.get("first_epoch_cells_per_s")
+        rss = r.get("peak_rss_mb")
+        table.append(
+            f"| {r['what']} | {r['cells_per_s']:,.0f} | "
+            f"{f'{first:,.0f}' if first else ''} | {r['cells_per_epoch']:,} | "
+            f"{f'{rss:,.0f}' if rss else ''} |"
+        )
+    command = "python -m sweep.bench " + " ".join(sys.argv[1:])
+    return "\n".join(
+        [
+            f"### Loader, {label} ({time.strftime('%Y-%m-%d')})",
+            "",
+            f"- machine: {machine()}",
+            f"- store: {store_shape(Path(args.store))}; batch {args.batch_size}",
+            f"- command: `{command}`",
+            "",
+            *table,
+            "",
+            "Ratios from this run:",
+            "",
+            *(f"- {line}" for line in ratios(rows)),
+        ]
+    )
+
+
+def write_section(doc: Path, key: str, text: str) -> None:
+    """Replace (or append) the section between ``<!-- bench:KEY -->`` markers in ``doc``."""
+    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_measure":  # internal: one measurement, one JSON line
+        kwargs = json.loads(argv[2])
+        if "store" in kwargs:
+            kwargs["store"] = Path(kwargs["store"])
+        print(json.dumps(MEASURES[argv[1]](**kwargs)))
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m sweep.bench", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="bench", required=True)
+    loader = sub.add_parser("loader", help="loader throughput, ceilings, anchor, RSS")
+    loader.add_argument("store", help="prepared store folder (made with --make-store if asked)")
+    loader.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    loader.add_argument("--batch-size", type=int, default=1024)
+    loader.add_argument("--epochs", type=int, default=2, help="epochs per loader measurement")
+    loader.add_argument("--make-store", action="store_true", help="write a seed-shaped store first")
+    loader.add_argument("--shards", type=int, default=8, help="shards of 10k cells (--make-store)")
+    loader.add_argument("--anchor", action="store_true", help="also run cellarium-ml's loader")
+    loader.add_argument("--train", action="store_true", help="also measure czi_128 training")
+    loader.add_argument("--train-workers", type=int, default=1)
+    loader.add_argument("--rss-scale", type=int, default=1, help="also run on a store N x larger")
+    loader.add_argument("--label", default="CPU", help="device name for docs/benchmarks.md")
+    loader.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    rows = run_loader_bench(args)
+    text = markdown(rows, args, args.label)
+    print("\n" + text)
+    if args.write:
+        write_section(DOC, f"loader:{args.label.lower().replace(' ', '-')}", text)
+        print(f"\nwrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
