@@ -1,4 +1,5 @@
-"""Shared fixtures: small stores written directly with the store module, in tmp folders."""
+"""Shared fixtures: small stores written directly with the store module (unit tests), and real
+synthetic sources prepared into a store (end-to-end tests), in pytest's tmp folders."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sweep.data.prepare import prepare_store
 from sweep.data.store import (
     CODED_COLUMNS,
     IS_PRIMARY,
@@ -19,6 +21,7 @@ from sweep.data.store import (
     write_manifest,
     write_shard,
 )
+from sweep.data.synthetic import SyntheticConfig, generate
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -61,3 +64,24 @@ def make_store(
 def small_store(tmp_path) -> Path:
     """5 shards (4 x 500 cells + 1 x 130), 60 genes."""
     return make_store(tmp_path / "store", [500, 500, 500, 500, 130])
+
+
+#: census-like sources small enough for tests: 4 datasets, ~2,800 cells, 1,500 genes
+SMALL = dict(n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5,
+             donors_per_dataset=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sources(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sources")
+    generate(SyntheticConfig(output=str(folder), **SMALL))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def store(sources, tmp_path_factory) -> Path:
+    """The sources prepared: 400 HVGs, shards of 700 cells shuffled across sources."""
+    out = tmp_path_factory.mktemp("prepared") / "store"
+    prepare_store({"source": str(sources / "*.h5ad"), "output": str(out), "genes": "hvg",
+                   "n_top_genes": 400, "shard_size": 700, "workers": 2})
+    return out

@@ -191,6 +191,17 @@ def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent,
     assert not np.array_equal(orders[0], orders[1])
 
 
+def test_ranks_times_workers_cover_each_cell_once(small_store):
+    dataset, selected = make_batches(small_store)
+    seen = []
+    for rank in range(2):
+        dataset.rank, dataset.world_size = rank, 2
+        loader = EpochLoader(dataset, epoch_of=lambda: 3, slot_bytes=1 << 20, num_workers=2)
+        seen.append(np.concatenate([cell_ids(densify(b, 60)) for b in loader]))
+    assert not set(seen[0]) & set(seen[1])
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.flatnonzero(selected))
+
+
 def test_drop_last_drops_only_each_readers_short_batch(small_store):
     dataset, selected = make_batches(small_store, drop_last=True)
     batches = epoch_cells(dataset, 60, epoch=0)

@@ -16,38 +16,8 @@ import scvi
 from hydra import compose, initialize_config_dir
 
 from sweep.config import register_schema
-from sweep.data.prepare import prepare_store
-from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.paths import CONF_DIR, REPO_ROOT
 from sweep.train import fit
-
-SMALL = dict(
-    n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5, donors_per_dataset=2, seed=0
-)
-
-
-@pytest.fixture(scope="session")
-def sources(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("sources")
-    generate(SyntheticConfig(output=str(folder), **SMALL))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def store(sources, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "store"
-    prepare_store(
-        {
-            "source": str(sources / "*.h5ad"),
-            "output": str(out),
-            "genes": "hvg",
-            "n_top_genes": 400,
-            "shard_size": 700,
-            "workers": 2,
-        }
-    )
-    return out
-
 
 def compose_train(store: Path, *overrides: str):
     register_schema()

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
 
 from sweep.data.store import (
     CODED_COLUMNS,
@@ -272,11 +273,15 @@ class InMemoryBatches(LightningDataModule):
         )
         self.n_train, self.n_val, self.n_obs = source.n_train, source.n_val, source.n_obs
 
-    def train_dataloader(self) -> list[dict]:
-        return self.batches
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.batches, batch_size=None, collate_fn=_same)
 
-    def val_dataloader(self) -> list[dict]:
+    def val_dataloader(self) -> list:
         return []
+
+
+def _same(batch: dict) -> dict:
+    return batch
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     loader.add_argument("store", help="prepared store folder (made with --make-store if asked)")
     loader.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     loader.add_argument("--batch-size", type=int, default=1024)
-    loader.add_argument("--epochs", type=int, default=2, help="epochs per loader measurement")
+    loader.add_argument("--epochs", type=int, default=3, help="epochs per loader measurement")
     loader.add_argument("--make-store", action="store_true", help="write a seed-shaped store first")
     loader.add_argument("--shards", type=int, default=8, help="shards of 10k cells (--make-store)")
     loader.add_argument("--anchor", action="store_true", help="also run cellarium-ml's loader")
