@@ -67,8 +67,9 @@ def small_store(tmp_path) -> Path:
 
 
 #: census-like sources small enough for tests: 4 datasets, ~2,800 cells, 1,500 genes
-SMALL = dict(n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5,
-             donors_per_dataset=2, seed=0)
+SMALL = dict(
+    n_datasets=4, cells_per_dataset=700, n_genes=1500, n_cell_types=5, donors_per_dataset=2, seed=0
+)
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +83,14 @@ def sources(tmp_path_factory) -> Path:
 def store(sources, tmp_path_factory) -> Path:
     """The sources prepared: 400 HVGs, shards of 700 cells shuffled across sources."""
     out = tmp_path_factory.mktemp("prepared") / "store"
-    prepare_store({"source": str(sources / "*.h5ad"), "output": str(out), "genes": "hvg",
-                   "n_top_genes": 400, "shard_size": 700, "workers": 2})
+    prepare_store(
+        {
+            "source": str(sources / "*.h5ad"),
+            "output": str(out),
+            "genes": "hvg",
+            "n_top_genes": 400,
+            "shard_size": 700,
+            "workers": 2,
+        }
+    )
     return out

@@ -159,7 +159,7 @@ def test_cpu_and_device_densify_agree_with_scipy(values):
 def test_counts_too_large_for_int16_travel_as_float32():
     X = sp.csr_matrix(np.array([[0, 40_000, 3], [7, 0, 0]], dtype=np.float32))
     cells = Cells(X, np.zeros(2, np.int64), np.zeros((2, 0), np.int64))
-    raw = cells.as_batch()
+    raw = cells.batch(np.arange(2))
     assert raw[X_DATA].dtype == np.float32
     assert np.array_equal(dense(raw, 3)[REGISTRY_KEYS.X_KEY].numpy(), X.toarray())
 

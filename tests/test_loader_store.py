@@ -15,9 +15,10 @@ from sweep.data.store import CODED_COLUMNS, read_manifest
 def datamodule(store, batch_size=128, **batch):
     data = OmegaConf.structured(DataConfig)
     batch_cfg = OmegaConf.merge(OmegaConf.structured(BatchConfig), batch)
-    loader = OmegaConf.merge(OmegaConf.structured(LoaderConfig),
-                             {"num_workers": 0, "batch_size": batch_size, "block_size": 32,
-                              "fetch_size": 512})
+    loader = OmegaConf.merge(
+        OmegaConf.structured(LoaderConfig),
+        {"num_workers": 0, "batch_size": batch_size, "block_size": 32, "fetch_size": 512},
+    )
     return StoreDataModule(store, data, batch_cfg, loader, seed=0)
 
 
@@ -47,8 +48,9 @@ def test_validation_batches_equal_the_rows_anndata_reads(store):
 def test_training_epoch_holds_exactly_the_training_rows(store):
     dm = datamodule(store)
     adata = store_as_anndata(store)
-    X = np.concatenate([b[REGISTRY_KEYS.X_KEY].numpy()
-                        for b in epoch_batches(dm, dm.train_dataloader())])
+    X = np.concatenate(
+        [b[REGISTRY_KEYS.X_KEY].numpy() for b in epoch_batches(dm, dm.train_dataloader())]
+    )
     expected = adata.X[dm.split.train].toarray()
     as_rows = lambda M: sorted(map(bytes, np.ascontiguousarray(M)))  # noqa: E731
     assert X.shape == expected.shape
@@ -56,12 +58,14 @@ def test_training_epoch_holds_exactly_the_training_rows(store):
     assert not (dm.split.train & dm.split.validation).any()
 
 
-@pytest.mark.parametrize("batch_keys,covariates", [
-    (["dataset_id", "assay", "suspension_type", "donor_id"], []),
-    (["dataset_id", "donor_id"], ["assay", "suspension_type"]),
-])
-def test_filter_and_codes_agree_with_pandas_on_the_sources(store, sources, batch_keys,
-                                                           covariates):
+@pytest.mark.parametrize(
+    "batch_keys,covariates",
+    [
+        (["dataset_id", "assay", "suspension_type", "donor_id"], []),
+        (["dataset_id", "donor_id"], ["assay", "suspension_type"]),
+    ],
+)
+def test_filter_and_codes_agree_with_pandas_on_the_sources(store, sources, batch_keys, covariates):
     """Reference path: the source files' own strings and counts, filtered with pandas."""
     dm = datamodule(store, batch_keys=batch_keys, covariate_keys=covariates)
     parts = []
@@ -99,10 +103,12 @@ def max_dataset_share(datasets: np.ndarray, batch_size: int) -> float:
 def test_batches_mix_source_datasets_like_random_sampling(store):
     dm = datamodule(store, batch_keys=["dataset_id", "donor_id"])
     labels = np.asarray([c.split("|")[0] for c in dm.encoding.batch_categories])
-    ours = np.concatenate([
-        labels[b[REGISTRY_KEYS.BATCH_KEY].numpy()[:, 0]]
-        for b in epoch_batches(dm, dm.train_dataloader())
-    ])
+    ours = np.concatenate(
+        [
+            labels[b[REGISTRY_KEYS.BATCH_KEY].numpy()[:, 0]]
+            for b in epoch_batches(dm, dm.train_dataloader())
+        ]
+    )
     train = labels[dm.encoding.batch_codes[dm.split.train]]
     rng = np.random.default_rng(0)
     random = [max_dataset_share(rng.permutation(train), 128) for _ in range(200)]
@@ -111,6 +117,7 @@ def test_batches_mix_source_datasets_like_random_sampling(store):
 
     # what a within-shard shuffle of shards cut from the sources in order would give
     unshuffled = np.sort(train)
-    within_shard = np.concatenate([rng.permutation(unshuffled[i : i + 700])
-                                   for i in range(0, len(unshuffled), 700)])
+    within_shard = np.concatenate(
+        [rng.permutation(unshuffled[i : i + 700]) for i in range(0, len(unshuffled), 700)]
+    )
     assert max_dataset_share(within_shard, 128) > tolerance

@@ -19,6 +19,7 @@ from sweep.config import register_schema
 from sweep.paths import CONF_DIR, REPO_ROOT
 from sweep.train import fit
 
+
 def compose_train(store: Path, *overrides: str):
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -2,10 +2,11 @@
 
 A DataLoader worker normally pickles each batch through a pipe, or copies each tensor into a new
 shared-memory segment: both cost more than reading the batch. :class:`SlotRing` is one shared
-buffer allocated before the workers start, cut into ``slots_per_worker`` slots per worker. A worker
-writes a batch's CSR arrays into a free slot of its own and sends only a small descriptor; the main
-process views the arrays in place and releases the slot once the batch is densified. When no slot is
-free, or a batch does not fit, the batch travels the ordinary way: the ring only ever speeds up.
+buffer allocated before the workers start, cut into ``slots_per_worker`` slots per worker. A
+worker writes a batch's CSR arrays straight into a free slot of its own and sends only a
+descriptor; the main process views the arrays in place and releases the slot once the batch is
+densified. When no slot is free, or a batch does not fit, the batch travels the ordinary way:
+the ring only ever speeds up.
 """
 
 from __future__ import annotations
@@ -48,13 +49,17 @@ class SlotRing:
         for slot in self._own(worker):
             self.busy[slot] = 0
 
-    def put(self, worker: int, arrays: list[np.ndarray]) -> np.ndarray | None:
-        """Copy 1-d ``arrays`` into a free slot of ``worker``; their descriptor, or None if no
-        slot is free or they do not fit (the caller then sends them by value).
+    def reserve(
+        self, worker: int, layout: list[tuple[type, int]]
+    ) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """Claim a free slot of ``worker`` for 1-d arrays of ``layout`` [(dtype, length), ...].
 
-        Descriptor: int64 [slot, (dtype code, length) per array].
+        Returns the slot's descriptor (int64 [slot, (dtype code, length) per array]) and numpy
+        views to fill, or None when no slot is free or the arrays do not fit (the caller then
+        sends them by value).
         """
-        if sum(_aligned(a.nbytes) for a in arrays) > self.slot_bytes:
+        sizes = [_aligned(length * np.dtype(dtype).itemsize) for dtype, length in layout]
+        if sum(sizes) > self.slot_bytes:
             return None
         slot = next((s for s in self._own(worker) if not self.busy[s]), None)
         if slot is None:
@@ -62,12 +67,12 @@ class SlotRing:
         self.busy[slot] = 1
         memory = self.buffer.numpy()
         offset = slot * self.slot_bytes
-        descriptor = [slot]
-        for array in arrays:
-            memory[offset : offset + array.nbytes] = array.view(np.uint8)
-            offset += _aligned(array.nbytes)
-            descriptor += [DTYPES.index(array.dtype.type), array.shape[0]]
-        return np.array(descriptor, dtype=np.int64)
+        descriptor, views = [slot], []
+        for (dtype, length), size in zip(layout, sizes, strict=True):
+            views.append(memory[offset : offset + size].view(dtype)[:length])
+            descriptor += [DTYPES.index(np.dtype(dtype).type), length]
+            offset += size
+        return np.array(descriptor, dtype=np.int64), views
 
     def open(self, descriptor: np.ndarray) -> list[torch.Tensor]:
         """Tensors viewing the arrays of a filled slot (valid until :meth:`release`)."""

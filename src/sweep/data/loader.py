@@ -157,7 +157,7 @@ class ShardBatches(IterableDataset):
         reader, _ = _reader_slot(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, epoch, reader, 1])
         info = get_worker_info()
-        ship = self._shipper(info.id if info else None)
+        reserve = self._reserver(info.id if info else None)
         handles: OrderedDict[int, Shard] = OrderedDict()
         size = self.batch_size
         carry: Cells | None = None  # the last short batch of a fetch, completed by the next
@@ -172,36 +172,26 @@ class ShardBatches(IterableDataset):
                         order = order[need:]
                         if carry.n < size:
                             continue
-                        yield ship(carry.as_batch())
+                        yield carry.batch(np.arange(size), reserve)
                         carry = None
                     full = len(order) - len(order) % size
                     for first in range(0, full, size):
-                        yield ship(buffer.take(order[first : first + size]).as_batch())
+                        yield buffer.batch(order[first : first + size], reserve)
                     if full < len(order):
                         carry = buffer.take(order[full:])
             if carry is not None and carry.n and not self.drop_last:
-                yield ship(carry.as_batch())
+                yield carry.batch(np.arange(carry.n), reserve)
         finally:
             for shard in handles.values():
                 shard.close()
 
-    def _shipper(self, worker: int | None) -> Callable[[dict], dict]:
-        """How this pass hands batches over: through worker ``worker``'s ring slots if it has
-        any (freed first: batches of an abandoned pass are never read), else as they are."""
+    def _reserver(self, worker: int | None) -> Callable | None:
+        """Where this pass writes batches: worker ``worker``'s ring slots if it has any (freed
+        first: batches of an abandoned pass are never read), else new arrays (None)."""
         if self.ring is None or worker is None:
-            return lambda batch: batch
-        ring = self.ring
-        ring.reset(worker)
-
-        def ship(batch: dict) -> dict:
-            descriptor = ring.put(worker, [batch[X_DATA], batch[X_INDICES], batch[X_INDPTR]])
-            if descriptor is None:
-                return batch
-            del batch[X_DATA], batch[X_INDICES], batch[X_INDPTR]
-            batch[X_SLOT] = descriptor
-            return batch
-
-        return ship
+            return None
+        self.ring.reset(worker)
+        return functools.partial(self.ring.reserve, worker)
 
     def _fetches(self, group: np.ndarray) -> Iterator[np.ndarray]:
         """Runs of ``group``'s blocks holding about ``fetch_size`` rows each."""
@@ -277,44 +267,75 @@ class ShardBatches(IterableDataset):
 
 @dataclass
 class Cells:
-    """A set of cells in memory: counts (n, genes) CSR, batch codes (n,), covariate codes (n, k)."""
+    """Cells in memory: counts (n, genes) CSR, batch codes (n,), covariate codes (n, k)."""
 
     X: sp.csr_matrix
-    batch: np.ndarray
-    covariates: np.ndarray
+    batch_codes: np.ndarray
+    covariate_codes: np.ndarray
 
     @property
     def n(self) -> int:
         return self.X.shape[0]
 
     def take(self, rows: np.ndarray) -> Cells:
-        return Cells(self.X[rows], self.batch[rows], self.covariates[rows])
+        return Cells(self.X[rows], self.batch_codes[rows], self.covariate_codes[rows])
 
     def concat(self, other: Cells) -> Cells:
         return Cells(
             sp.vstack([self.X, other.X], format="csr"),
-            np.concatenate([self.batch, other.batch]),
-            np.concatenate([self.covariates, other.covariates]),
+            np.concatenate([self.batch_codes, other.batch_codes]),
+            np.concatenate([self.covariate_codes, other.covariate_codes]),
         )
 
-    def as_batch(self) -> dict[str, np.ndarray]:
-        """The batch as it crosses to the main process: compact CSR parts + codes for scvi-tools.
+    @functools.cached_property
+    def row_lengths(self) -> np.ndarray:
+        return np.diff(self.X.indptr)
 
-        Counts travel as int16 when the batch's largest fits (else float32) and gene indices as
-        int16 when the store has fewer than 32768 genes: half the bytes of float32 + int32.
+    @functools.cached_property
+    def counts_fit_int16(self) -> bool:
+        return bool(self.X.data.max(initial=0) <= INT16_MAX)
+
+    def batch(self, rows: np.ndarray, reserve: Callable | None = None) -> dict[str, np.ndarray]:
+        """Cells ``rows`` as one batch: compact CSR parts + codes shaped for scvi-tools.
+
+        Counts travel as int16 when they fit (else float32), gene indices as int16 when there are
+        at most 32768 genes: half the bytes of float32 + int32. The CSR parts are gathered
+        straight into the arrays ``reserve(layout)`` hands out (a ring slot; see
+        :meth:`SlotRing.reserve`), else into new arrays.
         """
-        n = self.n
-        values, indices = self.X.data, self.X.indices
-        batch = {
-            X_DATA: values.astype(np.int16 if values.max(initial=0) <= INT16_MAX else np.float32),
-            X_INDICES: indices.astype(np.int16 if self.X.shape[1] <= INT16_MAX + 1 else np.int32),
-            X_INDPTR: self.X.indptr,
-            REGISTRY_KEYS.BATCH_KEY: self.batch.reshape(n, 1),
-            REGISTRY_KEYS.LABELS_KEY: np.zeros((n, 1), dtype=np.int64),
-        }
-        if self.covariates.shape[1]:
-            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariates
+        n_genes = self.X.shape[1]
+        nnz = int(self.row_lengths[rows].sum())
+        layout = [
+            (np.int16 if self.counts_fit_int16 else np.float32, nnz),
+            (np.int16 if n_genes <= INT16_MAX + 1 else np.int32, nnz),
+            (np.int64, len(rows) + 1),
+        ]
+        slot = reserve(layout) if reserve is not None else None
+        parts = slot[1] if slot else [np.empty(length, dtype) for dtype, length in layout]
+        _gather_rows(self.X.data, self.X.indices, self.X.indptr, rows, *parts)
+        batch = (
+            {X_SLOT: slot[0]}
+            if slot
+            else dict(zip((X_DATA, X_INDICES, X_INDPTR), parts, strict=True))
+        )
+        batch[REGISTRY_KEYS.BATCH_KEY] = self.batch_codes[rows].reshape(-1, 1)
+        batch[REGISTRY_KEYS.LABELS_KEY] = np.zeros((len(rows), 1), dtype=np.int64)
+        if self.covariate_codes.shape[1]:
+            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows]
         return batch
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_rows(data, indices, indptr, rows, out_data, out_indices, out_indptr) -> None:
+    """Copy CSR rows ``rows`` (in that order) into the out arrays, casting to their dtypes."""
+    position = 0
+    out_indptr[0] = 0
+    for i in range(rows.shape[0]):
+        for k in range(indptr[rows[i]], indptr[rows[i] + 1]):
+            out_data[position] = data[k]
+            out_indices[position] = indices[k]
+            position += 1
+        out_indptr[i + 1] = position
 
 
 @numba.njit(nogil=True, cache=True)
