@@ -18,8 +18,9 @@ from sweep.data.store import CODED_COLUMNS
 class BatchEncoding:
     """Codes for every store cell; -1 where the cell is not selected.
 
-    ``batch_codes`` (n_cells,) int64 into ``batch_categories``; ``covariate_codes`` (n_cells, k)
-    int64, column j into ``covariate_categories[covariate_keys[j]]``.
+    ``batch_codes`` (n_cells,) int32 into ``batch_categories``; ``covariate_codes`` (n_cells, k)
+    int32, column j into ``covariate_categories[covariate_keys[j]]``. (int32: these arrays live
+    as long as training, 4 + 4k bytes per cell of the store.)
     """
 
     batch_categories: list[str]
@@ -68,10 +69,10 @@ def encode_batches(
         separator.join(vocab[key][code] for key, code in zip(batch_keys, combo, strict=True))
         for combo in combos
     ]
-    batch_codes = np.full(n, -1, dtype=np.int64)
+    batch_codes = np.full(n, -1, dtype=np.int32)
     batch_codes[selected] = inverse
 
-    covariate_codes = np.full((n, len(covariate_keys)), -1, dtype=np.int64)
+    covariate_codes = np.full((n, len(covariate_keys)), -1, dtype=np.int32)
     covariate_categories = {}
     for j, key in enumerate(covariate_keys):
         present, inverse = _encode_combinations(columns[key][selected][:, None])

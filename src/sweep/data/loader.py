@@ -79,7 +79,12 @@ class ShardBatches(IterableDataset):
     """Yields ready batches (dicts of numpy arrays, X as CSR parts) for one split of a store.
 
     ``selected`` (n_cells,) bool marks the split's cells; ``batch_codes`` (n_cells,) and
-    ``covariate_codes`` (n_cells, k) are int64 codes (any value where not selected).
+    ``covariate_codes`` (n_cells, k) are integer codes (any value where not selected).
+
+    What a reader holds is bounded by the loader keys, not by the store: one fetch buffer (about
+    ``fetch_size`` cells of CSR), the carry (< ``batch_size`` cells), at most ``max_cache_size``
+    open shards (their row pointers, 8 bytes per cell of a shard) and its ring slots. The per-cell
+    arrays above (1 + 4 + 4k bytes per cell) are shared with the main process, not copied.
     """
 
     def __init__(
@@ -159,12 +164,13 @@ class ShardBatches(IterableDataset):
         info = get_worker_info()
         reserve = self._reserver(info.id if info else None)
         handles: OrderedDict[int, Shard] = OrderedDict()
+        space = FetchSpace()
         size = self.batch_size
         carry: Cells | None = None  # the last short batch of a fetch, completed by the next
         try:
             for group in self.my_groups(epoch):
                 for fetch in self._fetches(group):
-                    buffer, rows = self._read(fetch, handles)
+                    buffer, rows = self._read(fetch, handles, space)
                     order = rng.permutation(rows) if self.shuffle else rows
                     if carry is not None:
                         need = size - carry.n
@@ -224,11 +230,12 @@ class ShardBatches(IterableDataset):
         return handles[s]
 
     def _read(
-        self, fetch: np.ndarray, handles: OrderedDict[int, Shard]
+        self, fetch: np.ndarray, handles: OrderedDict[int, Shard], space: FetchSpace
     ) -> tuple[Cells, np.ndarray]:
         """All rows of blocks ``fetch`` as one CSR buffer, and the buffer rows of selected cells.
 
-        Each block is two contiguous reads (values, gene indices) straight into the buffer.
+        Each block is two contiguous reads (values, gene indices) straight into ``space``, which
+        the next fetch overwrites: batches are gathered out of it before that.
         """
         fetch_shards = set(self.blocks.shard[fetch].tolist())
         blocks = [
@@ -243,8 +250,7 @@ class ShardBatches(IterableDataset):
             [shard.indptr[stop] for shard, (_, _, stop) in zip(shards, blocks, strict=True)]
         )
         base = np.concatenate([[0], np.cumsum(hi - lo)])
-        data = np.empty(base[-1], dtype=VALUE_DTYPE)
-        indices = np.empty(base[-1], dtype=INDEX_DTYPE)
+        data, indices = space.arrays(int(base[-1]))
         indptr, global_rows = [np.zeros(1, dtype=np.int64)], []
         for k, (shard, (s, start, stop)) in enumerate(zip(shards, blocks, strict=True)):
             shard.read_into("data", lo[k], hi[k], data[base[k] : base[k + 1]])
@@ -263,6 +269,23 @@ class ShardBatches(IterableDataset):
         )
         buffer = Cells(X, self.batch_codes[rows], self.covariate_codes[rows])
         return buffer, np.flatnonzero(self.selected[rows])
+
+
+class FetchSpace:
+    """One reader's reusable value and gene-index arrays for its fetch buffer (grown as needed,
+    so memory stays at about ``fetch_size`` cells and fresh pages are not faulted in per fetch)."""
+
+    def __init__(self):
+        self.data = np.empty(0, dtype=VALUE_DTYPE)
+        self.indices = np.empty(0, dtype=INDEX_DTYPE)
+
+    def arrays(self, nnz: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views of ``nnz`` values and gene indices."""
+        if nnz > self.data.shape[0]:
+            room = int(nnz * 1.25)
+            self.data = np.empty(room, dtype=VALUE_DTYPE)
+            self.indices = np.empty(room, dtype=INDEX_DTYPE)
+        return self.data[:nnz], self.indices[:nnz]
 
 
 @dataclass
@@ -318,10 +341,10 @@ class Cells:
             if slot
             else dict(zip((X_DATA, X_INDICES, X_INDPTR), parts, strict=True))
         )
-        batch[REGISTRY_KEYS.BATCH_KEY] = self.batch_codes[rows].reshape(-1, 1)
+        batch[REGISTRY_KEYS.BATCH_KEY] = self.batch_codes[rows].astype(np.int64).reshape(-1, 1)
         batch[REGISTRY_KEYS.LABELS_KEY] = np.zeros((len(rows), 1), dtype=np.int64)
         if self.covariate_codes.shape[1]:
-            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows]
+            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows].astype(np.int64)
         return batch
 
 
