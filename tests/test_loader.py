@@ -12,7 +12,7 @@ from sweep.data.loader import (
     X_INDPTR,
     X_RELEASE,
     Blocks,
-    Cells,
+    Fetch,
     EpochLoader,
     ShardBatches,
     dense_counts,
@@ -158,8 +158,16 @@ def test_cpu_and_device_densify_agree_with_scipy(values):
 
 def test_counts_too_large_for_int16_travel_as_float32():
     X = sp.csr_matrix(np.array([[0, 40_000, 3], [7, 0, 0]], dtype=np.float32))
-    cells = Cells(X, np.zeros(2, np.int64), np.zeros((2, 0), np.int64))
-    raw = cells.batch(np.arange(2))
+    fetch = Fetch(
+        [(X.data, X.indices)],
+        np.zeros(2, np.int64),
+        X.indptr[:-1].astype(np.int64),
+        np.diff(X.indptr),
+        np.zeros(2, np.int32),
+        np.zeros((2, 0), np.int32),
+        3,
+    )
+    raw = fetch.batch(np.arange(2))
     assert raw[X_DATA].dtype == np.float32
     assert np.array_equal(dense(raw, 3)[REGISTRY_KEYS.X_KEY].numpy(), X.toarray())
 

@@ -110,3 +110,34 @@ def test_incomplete_store_is_refused(small_store):
     (small_store / "manifest.json").unlink()
     with pytest.raises(StoreError, match="incomplete"):
         read_manifest(small_store)
+
+
+def test_loader_keys_reach_the_dataloaders(small_store):
+    data, batch_cfg, _ = configs()
+    loader_cfg = OmegaConf.merge(
+        OmegaConf.structured(LoaderConfig),
+        {
+            "num_workers": 2,
+            "prefetch_factor": 3,
+            "persistent_workers": True,
+            "pin_memory": True,
+            "batch_size": 100,
+            "block_size": 40,
+            "fetch_size": 300,
+            "max_cache_size": 2,
+            "cache_size_strictly_enforced": False,
+            "drop_last": True,
+        },
+    )
+    dm = StoreDataModule(small_store, data, batch_cfg, loader_cfg, seed=5)
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    for loader in (train, val):
+        assert (loader.num_workers, loader.prefetch_factor) == (2, 3)
+        assert loader.persistent_workers and loader.pin_memory
+        assert loader.dataset.ring is not None and loader.dataset.ring.slots_per_worker == 5
+        dataset = loader.dataset
+        assert (dataset.batch_size, dataset.fetch_size, dataset.max_cache_size) == (100, 300, 2)
+        assert dataset.strict is False and dataset.seed == 5
+        assert (dataset.blocks.stop - dataset.blocks.start).max() == 40
+    assert train.dataset.drop_last and not val.dataset.drop_last  # never drop validation cells
+    assert train.dataset.shuffle and not val.dataset.shuffle

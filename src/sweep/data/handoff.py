@@ -87,3 +87,16 @@ class SlotRing:
 
     def release(self, descriptor: np.ndarray) -> None:
         self.busy[int(descriptor[0])] = 0
+
+
+class WorkerSlots:
+    """One worker's view of a :class:`SlotRing`: reserve a slot for a batch, or give it back."""
+
+    def __init__(self, ring: SlotRing, worker: int):
+        self.ring, self.worker = ring, worker
+
+    def reserve(self, layout: list[tuple[type, int]]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        return self.ring.reserve(self.worker, layout)
+
+    def release(self, descriptor: np.ndarray) -> None:
+        self.ring.release(descriptor)

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sweep.data.handoff import SlotRing
+from sweep.data.handoff import SlotRing, WorkerSlots
 from sweep.data.store import INDEX_DTYPE, VALUE_DTYPE, Shard
 
 #: keys of the sparse X triple in a batch before :func:`densify`
@@ -162,42 +161,42 @@ class ShardBatches(IterableDataset):
         reader, _ = _reader_slot(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, epoch, reader, 1])
         info = get_worker_info()
-        reserve = self._reserver(info.id if info else None)
+        slots = self._slots(info.id if info else None)
         handles: OrderedDict[int, Shard] = OrderedDict()
-        space = FetchSpace()
         size = self.batch_size
-        carry: Cells | None = None  # the last short batch of a fetch, completed by the next
+        carry: Fetch | None = None  # the last short batch of a fetch, completed by the next
         try:
             for group in self.my_groups(epoch):
-                for fetch in self._fetches(group):
-                    buffer, rows = self._read(fetch, handles, space)
-                    order = rng.permutation(rows) if self.shuffle else rows
+                for blocks in self._fetches(group):
+                    fetch = self._read(blocks, handles)
+                    order = rng.permutation(fetch.n) if self.shuffle else np.arange(fetch.n)
                     if carry is not None:
                         need = size - carry.n
-                        carry = carry.concat(buffer.take(order[:need]))
+                        carry = carry.concat(fetch.take(order[:need]))
                         order = order[need:]
                         if carry.n < size:
+                            carry = carry.copied()
                             continue
-                        yield carry.batch(np.arange(size), reserve)
+                        yield carry.batch(np.arange(size), slots)
                         carry = None
                     full = len(order) - len(order) % size
                     for first in range(0, full, size):
-                        yield buffer.batch(order[first : first + size], reserve)
+                        yield fetch.batch(order[first : first + size], slots)
                     if full < len(order):
-                        carry = buffer.take(order[full:])
+                        carry = fetch.take(order[full:]).copied()  # its shards may close
             if carry is not None and carry.n and not self.drop_last:
-                yield carry.batch(np.arange(carry.n), reserve)
+                yield carry.batch(np.arange(carry.n), slots)
         finally:
             for shard in handles.values():
                 shard.close()
 
-    def _reserver(self, worker: int | None) -> Callable | None:
+    def _slots(self, worker: int | None) -> WorkerSlots | None:
         """Where this pass writes batches: worker ``worker``'s ring slots if it has any (freed
         first: batches of an abandoned pass are never read), else new arrays (None)."""
         if self.ring is None or worker is None:
             return None
         self.ring.reset(worker)
-        return functools.partial(self.ring.reserve, worker)
+        return WorkerSlots(self.ring, worker)
 
     def _fetches(self, group: np.ndarray) -> Iterator[np.ndarray]:
         """Runs of ``group``'s blocks holding about ``fetch_size`` rows each."""
@@ -229,117 +228,117 @@ class ShardBatches(IterableDataset):
         handles[s] = Shard(self.paths[s])
         return handles[s]
 
-    def _read(
-        self, fetch: np.ndarray, handles: OrderedDict[int, Shard], space: FetchSpace
-    ) -> tuple[Cells, np.ndarray]:
-        """All rows of blocks ``fetch`` as one CSR buffer, and the buffer rows of selected cells.
-
-        Each block is two contiguous reads (values, gene indices) straight into ``space``, which
-        the next fetch overwrites: batches are gathered out of it before that.
-        """
-        fetch_shards = set(self.blocks.shard[fetch].tolist())
-        blocks = [
-            (int(self.blocks.shard[b]), int(self.blocks.start[b]), int(self.blocks.stop[b]))
-            for b in fetch
-        ]
-        shards = [self._shard(s, handles, fetch_shards) for s, _, _ in blocks]
-        lo = np.array(
-            [shard.indptr[start] for shard, (_, start, _) in zip(shards, blocks, strict=True)]
+    def _read(self, blocks: np.ndarray, handles: OrderedDict[int, Shard]) -> Fetch:
+        """The selected cells of ``blocks``, as row locations in the mapped shards (no copy)."""
+        fetch_shards = set(self.blocks.shard[blocks].tolist())
+        sources, source_of, located = [], {}, []
+        for b in blocks:
+            s, start, stop = (
+                int(self.blocks.shard[b]),
+                int(self.blocks.start[b]),
+                int(self.blocks.stop[b]),
+            )
+            shard = self._shard(s, handles, fetch_shards)
+            if s not in source_of:
+                source_of[s] = len(sources)
+                sources.append(shard.arrays())
+            first = int(self.offsets[s]) + start
+            keep = np.flatnonzero(self.selected[first : first + stop - start])
+            row_pointers = shard.indptr[start : stop + 1]
+            located.append(
+                (
+                    np.full(len(keep), source_of[s]),
+                    row_pointers[keep],
+                    np.diff(row_pointers)[keep],
+                    first + keep,
+                )
+            )
+        source, starts, lengths, rows = (
+            np.concatenate(parts) for parts in zip(*located, strict=True)
         )
-        hi = np.array(
-            [shard.indptr[stop] for shard, (_, _, stop) in zip(shards, blocks, strict=True)]
+        return Fetch(
+            sources,
+            source,
+            starts,
+            lengths,
+            self.batch_codes[rows],
+            self.covariate_codes[rows],
+            self.n_genes,
         )
-        base = np.concatenate([[0], np.cumsum(hi - lo)])
-        data, indices = space.arrays(int(base[-1]))
-        indptr, global_rows = [np.zeros(1, dtype=np.int64)], []
-        for k, (shard, (s, start, stop)) in enumerate(zip(shards, blocks, strict=True)):
-            shard.read_into("data", lo[k], hi[k], data[base[k] : base[k + 1]])
-            shard.read_into("indices", lo[k], hi[k], indices[base[k] : base[k + 1]])
-            indptr.append(shard.indptr[start + 1 : stop + 1] - lo[k] + base[k])
-            global_rows.append(np.arange(self.offsets[s] + start, self.offsets[s] + stop))
-        rows = np.concatenate(global_rows)
-        index_dtype = np.int32 if base[-1] < np.iinfo(np.int32).max else np.int64
-        X = sp.csr_matrix(
-            (
-                data,
-                indices.astype(index_dtype, copy=False),
-                np.concatenate(indptr).astype(index_dtype),
-            ),
-            shape=(len(rows), self.n_genes),
-        )
-        buffer = Cells(X, self.batch_codes[rows], self.covariate_codes[rows])
-        return buffer, np.flatnonzero(self.selected[rows])
-
-
-class FetchSpace:
-    """One reader's reusable value and gene-index arrays for its fetch buffer (grown as needed,
-    so memory stays at about ``fetch_size`` cells and fresh pages are not faulted in per fetch)."""
-
-    def __init__(self):
-        self.data = np.empty(0, dtype=VALUE_DTYPE)
-        self.indices = np.empty(0, dtype=INDEX_DTYPE)
-
-    def arrays(self, nnz: int) -> tuple[np.ndarray, np.ndarray]:
-        """Views of ``nnz`` values and gene indices."""
-        if nnz > self.data.shape[0]:
-            room = int(nnz * 1.25)
-            self.data = np.empty(room, dtype=VALUE_DTYPE)
-            self.indices = np.empty(room, dtype=INDEX_DTYPE)
-        return self.data[:nnz], self.indices[:nnz]
 
 
 @dataclass
-class Cells:
-    """Cells in memory: counts (n, genes) CSR, batch codes (n,), covariate codes (n, k)."""
+class Fetch:
+    """Cells located but not copied: cell ``i``'s non-zeros are ``values[start[i] :
+    start[i] + length[i]]`` (and the same gene indices) of ``sources[source[i]]``, a mapped
+    shard's arrays or a copy's. Codes: ``batch_codes`` (n,), ``covariate_codes`` (n, k).
+    """
 
-    X: sp.csr_matrix
+    sources: list[tuple[np.ndarray, np.ndarray]]
+    source: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
     batch_codes: np.ndarray
     covariate_codes: np.ndarray
+    n_genes: int
 
     @property
     def n(self) -> int:
-        return self.X.shape[0]
+        return int(self.source.shape[0])
 
-    def take(self, rows: np.ndarray) -> Cells:
-        return Cells(self.X[rows], self.batch_codes[rows], self.covariate_codes[rows])
-
-    def concat(self, other: Cells) -> Cells:
-        return Cells(
-            sp.vstack([self.X, other.X], format="csr"),
-            np.concatenate([self.batch_codes, other.batch_codes]),
-            np.concatenate([self.covariate_codes, other.covariate_codes]),
+    def take(self, rows: np.ndarray) -> Fetch:
+        """Cells ``rows`` (still not copied)."""
+        return Fetch(
+            self.sources,
+            self.source[rows],
+            self.start[rows],
+            self.length[rows],
+            self.batch_codes[rows],
+            self.covariate_codes[rows],
+            self.n_genes,
         )
 
-    @functools.cached_property
-    def row_lengths(self) -> np.ndarray:
-        return np.diff(self.X.indptr)
+    def concat(self, other: Fetch) -> Fetch:
+        return Fetch(
+            self.sources + other.sources,
+            np.concatenate([self.source, other.source + len(self.sources)]),
+            np.concatenate([self.start, other.start]),
+            np.concatenate([self.length, other.length]),
+            np.concatenate([self.batch_codes, other.batch_codes]),
+            np.concatenate([self.covariate_codes, other.covariate_codes]),
+            self.n_genes,
+        )
 
-    @functools.cached_property
-    def counts_fit_int16(self) -> bool:
-        return bool(self.X.data.max(initial=0) <= INT16_MAX)
+    def copied(self) -> Fetch:
+        """The same cells copied into arrays of their own (independent of open shards)."""
+        values, indices, indptr = self._gather(np.arange(self.n), VALUE_DTYPE, INDEX_DTYPE)[:3]
+        return Fetch(
+            [(values, indices)],
+            np.zeros(self.n, dtype=np.int64),
+            indptr[:-1],
+            np.diff(indptr),
+            self.batch_codes,
+            self.covariate_codes,
+            self.n_genes,
+        )
 
-    def batch(self, rows: np.ndarray, reserve: Callable | None = None) -> dict[str, np.ndarray]:
+    def batch(self, rows: np.ndarray, slots: WorkerSlots | None = None) -> dict[str, np.ndarray]:
         """Cells ``rows`` as one batch: compact CSR parts + codes shaped for scvi-tools.
 
         Counts travel as int16 when they fit (else float32), gene indices as int16 when there are
-        at most 32768 genes: half the bytes of float32 + int32. The CSR parts are gathered
-        straight into the arrays ``reserve(layout)`` hands out (a ring slot; see
-        :meth:`SlotRing.reserve`), else into new arrays.
+        at most 32768 genes: half the bytes of float32 + int32. The CSR parts are copied straight
+        into a ring slot when ``slots`` has one free (see :class:`WorkerSlots`).
         """
-        n_genes = self.X.shape[1]
-        nnz = int(self.row_lengths[rows].sum())
-        layout = [
-            (np.int16 if self.counts_fit_int16 else np.float32, nnz),
-            (np.int16 if n_genes <= INT16_MAX + 1 else np.int32, nnz),
-            (np.int64, len(rows) + 1),
-        ]
-        slot = reserve(layout) if reserve is not None else None
-        parts = slot[1] if slot else [np.empty(length, dtype) for dtype, length in layout]
-        _gather_rows(self.X.data, self.X.indices, self.X.indptr, rows, *parts)
+        index_dtype = np.int16 if self.n_genes <= INT16_MAX + 1 else np.int32
+        values, indices, indptr, largest, slot = self._gather(rows, np.int16, index_dtype, slots)
+        if largest > INT16_MAX:  # a count too large for int16: copy again as float32
+            if slot is not None:
+                slots.release(slot)
+            values, indices, indptr, _, slot = self._gather(rows, np.float32, index_dtype, slots)
         batch = (
-            {X_SLOT: slot[0]}
-            if slot
-            else dict(zip((X_DATA, X_INDICES, X_INDPTR), parts, strict=True))
+            {X_SLOT: slot}
+            if slot is not None
+            else {X_DATA: values, X_INDICES: indices, X_INDPTR: indptr}
         )
         batch[REGISTRY_KEYS.BATCH_KEY] = self.batch_codes[rows].astype(np.int64).reshape(-1, 1)
         batch[REGISTRY_KEYS.LABELS_KEY] = np.zeros((len(rows), 1), dtype=np.int64)
@@ -347,18 +346,63 @@ class Cells:
             batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows].astype(np.int64)
         return batch
 
+    def _gather(
+        self,
+        rows: np.ndarray,
+        value_dtype: type,
+        index_dtype: type,
+        slots: WorkerSlots | None = None,
+    ) -> tuple:
+        """Copy cells ``rows`` into CSR arrays (a ring slot's if one is free, else new ones).
+
+        Returns (values, gene indices, indptr, largest value copied, slot descriptor or None).
+        """
+        lengths = self.length[rows]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        layout = [
+            (value_dtype, int(indptr[-1])),
+            (index_dtype, int(indptr[-1])),
+            (np.int64, len(rows) + 1),
+        ]
+        reserved = slots.reserve(layout) if slots is not None else None
+        values, indices, out_indptr = (
+            reserved[1] if reserved else [np.empty(length, dtype) for dtype, length in layout]
+        )
+        out_indptr[:] = indptr
+        largest = 0.0
+        which = self.source[rows]
+        for s, (source_values, source_indices) in enumerate(self.sources):
+            mine = np.flatnonzero(which == s)
+            if len(mine):
+                largest = max(
+                    largest,
+                    _copy_runs(
+                        source_values,
+                        source_indices,
+                        self.start[rows[mine]],
+                        lengths[mine],
+                        indptr[mine],
+                        values,
+                        indices,
+                    ),
+                )
+        return values, indices, out_indptr, largest, reserved[0] if reserved else None
+
 
 @numba.njit(nogil=True, cache=True)
-def _gather_rows(data, indices, indptr, rows, out_data, out_indices, out_indptr) -> None:
-    """Copy CSR rows ``rows`` (in that order) into the out arrays, casting to their dtypes."""
-    position = 0
-    out_indptr[0] = 0
-    for i in range(rows.shape[0]):
-        for k in range(indptr[rows[i]], indptr[rows[i] + 1]):
-            out_data[position] = data[k]
-            out_indices[position] = indices[k]
-            position += 1
-        out_indptr[i + 1] = position
+def _copy_runs(values, indices, starts, lengths, out_starts, out_values, out_indices) -> float:
+    """Copy runs ``[starts[j], starts[j] + lengths[j])`` of values and gene indices to
+    ``out_starts[j]`` of the out arrays, casting to their dtypes; the largest value copied."""
+    largest = 0.0
+    for j in range(starts.shape[0]):
+        source, target = starts[j], out_starts[j]
+        for k in range(lengths[j]):
+            value = values[source + k]
+            largest = max(largest, value)
+            out_values[target + k] = value
+            out_indices[target + k] = indices[source + k]
+    return largest
 
 
 @numba.njit(nogil=True, cache=True)

@@ -173,17 +173,17 @@ def write_shard(
 class Shard:
     """Read access to one shard: obs columns and CSR rows, without pandas or anndata.
 
-    ``indptr`` is read whole on first use (8 bytes per cell). ``read_into`` fills a caller's buffer
-    with a range of ``X/data`` or ``X/indices``: one ``preadv`` system call when the dataset is
-    stored contiguous and uncompressed (as :func:`write_shard` writes it), else through h5py.
+    ``indptr`` is read whole on first use (8 bytes per cell). :meth:`arrays` gives X's values and
+    gene indices memory-mapped (no copy: a reader touches only the pages of the rows it reads)
+    when they are stored contiguous, uncompressed and in this format's dtypes, as
+    :func:`write_shard` writes them; otherwise it reads them whole.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file: h5py.File | None = None
-        self._fd: int | None = None
         self._indptr: np.ndarray | None = None
-        self._raw: dict[str, int | None] = {}
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def file(self) -> h5py.File:
@@ -192,10 +192,9 @@ class Shard:
         return self._file
 
     def close(self) -> None:
+        """Close the file; mapped arrays handed out stay valid until they are dropped."""
         if self._file is not None:
             self._file.close()
-        if self._fd is not None:
-            os.close(self._fd)
         self.__init__(self.path)
 
     def __getstate__(self) -> dict:  # open handles cannot cross process boundaries
@@ -223,41 +222,41 @@ class Shard:
         """One obs column as a numpy array, shape (cells,)."""
         return self.file["obs"][name][:]
 
-    def _byte_offset(self, name: str) -> int | None:
-        """File offset of ``X/<name>`` if stored contiguous, uncompressed and in our dtype."""
-        if name not in self._raw:
-            ds = self.file["X"][name]
-            native = {"data": VALUE_DTYPE, "indices": INDEX_DTYPE}[name]
-            raw = ds.chunks is None and ds.compression is None and ds.dtype == native
-            self._raw[name] = ds.id.get_offset() if raw and ds.shape[0] > 0 else None
-        return self._raw[name]
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """X's values (nnz,) float32 and gene indices (nnz,) int32."""
+        if self._arrays is None:
+            self._arrays = (self._array("data", VALUE_DTYPE), self._array("indices", INDEX_DTYPE))
+        return self._arrays
 
-    def read_into(self, name: str, lo: int, hi: int, out: np.ndarray) -> None:
-        """Copy ``X/<name>[lo:hi]`` into ``out`` (shape (hi - lo,), the dataset's dtype)."""
-        offset = self._byte_offset(name)
-        if offset is None:
-            if hi > lo:
-                self.file["X"][name].read_direct(out, np.s_[lo:hi])
-            return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        wanted = out.nbytes
-        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset + lo * out.itemsize)
-        if got != wanted:
-            raise StoreError(
-                f"shard {self.path} is truncated: read {got} of {wanted} bytes of "
-                f"X/{name}; " + rebuild_hint(self.path.parent)
+    def _array(self, name: str, dtype: type) -> np.ndarray:
+        dataset = self.file["X"][name]
+        mappable = (
+            dataset.chunks is None
+            and dataset.compression is None
+            and dataset.dtype == dtype
+            and dataset.shape[0] > 0
+        )
+        if not mappable:
+            return dataset[:].astype(dtype, copy=False)
+        try:
+            return np.memmap(
+                self.path,
+                dtype=dtype,
+                mode="r",
+                offset=dataset.id.get_offset(),
+                shape=dataset.shape,
             )
+        except ValueError as err:  # the file is shorter than its own header says
+            raise StoreError(
+                f"shard {self.path} is truncated ({err}); " + rebuild_hint(self.path.parent)
+            ) from err
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """CSR rows [start, stop): data float32 (nnz,), indices int32 (nnz,), indptr (rows+1,)."""
+        """CSR rows [start, stop) copied out: values (nnz,), gene indices (nnz,), indptr."""
         indptr = self.indptr[start : stop + 1]
         lo, hi = int(indptr[0]), int(indptr[-1])
-        data = np.empty(hi - lo, VALUE_DTYPE)
-        indices = np.empty(hi - lo, INDEX_DTYPE)
-        self.read_into("data", lo, hi, data)
-        self.read_into("indices", lo, hi, indices)
-        return data, indices, indptr - lo
+        values, indices = self.arrays()
+        return np.array(values[lo:hi]), np.array(indices[lo:hi]), indptr - lo
 
 
 def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest:
