@@ -1,12 +1,12 @@
-"""Batches of cells from a prepared store: contiguous block reads, in-memory shuffle, CSR output.
+"""Batches of cells from a prepared store: block-shuffled, memory-mapped, sparse until the device.
 
 An epoch's order, from (seed, epoch): shards are permuted and taken in groups of ``max_cache_size``;
 the blocks (``block_size`` contiguous rows holding selected cells) of a group are permuted and dealt
 to the (rank, worker) readers in turn, so every selected cell is read by exactly one reader.
-A reader gathers about ``fetch_size`` cells from its blocks of one group (never more than
-``max_cache_size`` shards open), shuffles them in memory and cuts batches; the remainder carries
-into the next fetch.
-Validation reads all its blocks in store order, split into contiguous runs over the readers.
+A reader locates about ``fetch_size`` cells of its blocks of one group in the memory-mapped shards
+(never more than ``max_cache_size`` open), shuffles them and copies each batch once, from the page
+cache into the batch's arrays; the remainder carries into the next fetch. Validation reads its
+blocks in store order, split into contiguous runs over the readers.
 
 Batches stay CSR until they reach the training device, where :func:`densify` turns them into what
 scvi-tools' module expects.
@@ -80,10 +80,10 @@ class ShardBatches(IterableDataset):
     ``selected`` (n_cells,) bool marks the split's cells; ``batch_codes`` (n_cells,) and
     ``covariate_codes`` (n_cells, k) are integer codes (any value where not selected).
 
-    What a reader holds is bounded by the loader keys, not by the store: one fetch buffer (about
-    ``fetch_size`` cells of CSR), the carry (< ``batch_size`` cells), at most ``max_cache_size``
-    open shards (their row pointers, 8 bytes per cell of a shard) and its ring slots. The per-cell
-    arrays above (1 + 4 + 4k bytes per cell) are shared with the main process, not copied.
+    What a reader holds is bounded by the loader keys, not by the store: the locations of about
+    ``fetch_size`` cells, the carry (< ``batch_size`` cells), at most ``max_cache_size`` open
+    shards (row pointers, 8 bytes per cell, and the mapped pages it has read) and its ring slots.
+    The per-cell arrays above (1 + 4 + 4k bytes per cell) are shared with the main process.
     """
 
     def __init__(
