@@ -29,6 +29,7 @@ def compose_train(store: Path, *overrides: str):
                 "dataset=prepared",
                 f"dataset.path={store}",
                 "trainer.enable_progress_bar=false",
+                "evaluation=none",  # scib scoring has its own tests (test_evaluate.py)
                 *overrides,
             ],
         )
@@ -146,6 +147,7 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
             "model=czi_128,hidden_512",
             "batch=czi_concat,covariates",
             "trainer.max_epochs=1",
+            "evaluation=none",
             "trainer.enable_progress_bar=false",
             "loader.num_workers=0",
             f"hydra.sweep.dir={sweep_dir}",

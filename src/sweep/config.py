@@ -116,6 +116,19 @@ class LoggerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """The ``evaluation`` group: scib-metrics scores on a fixed subsample of validation cells."""
+
+    enabled: bool = True
+    n_cells: int = 1000  # validation cells scored (seeded; the same for every job of a filter)
+    seed: int = 0
+    batch_keys: list[str] = field(default_factory=lambda: ["dataset_id", "donor_id"])
+    label_key: str = "cell_type"
+    epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])  # + the last
+    convergence_tolerance: float = 0.01  # "epochs until within 1% of the final value"
+
+
+@dataclass
 class TrainConfig:
     """The whole ``train.py`` config."""
 
@@ -127,6 +140,7 @@ class TrainConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
@@ -162,6 +176,8 @@ RANGES = (
     ("loader.block_size", 1, None),
     ("loader.fetch_size", 1, None),
     ("trainer.max_epochs", 1, None),
+    ("evaluation.n_cells", 10, None),
+    ("evaluation.convergence_tolerance", 0.0, None),
 )
 
 

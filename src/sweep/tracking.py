@@ -17,7 +17,17 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 #: config groups whose chosen option is logged as a top-level W&B config key
-GROUPS = ("dataset", "data", "batch", "model", "plan", "loader", "trainer", "experiment")
+GROUPS = (
+    "dataset",
+    "data",
+    "batch",
+    "model",
+    "plan",
+    "loader",
+    "trainer",
+    "evaluation",
+    "experiment",
+)
 
 
 def job_identity(cfg) -> dict:

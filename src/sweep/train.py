@@ -22,6 +22,7 @@ from sweep.callbacks import EpochStats
 from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
+from sweep.evaluate import AGGREGATES, IntegrationCheckpoints, choose_cells, epochs_to_within
 from sweep.model import build_scvi
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,18 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity)
     epoch_stats = EpochStats()
+    callbacks = [epoch_stats]
+    if cfg.evaluation.enabled:
+        cells = choose_cells(
+            datamodule,
+            cfg.evaluation.n_cells,
+            cfg.evaluation.seed,
+            list(cfg.evaluation.batch_keys),
+            cfg.evaluation.label_key,
+        )
+        callbacks.append(
+            IntegrationCheckpoints(cells, datamodule.n_vars, list(cfg.evaluation.epochs))
+        )
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:
@@ -110,7 +123,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             check_val_every_n_epoch=1,
             early_stopping=False,
             logger=loggers,
-            callbacks=[epoch_stats],
+            callbacks=callbacks,
             enable_progress_bar=cfg.trainer.enable_progress_bar,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
         )
@@ -119,6 +132,8 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
         if cfg.save_model:
             model.save(str(run_dir / "model"), overwrite=True, save_anndata=False)
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
+        if cfg.evaluation.enabled:
+            metrics.update(integration_summary(callbacks[-1], history, cfg.evaluation, run_dir))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(
@@ -128,6 +143,24 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     finally:
         tracking.finish(wandb_logger, exit_code)
     return model, metrics
+
+
+def integration_summary(
+    checkpoints: IntegrationCheckpoints, history: pd.DataFrame, evaluation_cfg, run_dir: Path
+) -> dict:
+    """Final integration scores, their baseline, and epochs until each headline value is within
+    ``convergence_tolerance`` of its final value; every checkpoint goes to integration.csv."""
+    records = pd.DataFrame(checkpoints.records)
+    records.to_csv(run_dir / "integration.csv", index=False)
+    tolerance = evaluation_cfg.convergence_tolerance
+    percent = f"{tolerance:.0%}".replace("%", "pct")
+    convergence = {}
+    for name in ("elbo_validation", *AGGREGATES.values()):
+        table = history if name == "elbo_validation" else records.assign(epoch=records.epoch - 1)
+        convergence[f"epochs_to_{percent}_{name}"] = epochs_to_within(
+            table[name], table["epoch"], tolerance
+        )
+    return {**checkpoints.final, **convergence, "evaluation_cells": len(checkpoints.cells.rows)}
 
 
 def summarize(

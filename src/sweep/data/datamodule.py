@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
 
 from sweep.data.batches import BatchEncoding, check_columns, encode_batches
 from sweep.data.loader import EpochLoader, ShardBatches, densify
 from sweep.data.selection import CellTable, Split, split_cells
-from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store
+from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,43 @@ class StoreDataModule(LightningDataModule):
         nnz_per_cell = sum(s["nnz"] for s in self.manifest.shards) / max(self.manifest.n_cells, 1)
         size = self.loader_cfg.batch_size
         return int(size * 2 * nnz_per_cell * 4 + 8 * (size + 1))
+
+    def _by_shard(self, rows: np.ndarray):
+        """(shard, its rows of ``rows`` as shard-local row numbers) for sorted global ``rows``."""
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(shard_of):
+            shard = Shard(self.store / self.manifest.shards[s]["file"])
+            yield shard, rows[shard_of == s] - self.offsets[s]
+            shard.close()
+
+    def counts(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Counts of store rows ``rows`` (global, sorted), (len(rows), genes) float32 CSR."""
+        parts = []
+        for shard, local in self._by_shard(rows):
+            values, indices = shard.arrays()
+            starts, stops = shard.indptr[local], shard.indptr[local + 1]
+            take = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
+            indptr = np.concatenate([[0], np.cumsum(stops - starts)])
+            parts.append(
+                sp.csr_matrix(
+                    (values[take], indices[take], indptr), shape=(len(local), self.n_vars)
+                )
+            )
+        return sp.vstack(parts, format="csr")
+
+    def obs_strings(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        """Coded obs ``columns`` of store rows ``rows`` (global, sorted), decoded to strings."""
+        parts = []
+        for shard, local in self._by_shard(rows):
+            parts.append(
+                pd.DataFrame(
+                    {
+                        c: np.asarray(self.manifest.vocab[c])[shard.obs_column(c)[local]]
+                        for c in columns
+                    }
+                )
+            )
+        return pd.concat(parts, ignore_index=True)
 
     def _dataset(self, selected: np.ndarray, shuffle: bool) -> ShardBatches:
         cfg = self.loader_cfg

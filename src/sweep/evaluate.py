@@ -1,0 +1,205 @@
+"""Integration quality of a latent space, scored with scib-metrics on fixed validation cells.
+
+The cells: a seeded subsample of the validation cells (``evaluation.n_cells``), so every job of a
+sweep with the same ``data`` filter is scored on the same cells. Batch correction is always
+measured against one evaluation batch key (``evaluation.batch_keys``, default dataset_id +
+donor_id) that does not change with the ``batch`` group, so batch definitions are compared on one
+yardstick; bio conservation against ``cell_type``. An unintegrated baseline (PCA of
+log-normalised counts of the same cells) is scored alongside, as scib does. Neighbours are exact
+(scikit-learn): on a few thousand cells that is faster than pynndescent's compilation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from lightning.pytorch import Callback
+from scvi import REGISTRY_KEYS
+
+from sweep.data.datamodule import StoreDataModule
+
+log = logging.getLogger(__name__)
+
+#: the aggregate scores' names in metrics.json / history.csv (scib's Total = 0.4 batch + 0.6 bio)
+AGGREGATES = {
+    "Bio conservation": "bio_conservation",
+    "Batch correction": "batch_correction",
+    "Total": "integration_total",
+}
+BASELINE_PREFIX = "pca_"
+EVAL_BATCH, LABEL = "eval_batch", "cell_type"
+
+
+@dataclass
+class EvaluationCells:
+    """The cells every evaluation of a job scores: counts (n, genes) CSR, model inputs and labels.
+
+    ``batch_codes`` (n,) and ``covariate_codes`` (n, k) are the model's own codes; ``obs`` holds
+    the evaluation batch label and the cell type as strings.
+    """
+
+    rows: np.ndarray
+    X: sp.csr_matrix
+    batch_codes: np.ndarray
+    covariate_codes: np.ndarray
+    obs: pd.DataFrame
+    baseline: np.ndarray  # (n, n_pcs) PCA of log-normalised counts
+
+
+def choose_cells(
+    dm: StoreDataModule, n_cells: int, seed: int, batch_keys: list[str], label_key: str = LABEL
+) -> EvaluationCells:
+    """Draw ``n_cells`` validation cells (seeded) and read what scoring needs about them."""
+    validation = np.flatnonzero(dm.split.validation)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(validation, size=min(n_cells, len(validation)), replace=False))
+    X = dm.counts(rows)
+    table = dm.obs_strings(rows, [*batch_keys, label_key])
+    obs = pd.DataFrame(
+        {
+            EVAL_BATCH: table[batch_keys].astype(str).agg("|".join, axis=1).to_numpy(),
+            LABEL: table[label_key].astype(str).to_numpy(),
+        }
+    )
+    return EvaluationCells(
+        rows,
+        X,
+        dm.encoding.batch_codes[rows],
+        dm.encoding.covariate_codes[rows],
+        obs,
+        pca_baseline(X),
+    )
+
+
+def pca_baseline(X: sp.csr_matrix, n_pcs: int = 50) -> np.ndarray:
+    """The unintegrated embedding: PCA of log1p(counts normalised to 10^4 per cell), (n, n_pcs)."""
+    from sklearn.decomposition import PCA
+
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    normalised = sp.diags(1e4 / np.maximum(totals, 1)) @ X
+    logged = normalised.log1p().toarray()
+    n_pcs = min(n_pcs, logged.shape[0] - 1, logged.shape[1])
+    return PCA(n_components=n_pcs, svd_solver="arpack", random_state=0).fit_transform(logged)
+
+
+@torch.no_grad()
+def latent(module, cells: EvaluationCells, n_genes: int, chunk: int = 1024) -> np.ndarray:
+    """Posterior means of the latent space for ``cells``, (n, n_latent); training mode restored."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    means = []
+    for first in range(0, cells.X.shape[0], chunk):
+        part = slice(first, first + chunk)
+        tensors = {
+            REGISTRY_KEYS.X_KEY: torch.as_tensor(cells.X[part].toarray(), device=device),
+            REGISTRY_KEYS.BATCH_KEY: torch.as_tensor(
+                cells.batch_codes[part], dtype=torch.int64, device=device
+            ).reshape(-1, 1),
+            REGISTRY_KEYS.LABELS_KEY: torch.zeros(
+                (cells.batch_codes[part].shape[0], 1), dtype=torch.int64, device=device
+            ),
+        }
+        if cells.covariate_codes.shape[1]:
+            tensors[REGISTRY_KEYS.CAT_COVS_KEY] = torch.as_tensor(
+                cells.covariate_codes[part], dtype=torch.int64, device=device
+            )
+        inference = module.inference(**module._get_inference_input(tensors))
+        means.append(inference["qz"].loc.cpu().numpy())
+    module.train(was_training)
+    return np.concatenate(means)
+
+
+def exact_neighbors(X: np.ndarray, k: int):
+    """scib-metrics' neighbour interface, exact kNN with scikit-learn."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+    return NeighborsResults(indices=indices, distances=distances)
+
+
+def score(cells: EvaluationCells, embedding: np.ndarray) -> dict[str, float]:
+    """scib-metrics Benchmarker on the embedding and the PCA baseline; flat dict of scores.
+
+    Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case), and the same
+    for the baseline prefixed ``pca_``.
+    """
+    import anndata
+    from scib_metrics.benchmark import Benchmarker
+
+    adata = anndata.AnnData(obs=cells.obs.copy())
+    adata.obsm["scvi"] = embedding
+    adata.obsm["pca"] = cells.baseline
+    bench = Benchmarker(
+        adata,
+        batch_key=EVAL_BATCH,
+        label_key=LABEL,
+        embedding_obsm_keys=["scvi", "pca"],
+        pre_integrated_embedding_obsm_key="pca",
+        n_jobs=1,
+        progress_bar=False,
+    )
+    bench.prepare(neighbor_computer=exact_neighbors)
+    bench.benchmark()
+    results = bench.get_results(min_max_scale=False).drop(index="Metric Type")
+    scores = {}
+    for embedding_name, prefix in (("scvi", ""), ("pca", BASELINE_PREFIX)):
+        for name, value in results.loc[embedding_name].items():
+            key = AGGREGATES.get(name, name.lower().replace(" ", "_").replace("-", "_"))
+            scores[prefix + key] = float(value)
+    return scores
+
+
+class IntegrationCheckpoints(Callback):
+    """Scores the latent space at the end of the listed epochs (1-based) and of the last one.
+
+    Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``.
+    """
+
+    def __init__(self, cells: EvaluationCells, n_genes: int, epochs: list[int]):
+        self.cells, self.n_genes = cells, n_genes
+        self.epochs = set(epochs)
+        self.records: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch not in self.epochs and epoch != trainer.max_epochs:
+            return
+        started = time.perf_counter()
+        scores = score(self.cells, latent(pl_module.module, self.cells, self.n_genes))
+        self.records.append({"epoch": epoch, **scores})
+        for name in AGGREGATES.values():
+            pl_module.log(name, scores[name], on_epoch=True)
+        log.info(
+            "epoch %d: bio conservation %.3f, batch correction %.3f (baseline %.3f, %.3f), %.1f s",
+            epoch,
+            scores["bio_conservation"],
+            scores["batch_correction"],
+            scores[BASELINE_PREFIX + "bio_conservation"],
+            scores[BASELINE_PREFIX + "batch_correction"],
+            time.perf_counter() - started,
+        )
+
+    @property
+    def final(self) -> dict[str, float]:
+        return {k: v for k, v in self.records[-1].items() if k != "epoch"} if self.records else {}
+
+
+def epochs_to_within(values: pd.Series, epochs: pd.Series, tolerance: float) -> int | None:
+    """First epoch (1-based) from which ``values`` stay within ``tolerance`` (relative) of the
+    last value; None if there are no values."""
+    values, epochs = values.dropna(), epochs[values.dropna().index]
+    if values.empty:
+        return None
+    final = values.iloc[-1]
+    outside = np.abs(values.to_numpy() - final) > tolerance * max(abs(final), 1e-12)
+    last_outside = np.flatnonzero(outside)
+    position = last_outside[-1] + 1 if len(last_outside) else 0
+    return int(epochs.iloc[position]) + 1

@@ -1,0 +1,181 @@
+"""sweep.inspect on saved (untrained) SCVI models: keys read from weights and init params, config
+matching, and refusal of model files that would run code."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sweep.config import register_schema
+from sweep.inspect import (
+    UnsafeModelFile,
+    differences,
+    format_report,
+    inspect_model,
+    main,
+    matching_configs,
+)
+from sweep.model import build_scvi
+from sweep.paths import CONF_DIR
+
+CZI_GENES = [f"ENSG{i:011d}" for i in range(8000)]
+CZI_BATCHES = [f"b{i}" for i in range(11108)]
+GENES = [f"g{i}" for i in range(40)]
+
+
+def model_cfg(*overrides: str):
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides)).model
+
+
+def save(folder, genes, batches, covariates, cfg):
+    """Build (not train) an SCVI model, save it to ``folder``; its parameter count."""
+    model = build_scvi(genes, batches, covariates, cfg)
+    model.save(str(folder), overwrite=True)
+    return sum(p.numel() for p in model.module.parameters())
+
+
+@pytest.fixture(scope="module")
+def czi(tmp_path_factory):
+    """A model built like CZI's released one: folder, parameter count."""
+    folder = tmp_path_factory.mktemp("czi")
+    n_parameters = save(folder, CZI_GENES, CZI_BATCHES, {}, model_cfg("model=czi_128"))
+    return folder, n_parameters
+
+
+def test_czi_like_model_reads_as_released(czi):
+    folder, n_parameters = czi
+    report = inspect_model(folder)
+    assert report.path == folder / "model.pt"
+    assert "restricted unpickler" in report.loader
+    assert report.genes == CZI_GENES
+    assert (report.n_hidden, report.n_latent, report.n_layers) == (128, 50, 2)
+    assert (report.gene_likelihood, report.dispersion, report.dropout_rate) == ("nb", "gene", 0.1)
+    assert report.encode_covariates is False
+    assert report.deeply_inject_covariates is True
+    assert report.batch_categories == CZI_BATCHES
+    assert report.covariates == {}
+    assert report.use_observed_lib_size is True
+    assert report.l_encoder_used is False
+    assert report.n_parameters == n_parameters
+    assert report.sources["n_hidden"] == "weights"
+    assert report.sources["dropout_rate"] == "init params (not visible in weights)"
+    assert report.disagreements == []
+    assert matching_configs(report) == ["czi_128"]
+    assert differences(report, model_cfg("model=hidden_512")) == {"n_hidden": (128, 512)}
+
+
+def test_against_lists_exactly_the_n_hidden_difference(czi):
+    text = format_report(inspect_model(czi[0]), against="model=hidden_512")
+    assert "genes: 8000 (ENSG00000000000, ENSG00000000001," in text
+    assert "batch categories: 11108 (b0, b1, b2, b3, b4, ...)" in text
+    assert "l_encoder built but unused" in text
+    assert "matches conf/model: czi_128\n" in text
+    assert text.endswith("differences from model=hidden_512:\n  n_hidden: model 128, config 512")
+
+
+def test_hidden_512_model(tmp_path):
+    save(tmp_path, GENES, ["a", "b"], {}, model_cfg("model=hidden_512"))
+    report = inspect_model(tmp_path)
+    assert report.n_hidden == 512
+    assert matching_configs(report) == ["hidden_512"]
+
+
+def test_covariates_and_every_weight_visible_key(tmp_path):
+    overrides = [
+        "model=czi_128",
+        "model.n_layers=3",
+        "model.dispersion=gene-batch",
+        "model.encode_covariates=true",
+        "model.deeply_inject_covariates=false",
+        "model.use_batch_norm=encoder",
+        "model.use_observed_lib_size=false",
+    ]
+    cfg = model_cfg(*overrides)
+    covariates = {"assay": ["10x 3' v2", "10x 3' v3", "Smart-seq2"], "suspension_type": ["c", "n"]}
+    n_parameters = save(tmp_path, GENES, ["d1|x", "d1|y", "d2|x", "d3|z"], covariates, cfg)
+    report = inspect_model(tmp_path)
+    assert report.n_parameters == n_parameters  # library_log_means/vars are buffers
+    assert report.covariates == {"assay": 3, "suspension_type": 2}
+    assert report.batch_categories == ["d1|x", "d1|y", "d2|x", "d3|z"]
+    assert report.settings() == OmegaConf.to_container(cfg)
+    assert report.l_encoder_used is True
+    for key in ("n_layers", "dispersion", "encode_covariates", "deeply_inject_covariates"):
+        assert report.sources[key] == "weights"
+    assert report.sources["use_observed_lib_size"] == "weights"
+    assert report.disagreements == []
+    assert matching_configs(report) == []
+    assert "categorical covariates: assay (3), suspension_type (2)" in format_report(report)
+
+
+def test_weights_and_init_params_disagreeing(tmp_path):
+    save(tmp_path, GENES, ["a", "b"], {}, model_cfg("model=czi_128"))
+    file = tmp_path / "model.pt"
+    saved = torch.load(file, weights_only=False)  # our own file
+    init = saved["attr_dict"]["init_params_"]
+    init["non_kwargs"]["n_hidden"] = 512
+    del init["kwargs"]["kwargs"]["use_layer_norm"]  # as when SCVI's signature did not name it
+    torch.save(saved, file)
+
+    report = inspect_model(file)
+    assert report.n_hidden == 128
+    assert report.disagreements == ["n_hidden: weights say 128, init params say 512"]
+    assert report.use_layer_norm == "none"
+    assert report.sources["use_layer_norm"].startswith("scvi-tools ")
+    assert "DISAGREEMENTS" in format_report(report)
+
+
+class RunsCode:
+    """Unpickling this runs ``touch marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("write", ["torch.save", "pickle.dump"])
+def test_a_pickle_that_runs_code_is_refused(tmp_path, write):
+    marker = tmp_path / "ran"
+    file = tmp_path / "model.pt"
+    payload = {"model_state_dict": {}, "attr_dict": RunsCode(marker)}
+    if write == "torch.save":
+        torch.save(payload, file)
+    else:
+        file.write_bytes(pickle.dumps(payload))
+    disallowed = f"{os.system.__module__}.system"
+
+    with pytest.raises(UnsafeModelFile, match=f"^{file}: refused: disallowed global {disallowed} "):
+        inspect_model(tmp_path)
+    with pytest.raises(SystemExit, match=disallowed):
+        main([str(file)])
+    assert not marker.exists()
+    # the payload is live: an unrestricted load runs it
+    if write == "torch.save":
+        torch.load(file, weights_only=False)
+    else:
+        pickle.loads(file.read_bytes())
+    assert marker.exists()
+
+
+def test_a_torchscript_archive_is_refused(tmp_path):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "model.pt")
+    with pytest.raises(UnsafeModelFile, match="TorchScript"):
+        inspect_model(tmp_path)
+
+
+def test_cli_on_folder_and_file(czi, capsys):
+    folder = czi[0]
+    main([str(folder)])
+    on_folder = capsys.readouterr().out
+    main([str(folder / "model.pt"), "--against", "model=czi_128"])
+    on_file = capsys.readouterr().out
+    assert on_file == on_folder + "differences from model=czi_128: none\n"
+    assert "read with: restricted unpickler" in on_folder
+    assert "  n_hidden                  128      weights\n" in on_folder
+    assert "matches conf/model: czi_128" in on_folder
