@@ -124,6 +124,7 @@ class EvaluationConfig:
     seed: int = 0
     batch_keys: list[str] = field(default_factory=lambda: ["dataset_id", "donor_id"])
     label_key: str = "cell_type"
+    min_genes: int = 0  # score only cells with n_genes_all >= this (same cells across data filters)
     epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])  # + the last
     convergence_tolerance: float = 0.01  # "epochs until within 1% of the final value"
 

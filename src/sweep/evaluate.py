@@ -53,10 +53,16 @@ class EvaluationCells:
 
 
 def choose_cells(
-    dm: StoreDataModule, n_cells: int, seed: int, batch_keys: list[str], label_key: str = LABEL
+    dm: StoreDataModule,
+    n_cells: int,
+    seed: int,
+    batch_keys: list[str],
+    label_key: str = LABEL,
+    min_genes: int = 0,
 ) -> EvaluationCells:
-    """Draw ``n_cells`` validation cells (seeded) and read what scoring needs about them."""
-    validation = np.flatnonzero(dm.split.validation)
+    """Draw ``n_cells`` validation cells (seeded) with at least ``min_genes`` expressed genes and
+    read what scoring needs about them."""
+    validation = np.flatnonzero(dm.split.validation & (dm.n_genes_all >= min_genes))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(validation, size=min(n_cells, len(validation)), replace=False))
     X = dm.counts(rows)

@@ -99,6 +99,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             cfg.evaluation.seed,
             list(cfg.evaluation.batch_keys),
             cfg.evaluation.label_key,
+            cfg.evaluation.min_genes,
         )
         callbacks.append(
             IntegrationCheckpoints(cells, datamodule.n_vars, list(cfg.evaluation.epochs))

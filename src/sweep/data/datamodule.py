@@ -54,6 +54,7 @@ class StoreDataModule(LightningDataModule):
             batch_cfg.separator,
         )
         self.offsets = table.offsets
+        self.n_genes_all = table.columns[N_GENES_ALL]  # (n_cells,) for evaluation's cell choice
         self.loader_cfg = loader_cfg
         self.seed = seed
         self.num_workers = (

@@ -1,0 +1,322 @@
+"""The multirun report: hand-made sweep folders with known numbers, and one real multirun."""
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from sweep.hydra_callbacks import MultirunReport
+from sweep.paths import REPO_ROOT
+from sweep.report import (
+    BASELINE,
+    HEADLINE,
+    build_report,
+    change,
+    default_out,
+    exception_line,
+    load_sweep,
+    main,
+    matched_pairs,
+)
+
+#: validation ELBO of the complete jobs, by (model, seed)
+ELBO = {
+    ("czi_128", "0"): 1000.0,
+    ("czi_128", "1"): 1010.0,
+    ("hidden_512", "0"): 980.0,
+    ("hidden_512", "1"): 995.0,
+}
+TRAIN_TIME = {"czi_128": 10.0, "hidden_512": 24.0}
+CELLS_PER_S = {"czi_128": 2000.0, "hidden_512": 1000.0}
+#: integration scores by model (only when a test asks for them)
+SCORES = {
+    "czi_128": {"bio_conservation": 0.60, "batch_correction": 0.50, "integration_total": 0.56},
+    "hidden_512": {"bio_conservation": 0.62, "batch_correction": 0.47, "integration_total": 0.56},
+}
+BASELINE_SCORES = {"pca_bio_conservation": 0.8, "pca_batch_correction": 0.2}
+ERROR = "ValueError: no cells left after the cell filter (data.min_genes=100000)"
+FAILED_LOG = f"""[2026-01-01 10:00:00,000][sweep.train][INFO] - training
+[2026-01-01 10:00:01,000][sweep.hydra_callbacks][ERROR] - job failed (model=czi_128 seed=2)
+Traceback (most recent call last):
+  File "/work/main/src/sweep/train.py", line 80, in fit
+    datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
+{ERROR}
+"""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_job(sweep: Path, number: int, overrides: list[str], log_text: str) -> Path:
+    """A job folder with .hydra/overrides.yaml and train.log, as Hydra starts every job."""
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "train.log").write_text(log_text)
+    return job
+
+
+def finish_job(job: Path, model: str, seed: str, overrides: list[str], scores: bool) -> None:
+    """metrics.json and a 3-epoch history.csv of a complete job, from the tables above."""
+    elbo = ELBO[model, seed]
+    metrics = {
+        "elbo_validation": elbo,
+        "reconstruction_loss_validation": elbo - 50,
+        "kl_local_validation": 50.0,
+        "epochs": 3,
+        "train_cells_per_s": CELLS_PER_S[model],
+        "train_time_s": TRAIN_TIME[model],
+        "n_cats_per_cov": [],
+        "store": "/tmp/store",
+        "job_name": " ".join(overrides),
+        "overrides": overrides,
+        "choices": {"data": "min_genes_300", "batch": "czi_concat", "model": model},
+        **({**SCORES[model], **BASELINE_SCORES} if scores else {}),
+    }
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "elbo_validation": [elbo + 200, elbo + 50, elbo],
+            "reconstruction_loss_validation": [elbo + 150, elbo, elbo - 50],
+            "kl_local_validation": [50.0, 50.0, 50.0],
+            "elbo_train": [elbo + 250, elbo + 60, elbo + 5],
+            "kl_weight": [0.0, 0.05, 0.1],
+        }
+    )
+    if scores:  # scored at some epochs only, as sweep.evaluate does
+        for name, final in SCORES[model].items():
+            history[name] = [None, final - 0.1, final]
+    history.to_csv(job / "history.csv", index=False)
+
+
+def make_sweep(folder: Path, scores: bool = False) -> Path:
+    """Jobs 0-3: model x seed, complete; job 4 failed; job 5 still running."""
+    number = 0
+    for model in ("czi_128", "hidden_512"):
+        for seed in ("0", "1"):
+            overrides = [f"model={model}", f"seed={seed}", "trainer.max_epochs=3"]
+            job = write_job(folder, number, overrides, "training\n")
+            finish_job(job, model, seed, overrides, scores)
+            number += 1
+    failed = write_job(folder, 4, ["model=czi_128", "seed=2", "trainer.max_epochs=3"], FAILED_LOG)
+    hydra = {"hydra": {"runtime": {"choices": {"batch": "czi_concat", "hydra/launcher": "basic"}}}}
+    (failed / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    write_job(folder, 5, ["model=hidden_512", "seed=2", "trainer.max_epochs=3"], "training\n")
+    (folder / "multirun.yaml").write_text("hydra: {}\n")
+    return folder
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    return make_sweep(tmp_path / "2026-01-01_10-00-00")
+
+
+@pytest.fixture
+def report(sweep_dir, tmp_path) -> Path:
+    return build_report(sweep_dir, tmp_path / "report")
+
+
+def test_results_csv_has_one_row_per_job_with_status_choices_and_metrics(report):
+    results = pd.read_csv(report.parent / "results.csv", dtype={"seed": str})
+    assert list(results["job"]) == [0, 1, 2, 3, 4, 5]
+    assert list(results["status"]) == ["complete"] * 4 + ["failed", "running"]
+    assert results["error"].fillna("").tolist() == ["", "", "", "", ERROR, ""]
+    assert results["overrides"][2] == "model=hidden_512 seed=0 trainer.max_epochs=3"
+    assert list(results["model"]) == ["czi_128", "czi_128", "hidden_512", "hidden_512"] + [
+        "czi_128",
+        "hidden_512",
+    ]
+    assert list(results["seed"]) == ["0", "1", "0", "1", "2", "2"]
+    # the failed job's choices come from .hydra/hydra.yaml, without Hydra's own groups
+    assert results["batch"].tolist()[:5] == ["czi_concat"] * 5
+    assert "hydra/launcher" not in results
+    assert results["elbo_validation"].tolist()[:4] == list(ELBO.values())
+    assert results["elbo_validation"][4:].isna().all()
+    assert results["train_time_s"][2] == 24.0
+    # numeric metrics only
+    assert not {"store", "job_name", "n_cats_per_cov", "choices"} & set(results)
+
+
+def test_swept_factors_are_the_override_keys_that_differ(sweep_dir):
+    assert load_sweep(sweep_dir).factors == ["model", "seed"]
+
+
+def test_a_key_only_some_jobs_override_is_a_factor(tmp_path):
+    write_job(tmp_path, 0, ["model=czi_128"], "")
+    write_job(tmp_path, 1, ["model=czi_128", "data.min_genes=100"], "")
+    sweep = load_sweep(tmp_path)
+    assert sweep.factors == ["data.min_genes"]
+    assert sweep.results["data.min_genes"].tolist() == ["(default)", "100"]
+
+
+def test_exception_line_is_the_last_tracebacks_exception():
+    chained = (
+        "Traceback (most recent call last):\n  File 'a.py'\nKeyError: 'x'\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n  File 'b.py', line 3\n    raise\n"
+        "RuntimeError: no store\nsecond line of the message\n"
+    )
+    assert exception_line(chained) == "RuntimeError: no store"
+    assert exception_line("[INFO] - training\n[INFO] - epoch 2\n") is None
+
+
+def test_verdict_numbers_match_the_known_metrics(sweep_dir):
+    sweep = load_sweep(sweep_dir)
+    pairs = matched_pairs(sweep, "model", "czi_128", "hidden_512", ["elbo_validation"])
+    assert len(pairs) == 2
+    elbo = change(pairs, HEADLINE[0], seeded=True)
+    assert elbo.difference == pytest.approx(-17.5)  # (-20 - 15) / 2
+    assert elbo.relative == pytest.approx(-17.5 / 1005)
+    per_seed = [-20 / 1000 * 100, -15 / 1010 * 100]
+    assert elbo.spread == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+
+
+def test_report_states_verdicts_in_words(report):
+    text = report.read_text()
+    assert (
+        "- **model**: `hidden_512` vs `czi_128` (2 job pairs): "
+        "validation ELBO -17.5 (-1.74%, better; seeds ±0.36%), "
+        "validation reconstruction loss -17.5 (-1.83%, better; seeds ±0.38%), "
+        "training cells/s -1000 (-50.00%, worse; seeds ±0.00%), "
+        "2.40x training time"
+    ) in text
+    assert "**seed**" not in text  # seeds are replicates, not a factor to judge
+
+
+def test_integration_scores_are_judged_higher_is_better(tmp_path):
+    report = build_report(make_sweep(tmp_path / "sweep", scores=True), tmp_path / "report")
+    text = report.read_text()
+    assert "bio conservation +0.020 (better; seeds ±0.000)" in text
+    assert "batch correction -0.030 (worse; seeds ±0.000)" in text
+    assert "integration total +0.000 (no change; " in text
+    for name in ("bio_vs_batch", "convergence"):
+        assert (report.parent / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_headline_scores_are_the_ones_evaluate_writes():
+    from sweep.evaluate import AGGREGATES, BASELINE_PREFIX
+
+    assert set(AGGREGATES.values()) <= {m.key for m in HEADLINE}
+    assert BASELINE_PREFIX == BASELINE
+
+
+def test_figures_are_png_files(report):
+    for name in ["elbo_validation", "kl_weight", "by_model", "by_seed"]:
+        data = (report.parent / f"{name}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+    for name in ["bio_vs_batch", "convergence"]:  # no integration scores in this sweep
+        assert not (report.parent / f"{name}.png").exists()
+
+
+def test_report_lists_every_job_and_embeds_the_figures(report, sweep_dir):
+    text = report.read_text()
+    assert text.startswith(f"# Multirun report: {sweep_dir.name}\n")
+    assert f"`{sweep_dir.resolve()}`" in text
+    assert "Jobs: 4 complete, 1 failed, 1 running / unfinished." in text
+    for number, status in enumerate(["complete"] * 4 + ["failed", "running"]):
+        assert f"| {number} | {status} |" in text
+    assert "![validation ELBO per epoch (lower is better)](elbo_validation.png)" in text
+    assert "](by_model.png)" in text
+    assert f"- job 4 (`model=czi_128 seed=2 trainer.max_epochs=3`): {ERROR}" in text
+    assert "## Running / unfinished jobs\n\n- job 5 (`model=hidden_512" in text
+
+
+def test_levels_without_a_matching_job_are_named(tmp_path):
+    for number, (model, batch) in enumerate([("czi_128", "a"), ("hidden_512", "b")]):
+        overrides = [f"model={model}", f"batch={batch}"]
+        job = write_job(tmp_path / "sweep", number, overrides, "")
+        finish_job(job, model, "0", overrides, scores=False)
+    text = build_report(tmp_path / "sweep", tmp_path / "report").read_text()
+    assert "- **model**: no complete job at `hidden_512` matches a `czi_128` job" in text
+
+
+def test_a_sweep_that_just_started_still_gets_a_report(tmp_path):
+    write_job(tmp_path / "sweep", 0, ["model=czi_128"], "")
+    write_job(tmp_path / "sweep", 1, ["model=hidden_512"], "")
+    report = build_report(tmp_path / "sweep", tmp_path / "report")
+    text = report.read_text()
+    assert "Jobs: 0 complete, 0 failed, 2 running / unfinished." in text
+    assert "- **model**: fewer than two of its levels have complete jobs" in text
+    assert not list(report.parent.glob("*.png"))
+
+
+def test_command_line_and_default_folder(sweep_dir, tmp_path):
+    main([str(sweep_dir), "--out", str(tmp_path / "cli")])
+    assert (tmp_path / "cli" / "report.md").is_file()
+    assert default_out(sweep_dir) == REPO_ROOT / "multirun_reports" / sweep_dir.name
+
+
+def test_callback_writes_the_report_under_out_root(sweep_dir, tmp_path):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    MultirunReport(out_root=str(tmp_path / "reports")).on_multirun_end(config)
+    assert (tmp_path / "reports" / sweep_dir.name / "report.md").is_file()
+
+
+def test_callback_logs_instead_of_raising(tmp_path, caplog):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
+    MultirunReport(out_root=str(tmp_path)).on_multirun_end(config)
+    assert "the multirun report failed" in caplog.text
+    assert "FileNotFoundError" in caplog.text
+
+
+def test_callback_logs_a_failed_jobs_traceback(caplog):
+    try:
+        raise ValueError("no cells left")
+    except ValueError as error:
+        failure = error
+    job_return = JobReturn(overrides=["data.min_genes=100000"], status=JobStatus.FAILED)
+    job_return.return_value = failure
+    with caplog.at_level(logging.ERROR):
+        MultirunReport().on_job_end(OmegaConf.create(), job_return)
+    assert exception_line(caplog.text) == "ValueError: no cells left"
+    assert "data.min_genes=100000" in caplog.text
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """A data cache shared by this session's end-to-end tests (the demo store is built once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+def test_a_real_multirun_writes_its_report_and_the_command_rebuilds_it(demo_cache, tmp_path):
+    sweep_dir, reports = tmp_path / "sweep", tmp_path / "reports"
+    env = {**os.environ, "SCVI_SWEEP_CACHE": str(demo_cache), "WANDB_SILENT": "true"}
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "train.py"),
+        "-m",
+        "model=czi_128,hidden_512",
+        "trainer.max_epochs=2",
+        "logger=none",
+        "evaluation=none",  # integration scoring is slow on CPU; unit tests cover the scores
+        "loader.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        "save_model=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.callbacks.report.out_root={reports}",
+    ]
+    subprocess.run(command, cwd=tmp_path, env=env, check=True, timeout=600)
+
+    report = reports / "sweep" / "report.md"
+    assert "Jobs: 2 complete, 0 failed, 0 running / unfinished." in report.read_text()
+    results = pd.read_csv(reports / "sweep" / "results.csv")
+    assert list(results["status"]) == ["complete", "complete"]
+    assert list(results["model"]) == ["czi_128", "hidden_512"]
+    assert "- **model**: `hidden_512` vs `czi_128` (1 job pair): validation ELBO" in (
+        report.read_text()
+    )
+
+    rebuild = [sys.executable, "-m", "sweep.report", str(sweep_dir), "--out", str(tmp_path / "re")]
+    subprocess.run(rebuild, cwd=tmp_path, env=env, check=True, timeout=120)
+    assert (tmp_path / "re" / "results.csv").read_text() == (
+        reports / "sweep" / "results.csv"
+    ).read_text()
