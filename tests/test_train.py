@@ -151,6 +151,7 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
             "trainer.enable_progress_bar=false",
             "loader.num_workers=0",
             f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.callbacks.report.out_root={tmp_path / 'reports'}",
         ],
         capture_output=True,
         text=True,
@@ -174,6 +175,7 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
     by_batch = {m["choices"]["batch"]: m["n_batch"] for m in metrics}
     assert by_batch["czi_concat"] > by_batch["covariates"]
     assert all(p.joinpath("model", "model.pt").is_file() for p in jobs)
+    assert (tmp_path / "reports" / "sweep" / "report.md").is_file()  # the end-of-sweep callback
 
 
 def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
