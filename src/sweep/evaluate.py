@@ -131,15 +131,16 @@ def exact_neighbors(X: np.ndarray, k: int):
     return NeighborsResults(indices=indices, distances=distances)
 
 
-def score(cells: EvaluationCells, embedding: np.ndarray) -> dict[str, float]:
-    """scib-metrics Benchmarker on the embedding and the PCA baseline; flat dict of scores.
+def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) -> dict[str, float]:
+    """scib-metrics Benchmarker on the embedding (and the PCA baseline); flat dict of scores.
 
-    Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case), and the same
-    for the baseline prefixed ``pca_``.
+    Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case), and with
+    ``baseline`` the same for the PCA embedding, prefixed ``pca_``.
     """
     import anndata
     from scib_metrics.benchmark import Benchmarker
 
+    names = {"scvi": "", "pca": BASELINE_PREFIX} if baseline else {"scvi": ""}
     adata = anndata.AnnData(obs=cells.obs.copy())
     adata.obsm["scvi"] = embedding
     adata.obsm["pca"] = cells.baseline
@@ -147,7 +148,7 @@ def score(cells: EvaluationCells, embedding: np.ndarray) -> dict[str, float]:
         adata,
         batch_key=EVAL_BATCH,
         label_key=LABEL,
-        embedding_obsm_keys=["scvi", "pca"],
+        embedding_obsm_keys=list(names),
         pre_integrated_embedding_obsm_key="pca",
         n_jobs=1,
         progress_bar=False,
@@ -156,7 +157,7 @@ def score(cells: EvaluationCells, embedding: np.ndarray) -> dict[str, float]:
     bench.benchmark()
     results = bench.get_results(min_max_scale=False).drop(index="Metric Type")
     scores = {}
-    for embedding_name, prefix in (("scvi", ""), ("pca", BASELINE_PREFIX)):
+    for embedding_name, prefix in names.items():
         for name, value in results.loc[embedding_name].items():
             key = AGGREGATES.get(name, name.lower().replace(" ", "_").replace("-", "_"))
             scores[prefix + key] = float(value)
@@ -173,13 +174,21 @@ class IntegrationCheckpoints(Callback):
         self.cells, self.n_genes = cells, n_genes
         self.epochs = set(epochs)
         self.records: list[dict] = []
+        self.baseline_scores: dict[str, float] = {}
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
         if epoch not in self.epochs and epoch != trainer.max_epochs:
             return
         started = time.perf_counter()
-        scores = score(self.cells, latent(pl_module.module, self.cells, self.n_genes))
+        embedding = latent(pl_module.module, self.cells, self.n_genes)
+        if self.baseline_scores:  # the baseline does not change during training: scored once
+            scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
+        else:
+            scores = score(self.cells, embedding)
+            self.baseline_scores = {
+                k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
+            }
         self.records.append({"epoch": epoch, **scores})
         for name in AGGREGATES.values():
             pl_module.log(name, scores[name], on_epoch=True)
