@@ -523,6 +523,45 @@ def job_list(sweep: Sweep, status: str) -> list[str]:
     ]
 
 
+def convergence_lines(sweep: Sweep) -> list[str]:
+    """A "Convergence" section from the ``epochs_to_*`` metrics: their range over complete jobs."""
+    columns = [c for c in sweep.results.columns if c.startswith("epochs_to_")]
+    complete = sweep.results[sweep.results["status"] == COMPLETE]
+    if not columns or complete.empty:
+        return []
+    lines = [
+        "## Convergence",
+        "",
+        "Epochs until a value stays within the tolerance of its value at the last epoch "
+        "(checked at the evaluated epochs for integration scores), over complete jobs:",
+        "",
+    ]
+    for column in columns:
+        values = complete[column].dropna()
+        if len(values):
+            lines.append(
+                f"- `{column}`: median {values.median():g} "
+                f"(range {values.min():g}-{values.max():g}, of {complete['epochs'].max():g})"
+            )
+    return [*lines, ""]
+
+
+def data_note(sweep: Sweep) -> list[str]:
+    """Which data set the jobs trained on; a warning when it is the synthetic demo."""
+    if "dataset" not in sweep.results:
+        return []
+    datasets = sorted(map(str, sweep.results["dataset"].dropna().unique()))
+    lines = [f"Data set: {', '.join(f'`{d}`' for d in datasets)}.", ""]
+    if "demo" in datasets:
+        lines += [
+            "**Demo data**: a small synthetic data set trained for a few epochs on a CPU. "
+            "These numbers show what a report looks like; they do not answer the question "
+            "for real (Census-scale) data.",
+            "",
+        ]
+    return lines
+
+
 def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
     """The text of report.md."""
     folder = sweep.folder.resolve()
@@ -540,6 +579,7 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
         "",
         f"Swept: {swept or 'nothing (every job has the same overrides)'}.",
         "",
+        *data_note(sweep),
         "## Verdicts",
         "",
         "Each level against the reference level (the first in sweep order), averaged over the "
@@ -549,6 +589,7 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
         "",
         *(verdicts(sweep) or ["Nothing to compare: no factor but the seed was swept."]),
         "",
+        *convergence_lines(sweep),
         "## Jobs",
         "",
         jobs_table(sweep),
