@@ -71,6 +71,7 @@ def test_scvi_corrects_batches_better_than_pca_and_keeps_cell_types(store, tmp_p
         "evaluation.epochs=[1,30]",
         "batch=dataset_donor",
         "data.validation_fraction=0.3",
+        "trainer.enable_progress_bar=true",  # scvi-tools adds its bar to the callback list
     )
     _, metrics = fit(cfg, tmp_path / "run")
     assert metrics["batch_correction"] > metrics["pca_batch_correction"] + 0.05

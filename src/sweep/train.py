@@ -91,7 +91,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity)
     epoch_stats = EpochStats()
-    callbacks = [epoch_stats]
+    checkpoints = None
     if cfg.evaluation.enabled:
         cells = choose_cells(
             datamodule,
@@ -101,9 +101,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             cfg.evaluation.label_key,
             cfg.evaluation.min_genes,
         )
-        callbacks.append(
-            IntegrationCheckpoints(cells, datamodule.n_vars, list(cfg.evaluation.epochs))
-        )
+        checkpoints = IntegrationCheckpoints(cells, datamodule.n_vars, list(cfg.evaluation.epochs))
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:
@@ -124,7 +122,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             check_val_every_n_epoch=1,
             early_stopping=False,
             logger=loggers,
-            callbacks=callbacks,
+            callbacks=[c for c in (epoch_stats, checkpoints) if c is not None],
             enable_progress_bar=cfg.trainer.enable_progress_bar,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
         )
@@ -133,8 +131,8 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
         if cfg.save_model:
             model.save(str(run_dir / "model"), overwrite=True, save_anndata=False)
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
-        if cfg.evaluation.enabled:
-            metrics.update(integration_summary(callbacks[-1], history, cfg.evaluation, run_dir))
+        if checkpoints is not None:
+            metrics.update(integration_summary(checkpoints, history, cfg.evaluation, run_dir))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(
