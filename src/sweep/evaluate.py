@@ -95,7 +95,7 @@ def pca_baseline(X: sp.csr_matrix, n_pcs: int = 50) -> np.ndarray:
 
 
 @torch.no_grad()
-def latent(module, cells: EvaluationCells, n_genes: int, chunk: int = 1024) -> np.ndarray:
+def latent(module, cells: EvaluationCells, chunk: int = 1024) -> np.ndarray:
     """Posterior means of the latent space for ``cells``, (n, n_latent); training mode restored."""
     was_training = module.training
     module.eval()
@@ -170,8 +170,8 @@ class IntegrationCheckpoints(Callback):
     Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``.
     """
 
-    def __init__(self, cells: EvaluationCells, n_genes: int, epochs: list[int]):
-        self.cells, self.n_genes = cells, n_genes
+    def __init__(self, cells: EvaluationCells, epochs: list[int]):
+        self.cells = cells
         self.epochs = set(epochs)
         self.records: list[dict] = []
         self.baseline_scores: dict[str, float] = {}
@@ -181,7 +181,7 @@ class IntegrationCheckpoints(Callback):
         if epoch not in self.epochs and epoch != trainer.max_epochs:
             return
         started = time.perf_counter()
-        embedding = latent(pl_module.module, self.cells, self.n_genes)
+        embedding = latent(pl_module.module, self.cells)
         if self.baseline_scores:  # the baseline does not change during training: scored once
             scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
         else:

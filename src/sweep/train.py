@@ -101,7 +101,7 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             cfg.evaluation.label_key,
             cfg.evaluation.min_genes,
         )
-        checkpoints = IntegrationCheckpoints(cells, datamodule.n_vars, list(cfg.evaluation.epochs))
+        checkpoints = IntegrationCheckpoints(cells, list(cfg.evaluation.epochs))
     loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
     exit_code = 1
     try:

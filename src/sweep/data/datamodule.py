@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
 
 from sweep.data.batches import BatchEncoding, check_columns, encode_batches
-from sweep.data.loader import EpochLoader, ShardBatches, densify
+from sweep.data.loader import EpochLoader, Fetch, ShardBatches, densify
 from sweep.data.selection import CellTable, Split, split_cells
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
 
@@ -107,18 +107,17 @@ class StoreDataModule(LightningDataModule):
 
     def counts(self, rows: np.ndarray) -> sp.csr_matrix:
         """Counts of store rows ``rows`` (global, sorted), (len(rows), genes) float32 CSR."""
-        parts = []
-        for shard, local in self._by_shard(rows):
-            values, indices = shard.arrays()
-            starts, stops = shard.indptr[local], shard.indptr[local + 1]
-            take = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
-            indptr = np.concatenate([[0], np.cumsum(stops - starts)])
-            parts.append(
-                sp.csr_matrix(
-                    (values[take], indices[take], indptr), shape=(len(local), self.n_vars)
-                )
+        sources, located = [], []
+        for k, (shard, local) in enumerate(self._by_shard(rows)):
+            sources.append(shard.arrays())  # mapped arrays outlive the closed shard
+            pointers = shard.indptr
+            located.append(
+                (np.full(len(local), k), pointers[local], pointers[local + 1] - pointers[local])
             )
-        return sp.vstack(parts, format="csr")
+        source, starts, lengths = (np.concatenate(parts) for parts in zip(*located, strict=True))
+        n = len(rows)
+        no_codes = np.zeros(n, dtype=np.int32), np.zeros((n, 0), dtype=np.int32)
+        return Fetch(sources, source, starts, lengths, *no_codes, self.n_vars).csr()
 
     def obs_strings(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """Coded obs ``columns`` of store rows ``rows`` (global, sorted), decoded to strings."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -309,14 +310,19 @@ class Fetch:
             self.n_genes,
         )
 
+    def csr(self) -> sp.csr_matrix:
+        """All the cells copied out: counts (n, n_genes) float32 CSR."""
+        values, indices, indptr = self._gather(np.arange(self.n), VALUE_DTYPE, INDEX_DTYPE)[:3]
+        return sp.csr_matrix((values, indices, indptr), shape=(self.n, self.n_genes))
+
     def copied(self) -> Fetch:
         """The same cells copied into arrays of their own (independent of open shards)."""
-        values, indices, indptr = self._gather(np.arange(self.n), VALUE_DTYPE, INDEX_DTYPE)[:3]
+        X = self.csr()
         return Fetch(
-            [(values, indices)],
+            [(X.data, X.indices)],
             np.zeros(self.n, dtype=np.int64),
-            indptr[:-1],
-            np.diff(indptr),
+            X.indptr[:-1],
+            np.diff(X.indptr),
             self.batch_codes,
             self.covariate_codes,
             self.n_genes,
