@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 import sweep.data.prepare as prepare_module
 from sweep.data.prepare import PrepareConfig, PrepareError, prepare_store
-from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store
+from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store, read_manifest
 from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.paths import CONF_DIR
 
@@ -238,7 +238,7 @@ def test_interrupted_run_reuses_pieces(sources, tmp_path, caplog, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad inputs: a PrepareError naming the file, and no shard written
+# Bad inputs: a PrepareError naming the file and the fix, before the scan and before any write
 
 
 def _normalised(a):
@@ -261,37 +261,154 @@ def _empty_genes(a):
     a.var_names = [""] + list(a.var_names[1:])
 
 
+def _versioned_genes(a):
+    a.var_names = [f"{g}.5" for g in a.var_names]
+
+
+def _repeated_cell(a):
+    a.obs_names = [a.obs_names[0]] + list(a.obs_names[1:-1]) + [a.obs_names[0]]
+
+
 BAD_SOURCES = {
-    "normalised": (_normalised, "X looks normalised; prepare needs raw counts"),
-    "negative": (_negative, "negative values"),
+    "normalised": (
+        _normalised,
+        "X has non-integer values .* X looks normalised; prepare needs raw",
+    ),
+    "negative": (_negative, "X has negative values"),
     "missing_column": (_missing_column, r"obs lacks the columns \['assay'\] \(it has \["),
     "duplicated_genes": (_duplicated_genes, "no usable gene ids .*duplicated"),
     "empty_genes": (_empty_genes, "no usable gene ids .*empty"),
+    "versioned_genes": (_versioned_genes, "none of its gene ids .* occurs in another source"),
+    "repeated_cell": (_repeated_cell, "the obs index holds 1 cell ids more than once"),
 }
 
 
-@pytest.mark.parametrize("case", [*BAD_SOURCES, "duplicate_cells", "truncated"])
-def test_bad_source_is_rejected_before_writing(case, source_data, tmp_path):
+def _no_scan(*args):
+    raise AssertionError("the scan ran: this fault should have been found by the check pass")
+
+
+@pytest.mark.parametrize(
+    "case", [*BAD_SOURCES, "duplicate_cells", "truncated", "not_hdf5", "gene_list_mismatch"]
+)
+def test_bad_source_is_rejected_before_the_scan(case, source_data, tmp_path, monkeypatch):
     folder = tmp_path / "src"
     folder.mkdir()
     source_data[0][:40].copy().write_h5ad(folder / "good.h5ad")
+    source_data[2][:40].copy().write_h5ad(folder / "good2.h5ad")
     bad = folder / "bad.h5ad"
-    if case == "duplicate_cells":
+    genes = "hvg"
+    if case == "duplicate_cells":  # across sources: the later file (sorted by path) is named
         shutil.copy(folder / "good.h5ad", bad)
-        match = "occur more than once.*bad.h5ad"
+        bad = bad.rename(folder / "z_copy.h5ad")
+        match = "z_copy.h5ad: 40 of its cell ids are in an earlier source too, .* also in .*good"
     elif case == "truncated":
         source_data[1][:40].copy().write_h5ad(bad)
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-        match = "bad.h5ad: cannot be read"
+        match = "bad.h5ad: cannot be read .*truncated.*download or write it again"
+    elif case == "not_hdf5":
+        bad.write_text("cell,gene,count\n")
+        match = "bad.h5ad: cannot be read .*not an h5ad file"
+    elif case == "gene_list_mismatch":  # genes=FILE: a source with none of the listed ids
+        adata = source_data[1][:40].copy()
+        _versioned_genes(adata)
+        adata.write_h5ad(bad)
+        genes = str(tmp_path / "genes.tsv")
+        Path(genes).write_text("\n".join(source_data[0].var_names[:20]))
+        match = "bad.h5ad: none of its gene ids .* is in the gene list .*genes.tsv"
     else:
         modify, match = BAD_SOURCES[case]
         adata = source_data[1][:40].copy()
         modify(adata)
         adata.write_h5ad(bad)
-        match = "bad.h5ad.*" + match
-    with pytest.raises(PrepareError, match=match):
-        prepare_store(config([bad], tmp_path / "store", genes="hvg", workers=2))
+        match = "bad.h5ad: .*" + match
+    monkeypatch.setattr(prepare_module, "scan_source", _no_scan)  # forked workers inherit it
+    with pytest.raises(PrepareError, match=match + r".*\(or pass skip_bad_sources=true"):
+        prepare_store(config([bad], tmp_path / "store", genes=genes, workers=2))
     assert not (tmp_path / "store").exists()  # nothing written, not even the folder
+
+
+def test_counts_bad_after_the_first_rows_are_found_by_the_scan(source_data, tmp_path, monkeypatch):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    adata = source_data[0][:40].copy()
+    adata.X[30, adata.X[30].indices[0]] = 2.5
+    adata.write_h5ad(folder / "late.h5ad")
+    monkeypatch.setattr(prepare_module, "HEADER_ROWS", 10)  # rows 0-9 pass the check pass
+    with pytest.raises(
+        PrepareError, match=r"late.h5ad: X has non-integer values \(e.g. 2.5 in row 30"
+    ):
+        prepare_store(config([folder / "late.h5ad"], tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+
+def test_several_bad_sources_are_listed_together(source_data, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name, modify in (("a.h5ad", _missing_column), ("b.h5ad", _negative)):
+        adata = source_data[0][:40].copy()
+        modify(adata)
+        adata.write_h5ad(folder / name)
+    with pytest.raises(
+        PrepareError, match=r"(?s)2 sources are unusable .*skip_bad_sources=true.*a.h5ad.*b.h5ad"
+    ):
+        prepare_store(config([folder / "a.h5ad"], tmp_path / "store"))
+
+
+def test_skip_bad_sources_goes_on_without_them_and_lists_them(source_data, tmp_path, monkeypatch):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    good = [source_data[0][:60].copy(), source_data[2][:50].copy()]
+    good[1] = good[1][:, ::-1].copy()  # another gene order: reconciled, not refused
+    names = good[1].var["feature_name"].astype(str).to_numpy()
+    good[1].var["feature_name"] = ["RENAMED", *names[1:]]  # a name differing across sources
+    for i, adata in enumerate(good):
+        adata.write_h5ad(folder / f"good{i}.h5ad")
+    bad = {"missing_column.h5ad": _missing_column, "versioned.h5ad": _versioned_genes}
+    for name, modify in bad.items():
+        adata = source_data[1][:40].copy()
+        modify(adata)
+        adata.write_h5ad(folder / name)
+    late = source_data[1][40:80].copy()
+    late.X[30, late.X[30].indices[0]] = -3.0  # past HEADER_ROWS: found by the scan
+    late.write_h5ad(folder / "late_negative.h5ad")
+    shutil.copy(folder / "good0.h5ad", folder / "z_copy.h5ad")
+    truncated = folder / "truncated.h5ad"
+    source_data[1][80:120].copy().write_h5ad(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:4000])
+    monkeypatch.setattr(prepare_module, "HEADER_ROWS", 10)
+
+    out = tmp_path / "store"
+    manifest = prepare_store(config([truncated], out, genes="hvg", skip_bad_sources=True))
+
+    reasons = {Path(e["file"]).name: e["reason"] for e in manifest.skipped_sources}
+    assert set(reasons) == {*bad, "late_negative.h5ad", "z_copy.h5ad", "truncated.h5ad"}
+    assert "obs lacks the columns ['assay']" in reasons["missing_column.h5ad"]
+    assert "occurs in another source" in reasons["versioned.h5ad"]
+    assert "negative values (e.g. -3.0 in row 30)" in reasons["late_negative.h5ad"]
+    assert "also in " + str(folder / "good0.h5ad") in reasons["z_copy.h5ad"]
+    assert "cannot be read" in reasons["truncated.h5ad"]
+    assert all(reason.startswith(str(folder / name)) for name, reason in reasons.items())
+    assert read_manifest(out).skipped_sources == manifest.skipped_sources  # on disk too
+    assert [Path(s["file"]).name for s in manifest.sources] == ["good0.h5ad", "good1.h5ad"]
+    assert manifest.provenance["counts"]["n_skipped_sources"] == 5
+    store = read_store(out, manifest)
+    assert sorted(store.obs_names) == sorted([*good[0].obs_names, *good[1].obs_names])
+    for adata in good:  # each source's counts, in the store's gene order
+        expected = adata[:, manifest.genes].X.toarray()
+        assert np.array_equal(store[adata.obs_names].X.toarray(), expected)
+    log_text = (out / prepare_module.LOG_NAME).read_text()
+    assert all(f"skipping {folder / name}" in log_text for name in reasons)
+    assert "left out 5 bad sources" in log_text
+    assert "1 gene ids have different feature_name values" in log_text
+
+    with pytest.raises(PrepareError, match="different config .*skip_bad_sources"):
+        prepare_store(config([truncated], out, genes="hvg"))  # a store without them needs overwrite
+    with pytest.raises(
+        PrepareError, match="no usable source: skip_bad_sources=true left out all 1"
+    ):
+        prepare_store(
+            PrepareConfig(source=str(truncated), output=str(tmp_path / "s2"), skip_bad_sources=True)
+        )
 
 
 def test_gene_list_matching_nothing(sources, tmp_path):

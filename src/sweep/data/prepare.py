@@ -4,12 +4,17 @@ The store format lives in :mod:`sweep.data.store`; this module only fills it. Th
 parallel over worker processes; a process holds counts of one source chunk (``chunk_rows`` rows) or
 one shard at a time, plus one source's obs columns:
 
-1. **scan** (per source): validate the file (raw counts, obs columns, gene ids), count cells, count
-   expressed genes per cell over ALL source genes (``n_genes_all``), collect each coded column's
-   values, hash the cell ids and, for ``genes=hvg``, draw a seeded sample of eligible cells.
-   Then, in the main process: one global vocabulary per coded column, a check that cell ids are
-   unique across sources, the gene selection (a list file or seurat_v3 HVGs) and a seeded global
-   permutation that gives every cell its destination (shard, row).
+1. **check** (per source, cheap): open the file, read its genes and obs (columns present, gene
+   ids usable, cell ids unique) and the counts of its first ``HEADER_ROWS`` rows (a normalised
+   file fails here); then, in the main process, the checks across sources: cell ids unique across
+   sources, gene ids that match the gene list (``genes=FILE``) or another source (``genes=hvg``).
+   **scan** (per source): check every count, count expressed genes per cell over ALL source genes
+   (``n_genes_all``), collect each coded column's values and, for ``genes=hvg``, draw a seeded
+   sample of eligible cells. Then, in the main process: one global vocabulary per coded column,
+   the gene selection (a list file or seurat_v3 HVGs) and a seeded global permutation that gives
+   every cell its destination (shard, row).
+   A bad source raises PrepareError naming the file and the fix; with ``skip_bad_sources=true``
+   it is left out instead, logged and listed in the manifest's ``skipped_sources``.
 2. **pieces** (per source): read the source again in row chunks, keep the store's genes
    (zero-filling absent ones), encode obs, sort each chunk's rows by destination and write them to a
    temporary piece file ``.prepare_tmp/piece_XXXXX.h5`` (written atomically; reused when an
@@ -35,6 +40,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -79,6 +85,8 @@ MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabul
 DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values at a time
 HVG_BATCH_SEP = "_"  # joins the hvg_batch_keys values into one batch label
 HVG_MIN_BATCH_CELLS = 50  # smaller HVG batches are left out of the seurat_v3 fit
+HEADER_ROWS = 1000  # the check pass reads the counts of each source's first rows
+SKIP_HINT = "or pass skip_bad_sources=true to prepare without"
 
 
 class PrepareError(ValueError):
@@ -102,6 +110,7 @@ class PrepareConfig:
     seed: int = 0
     workers: int | None = None
     overwrite: bool = False
+    skip_bad_sources: bool = False  # true: leave bad sources out (listed in the manifest, logged)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +184,23 @@ def config_identity(cfg: PrepareConfig, sources: list[Path]) -> dict:
         }
     else:
         identity["genes_sha256"] = _sha256(Path(cfg.genes))
+    if cfg.skip_bad_sources:  # only when set: stores made before the key keep their fingerprint
+        identity["skip_bad_sources"] = True
     return identity
+
+
+def prepare_overrides(cfg: PrepareConfig, identity: dict) -> list[str]:
+    """The ``key=value`` arguments of ``python -m sweep.prepare`` that make this store again
+    (all but ``output``): ``manifest.provenance["prepare_overrides"]``, for rebuild hints."""
+    keys = {"source": cfg.source}
+    keys |= {k: v for k, v in identity.items() if k in PrepareConfig.__dataclass_fields__}
+
+    def value(v: Any) -> str:
+        if isinstance(v, list | tuple):
+            return "[" + ",".join(map(value, v)) + "]"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [f"{k}={value(v)}" for k, v in keys.items()]
 
 
 def fingerprint(identity: dict) -> str:
@@ -453,41 +478,75 @@ def _select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp
 
 
 # ---------------------------------------------------------------------------------------------
-# Pass 1: scan
+# Pass 1: check, then scan
 
 
 @dataclass
-class Scan:
-    """What pass 1 learns about one source. Arrays have shape (cells,) unless noted."""
+class SourceInfo:
+    """A source's file, count matrix and genes (both the check and the scan read them)."""
 
     path: Path
     matrix_key: str
     n_cells: int
     gene_ids: tuple[str, ...]
     gene_names: tuple[str, ...]
+
+
+@dataclass
+class Header(SourceInfo):
+    """What the check pass learns about one source, with its cell ids' hashes (cells,) uint64."""
+
+    cell_id_hashes: np.ndarray
+
+
+@dataclass
+class Scan(SourceInfo):
+    """What the scan learns about one source. Arrays have shape (cells,) unless noted."""
+
     values: dict[str, list[str]]  # distinct values per coded column
-    cell_id_hashes: np.ndarray  # uint64
     n_non_primary: int
     n_below_min_genes: int
     sample: sp.csr_matrix | None = None  # HVG sample (sampled cells, source genes)
     sample_batches: list[str] | None = None  # HVG batch label per sampled cell
 
 
-def count_cells(path: Path) -> int:
-    """Rows of the source's count matrix (reads the header only)."""
-    with SourceReader(path, ()) as reader:
-        return reader.n_cells
+def obs_columns(cfg: PrepareConfig) -> tuple[str, ...]:
+    """The obs columns every source must have: the coded ones, the primary flag, the HVG keys."""
+    hvg_keys = tuple(cfg.hvg_batch_keys) if cfg.genes == HVG else ()
+    return tuple(dict.fromkeys((*CODED_COLUMNS, IS_PRIMARY, *hvg_keys)))
+
+
+def check_source(path: Path, columns: tuple[str, ...]) -> Header:
+    """The check pass for one source: header, genes, obs ``columns``, unique cell ids and the
+    counts of the first ``HEADER_ROWS`` rows (every later count is checked by the scan)."""
+    with SourceReader(path, columns) as reader:
+        ids = pd.Index(reader.cell_ids)
+        if ids.has_duplicates:
+            repeated = ids[ids.duplicated()].unique()
+            raise PrepareError(
+                f"{path}: the obs index holds {len(repeated)} cell ids more than once, e.g. "
+                f"{list(repeated[:3])}: cell ids must be unique; remove the repeated rows, or "
+                "make the ids unique if they are different cells (adata.obs_names_make_unique())"
+            )
+        next(reader.chunks(HEADER_ROWS), None)
+        return Header(
+            path=path,
+            matrix_key=reader.matrix_key,
+            n_cells=reader.n_cells,
+            gene_ids=tuple(reader.gene_ids),
+            gene_names=tuple(reader.gene_names),
+            cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
+        )
 
 
 def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: float) -> Scan:
-    """Pass 1 for source ``index``: validate, count and (``sample_probability > 0``) sample.
+    """The scan of source ``index``: check every count, count and (``sample_probability > 0``)
+    sample.
 
     Each eligible cell (primary, ``n_genes_all >= hvg_min_genes``) enters the HVG sample with
     ``sample_probability``, drawn from the stream (seed, index), independent of chunking.
     """
-    hvg_keys = tuple(cfg.hvg_batch_keys) if sample_probability > 0 else ()
-    columns = tuple(dict.fromkeys((*CODED_COLUMNS, IS_PRIMARY, *hvg_keys)))
-    with SourceReader(path, columns) as reader:
+    with SourceReader(path, obs_columns(cfg)) as reader:
         primary = reader.obs[IS_PRIMARY]
         draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
         n_below, samples, sampled_rows = 0, [], []
@@ -506,7 +565,6 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
             gene_ids=tuple(reader.gene_ids),
             gene_names=tuple(reader.gene_names),
             values={c: sorted(set(reader.obs[c])) for c in CODED_COLUMNS},
-            cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
             n_non_primary=int((~primary).sum()),
             n_below_min_genes=n_below,
         )
@@ -517,7 +575,7 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
                 if samples
                 else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
             )
-            labels = [reader.obs[key][rows] for key in hvg_keys]
+            labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys]
             scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
     return scan
 
@@ -528,16 +586,6 @@ def _attempt(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except PrepareError as err:
         return err
-
-
-def _raise_collected(results: list) -> None:
-    """Raise one PrepareError listing every PrepareError among ``results``."""
-    errors = [r for r in results if isinstance(r, PrepareError)]
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        listed = "\n  ".join(str(e) for e in errors[:20])
-        raise PrepareError(f"{len(errors)} sources are unusable:\n  {listed}")
 
 
 def run_parallel(pool: Executor | None, fn: Any, tasks: list[tuple], desc: str) -> list:
@@ -556,12 +604,55 @@ def run_parallel(pool: Executor | None, fn: Any, tasks: list[tuple], desc: str) 
     return results
 
 
-def _dedupe_gene_tables(scans: list[Scan]) -> None:
+class BadSources:
+    """The sources refused so far. Without ``skip`` a refusal raises one PrepareError (every bad
+    source of that stage listed); with ``skip`` (skip_bad_sources) each is logged and kept in
+    :attr:`reasons` ({file: reason}) for the manifest, and prepare goes on without it."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.reasons: dict[str, str] = {}
+
+    def refuse(self, found: Mapping[Path, PrepareError]) -> None:
+        """Refuse the sources ``found`` (path -> the error naming the file and the fix)."""
+        if found and not self.skip:
+            errors = list(found.values())
+            if len(errors) == 1:
+                raise PrepareError(f"{errors[0]} ({SKIP_HINT} it)") from errors[0]
+            listed = "\n  ".join(str(e) for e in errors[:20])
+            more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+            raise PrepareError(
+                f"{len(errors)} sources are unusable (fix them, leave them out of source=, "
+                f"{SKIP_HINT} them):\n  {listed}{more}"
+            )
+        for path, err in found.items():
+            log.warning("skipping %s (skip_bad_sources=true): %s", path, err)
+            self.reasons[str(path)] = str(err)
+
+    def keep(self, paths: list[Path], results: list) -> list:
+        """``results`` (one per source of ``paths``) of the sources not refused; refuses those
+        whose result is a PrepareError. Raises when no source is left."""
+        pairs = list(zip(paths, results, strict=True))
+        self.refuse({p: r for p, r in pairs if isinstance(r, PrepareError)})
+        kept = [r for p, r in pairs if str(p) not in self.reasons]
+        if not kept:
+            raise PrepareError(
+                f"no usable source: skip_bad_sources=true left out all {len(self.reasons)} "
+                "(reasons above and in the log); fix the sources"
+            )
+        return kept
+
+    def entries(self) -> list[dict]:
+        """The manifest's ``skipped_sources``: [{"file", "reason"}]."""
+        return [{"file": file, "reason": reason} for file, reason in self.reasons.items()]
+
+
+def _dedupe_gene_tables(infos: list[SourceInfo]) -> None:
     """Let sources with the same gene list share one tuple (thousands of 60k-id lists otherwise)."""
     seen: dict[tuple, tuple] = {}
-    for scan in scans:
-        scan.gene_ids = seen.setdefault(scan.gene_ids, scan.gene_ids)
-        scan.gene_names = seen.setdefault(scan.gene_names, scan.gene_names)
+    for info in infos:
+        info.gene_ids = seen.setdefault(info.gene_ids, info.gene_ids)
+        info.gene_names = seen.setdefault(info.gene_names, info.gene_names)
 
 
 def _vocabulary(scans: list[Scan]) -> dict[str, list[str]]:
@@ -569,45 +660,106 @@ def _vocabulary(scans: list[Scan]) -> dict[str, list[str]]:
     return {c: sorted(set().union(*(s.values[c] for s in scans))) for c in CODED_COLUMNS}
 
 
-def _check_unique_cell_ids(scans: list[Scan]) -> None:
-    """Raise naming the files when a cell id occurs twice (within or across sources)."""
-    hashes = np.concatenate([s.cell_id_hashes for s in scans])
+def repeated_cell_ids(headers: list[Header]) -> dict[Path, PrepareError]:
+    """Sources holding a cell id of an earlier source (sources are sorted by path).
+
+    Cell ids are unique within each source (the check pass); the earliest holder of an id keeps it.
+    """
+    hashes = np.concatenate([h.cell_id_hashes for h in headers])
     values, counts = np.unique(hashes, return_counts=True)
     duplicated = values[counts > 1]
     if len(duplicated) == 0:
-        return
-    owners: dict[str, list[str]] = {}
-    for scan in scans:
-        hit = np.isin(scan.cell_id_hashes, duplicated)
-        if hit.any():
-            with SourceReader(scan.path, ()) as reader:
-                for cell_id in reader.cell_ids[hit]:
-                    owners.setdefault(cell_id, []).append(str(scan.path))
-    clashes = {cell: files for cell, files in owners.items() if len(files) > 1}
-    if not clashes:  # a 64-bit hash collision between different ids
-        return
-    cell, files = next(iter(clashes.items()))
-    raise PrepareError(
-        f"{len(clashes)} cell ids occur more than once, e.g. {cell!r} in {files}: "
-        "cell ids must be unique across sources; drop duplicated files or make the obs index "
-        "unique (e.g. prefix it with the dataset_id)"
+        return {}
+    holder: dict[str, Path] = {}
+    found = {}
+    for header in headers:
+        hit = np.isin(header.cell_id_hashes, duplicated)
+        if not hit.any():
+            continue
+        with SourceReader(header.path, ()) as reader:
+            ids = reader.cell_ids[hit]
+        earlier = [(cell, holder.setdefault(cell, header.path)) for cell in ids]
+        earlier = [(cell, first) for cell, first in earlier if first != header.path]
+        if earlier:  # else a 64-bit hash collision between different ids
+            cell, first = earlier[0]
+            found[header.path] = PrepareError(
+                f"{header.path}: {len(earlier)} of its cell ids are in an earlier source too, "
+                f"e.g. {cell!r} also in {first}: cell ids must be unique across sources; leave "
+                "out the duplicated file or make the obs index unique (e.g. prefix it with the "
+                "dataset_id)"
+            )
+    return found
+
+
+def unmatched_genes(
+    infos: list[SourceInfo], gene_list: list[str] | None, genes: str
+) -> dict[Path, PrepareError]:
+    """Sources whose gene ids share none with the gene list (``genes=FILE``: their cells would
+    be all zeros), or with any other source (``genes=hvg``: the union would hold their genes as
+    a block of their own). Versioned ids, symbols or another species' ids in one source do this.
+    """
+    fix = (
+        "the var index of every source must hold the same kind of ids (Ensembl feature ids, "
+        "without version suffix): rewrite this source's var index"
     )
+    found = {}
+    if gene_list is not None:
+        listed = set(gene_list)
+        for info in infos:
+            if listed.isdisjoint(info.gene_ids):
+                found[info.path] = PrepareError(
+                    f"{info.path}: none of its gene ids (e.g. {list(info.gene_ids[:3])}) is in "
+                    f"the gene list {genes} (e.g. {gene_list[:3]}): {fix}, or fix the list"
+                )
+        return found
+    counts = Counter(info.gene_ids for info in infos)  # distinct gene tuples -> sources
+    if sum(counts.values()) < 2:
+        return found
+    holders: Counter = Counter()
+    for gene_ids, n in counts.items():
+        for gene in gene_ids:
+            holders[gene] += n
+    alone = {ids for ids, n in counts.items() if n == 1 and all(holders[g] == 1 for g in ids)}
+    for info in infos:
+        if info.gene_ids in alone:
+            other = next(ids for ids in counts if ids != info.gene_ids)
+            found[info.path] = PrepareError(
+                f"{info.path}: none of its gene ids (e.g. {list(info.gene_ids[:3])}) occurs in "
+                f"another source (e.g. {list(other[:3])}): {fix}, or pass genes=FILE with the "
+                "genes to keep"
+            )
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
 # Gene selection
 
 
-def _gene_union(scans: list[Scan]) -> dict[str, str]:
-    """Every source gene id -> its name, in source order (first source first)."""
+def _gene_union(infos: list[SourceInfo]) -> dict[str, str]:
+    """Every source gene id -> its name, in source order (first source first).
+
+    An id named differently by a later source keeps its first name (logged, with a count).
+    """
     union: dict[str, str] = {}
-    for gene_ids, gene_names in dict.fromkeys((s.gene_ids, s.gene_names) for s in scans):
+    renamed: dict[str, tuple[str, str]] = {}
+    for gene_ids, gene_names in dict.fromkeys((s.gene_ids, s.gene_names) for s in infos):
         for gene_id, name in zip(gene_ids, gene_names, strict=True):
-            union.setdefault(gene_id, name)
+            if union.setdefault(gene_id, name) != name:
+                renamed.setdefault(gene_id, (union[gene_id], name))
+    if renamed:
+        gene_id, (first, other) = next(iter(renamed.items()))
+        log.warning(
+            "%d gene ids have different feature_name values across sources, e.g. %s: %r and "
+            "%r; the store keeps the name of the first source (sorted by path)",
+            len(renamed),
+            gene_id,
+            first,
+            other,
+        )
     return union
 
 
-def read_gene_list(path: Path, known: Mapping[str, str]) -> list[str]:
+def read_gene_list(path: Path, known: Mapping[str, Any]) -> list[str]:
     """Ids in the first column of a TSV/CSV, in file order.
 
     The first line is a header when its first field is neither a source gene id nor ``ENS...``.
@@ -630,7 +782,7 @@ def read_gene_list(path: Path, known: Mapping[str, str]) -> list[str]:
     return ids
 
 
-def genes_from_list(path: Path, union: Mapping[str, str]) -> list[str]:
+def genes_from_list(path: Path, union: Mapping[str, Any]) -> list[str]:
     """The list's ids; raises when none is a source gene, logs those absent from every source."""
     ids = read_gene_list(path, union)
     absent = [g for g in ids if g not in union]
@@ -899,36 +1051,56 @@ def write_store_shard(
 
 @dataclass
 class Plan:
-    """What pass 1 decided: the sources' scans, vocabularies and the store's genes."""
+    """What pass 1 decided: the sources' scans, vocabularies, the store's genes and the sources
+    left out (``skipped``: the manifest's ``skipped_sources``)."""
 
     scans: list[Scan]
     vocab: dict[str, list[str]]
     genes: list[str]
     gene_names: list[str]
     hvg: dict | None
+    skipped: list[dict]
 
 
 def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -> Plan:
-    """Pass 1 and the global decisions; every input check happens here, before any write."""
+    """Pass 1 and the global decisions; every input check happens here, before any write.
+
+    The cheap checks (each source's header, obs, genes and first rows, then the checks across
+    sources) run before the scan reads every count, so most bad sources fail in seconds.
+    """
+    bad = BadSources(cfg.skip_bad_sources)
+    columns = obs_columns(cfg)
+    checked = run_parallel(
+        pool, _attempt, [(check_source, p, columns) for p in sources], "check sources"
+    )
+    headers = bad.keep(sources, checked)
+    _dedupe_gene_tables(headers)
+    bad.refuse(repeated_cell_ids(headers))
+    headers = bad.keep([h.path for h in headers], headers)
+    gene_list = None
+    if cfg.genes != HVG:
+        known = dict.fromkeys(g for ids in dict.fromkeys(h.gene_ids for h in headers) for g in ids)
+        gene_list = genes_from_list(Path(cfg.genes), known)
+    bad.refuse(unmatched_genes(headers, gene_list, cfg.genes))
+    headers = bad.keep([h.path for h in headers], headers)
     probability = 0.0
     if cfg.genes == HVG:
-        n_cells = run_parallel(pool, _attempt, [(count_cells, p) for p in sources], "count cells")
-        _raise_collected(n_cells)
-        probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(n_cells)))
-    tasks = [(scan_source, cfg, i, p, probability) for i, p in enumerate(sources)]
-    scans = run_parallel(pool, _attempt, tasks, "scan sources")
-    _raise_collected(scans)
+        probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(h.n_cells for h in headers)))
+    tasks = [(scan_source, cfg, i, h.path, probability) for i, h in enumerate(headers)]
+    scans = bad.keep([h.path for h in headers], run_parallel(pool, _attempt, tasks, "scan sources"))
     _dedupe_gene_tables(scans)
+    bad.refuse(unmatched_genes(scans, gene_list, cfg.genes))  # a skipped source may leave one alone
+    scans = bad.keep([s.path for s in scans], scans)
     if sum(s.n_cells for s in scans) == 0:
-        raise PrepareError(f"the {len(sources)} sources hold no cells")
-    _check_unique_cell_ids(scans)
+        raise PrepareError(f"the {len(scans)} sources hold no cells")
     union = _gene_union(scans)
     hvg = None
     if cfg.genes == HVG:
         genes, hvg = genes_by_hvg(scans, union, cfg)
     else:
-        genes = genes_from_list(Path(cfg.genes), union)
-    return Plan(scans, _vocabulary(scans), genes, [union.get(g, g) for g in genes], hvg)
+        genes = gene_list
+    gene_names = [union.get(g, g) for g in genes]
+    return Plan(scans, _vocabulary(scans), genes, gene_names, hvg, bad.entries())
 
 
 def source_entries(plan: Plan, min_genes: int) -> list[dict]:
@@ -986,6 +1158,14 @@ def build_store(
         n_shards,
         cfg.shard_size,
     )
+    if plan.skipped:
+        log.warning(
+            "left out %d bad sources (skip_bad_sources=true; listed in %s under "
+            "skipped_sources): %s",
+            len(plan.skipped),
+            MANIFEST_NAME,
+            ", ".join(Path(e["file"]).name for e in plan.skipped),
+        )
     tmp = out / TMP_DIR
     tmp.mkdir(exist_ok=True)
     (tmp / FINGERPRINT_FILE).write_text(provenance["fingerprint"])
@@ -1007,6 +1187,7 @@ def build_store(
     shutil.rmtree(tmp)
     provenance["counts"] = {
         "n_sources": len(n_cells),
+        "n_skipped_sources": len(plan.skipped),
         "n_cells": sum(n_cells),
         "n_non_primary": sum(e["n_non_primary"] for e in entries),
         "n_below_min_genes": sum(e["n_below_min_genes"] for e in entries),
@@ -1022,6 +1203,7 @@ def build_store(
         shard_size=cfg.shard_size,
         sources=entries,
         provenance=provenance,
+        skipped_sources=plan.skipped,
     )
     write_manifest(out, manifest)
     return manifest
@@ -1070,7 +1252,7 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
     keys raise PrepareError before any file is read). A complete store made with the same config
     is left as is ("store complete"); one made with another config raises unless ``overwrite``;
     an incomplete one is cleaned and rebuilt. Bad sources raise PrepareError before any shard is
-    written.
+    written, or with ``skip_bad_sources`` are left out and listed (manifest ``skipped_sources``).
     """
     start = time.time()
     cfg = resolve_config(cfg)
@@ -1100,6 +1282,7 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
             "sources": [str(p) for p in sources],
             "identity": identity,
             "fingerprint": fp,
+            "prepare_overrides": prepare_overrides(cfg, identity),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "hvg": plan.hvg,
         }

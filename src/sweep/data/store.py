@@ -15,13 +15,16 @@ Each shard is a valid h5ad file (``anndata.read_h5ad`` reads it) with
 - ``var``: index = Ensembl ``feature_id`` in the store's gene order, column ``feature_name``.
 
 The manifest holds the gene list, one global vocabulary per coded column, the shard list with
-cell and non-zero counts, and how the store was made.
+cell and non-zero counts, how the store was made (``provenance``, with the command that rebuilds
+it) and, optionally, the sources prepare left out (``skipped_sources``: file and reason; absent
+in manifests written before it existed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +61,8 @@ def shard_name(index: int) -> str:
 
 @dataclass
 class Manifest:
-    """What ``manifest.json`` holds. ``shards[i]`` = {"file", "n_cells", "nnz"}."""
+    """What ``manifest.json`` holds. ``shards[i]`` = {"file", "n_cells", "nnz"};
+    ``skipped_sources[i]`` = {"file", "reason"}."""
 
     genes: list[str]
     gene_names: list[str]
@@ -67,6 +71,7 @@ class Manifest:
     shard_size: int
     sources: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    skipped_sources: list[dict] = field(default_factory=list)
 
     @property
     def n_cells(self) -> int:
@@ -87,6 +92,7 @@ class Manifest:
             "vocab": self.vocab,
             "shards": self.shards,
             "sources": self.sources,
+            "skipped_sources": self.skipped_sources,
             "provenance": self.provenance,
         }
 
@@ -100,6 +106,7 @@ class Manifest:
             shard_size=int(obj["shard_size"]),
             sources=list(obj.get("sources", [])),
             provenance=dict(obj.get("provenance", {})),
+            skipped_sources=list(obj.get("skipped_sources", [])),
         )
 
 
@@ -112,11 +119,15 @@ def write_manifest(store: str | Path, manifest: Manifest) -> Path:
     return path
 
 
-def rebuild_hint(store: str | Path) -> str:
-    return (
-        f"rebuild it with `python -m sweep.prepare source=... output={store} overwrite=true` "
-        "(or delete the folder and prepare again)"
-    )
+def rebuild_hint(store: str | Path, manifest: Manifest | None = None) -> str:
+    """How to rebuild ``store``: the prepare command, with the arguments that made it when the
+    manifest recorded them (``provenance["prepare_overrides"]``)."""
+    overrides = (manifest.provenance.get("prepare_overrides") if manifest else None) or [
+        "source=..."
+    ]
+    arguments = [*overrides, f"output={Path(store).resolve()}", "overwrite=true"]
+    command = " ".join(["python -m sweep.prepare", *map(shlex.quote, arguments)])
+    return f"rebuild it with `{command}` (or delete the folder and prepare again)"
 
 
 def read_manifest(store: str | Path) -> Manifest:
@@ -132,14 +143,25 @@ def read_manifest(store: str | Path) -> Manifest:
             f"{store} has no {MANIFEST_NAME}: the store is incomplete (prepare did not finish); "
             + rebuild_hint(store)
         )
-    obj = json.loads(path.read_text())
-    if obj.get("format") != FORMAT_NAME or obj.get("version") != FORMAT_VERSION:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # unreadable, truncated or not UTF-8 JSON
+        raise StoreError(f"{path} cannot be read ({err}); " + rebuild_hint(store)) from err
+    if not isinstance(obj, dict) or (obj.get("format"), obj.get("version")) != (
+        FORMAT_NAME,
+        FORMAT_VERSION,
+    ):
+        found = (obj.get("format"), obj.get("version")) if isinstance(obj, dict) else type(obj)
         raise StoreError(
-            f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest "
-            f"(format={obj.get('format')!r}, version={obj.get('version')!r}); "
-            + rebuild_hint(store)
+            f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest (format, version: "
+            f"{found!r}); " + rebuild_hint(store)
         )
-    return Manifest.from_json(obj)
+    try:
+        return Manifest.from_json(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise StoreError(
+            f"{path} is damaged ({type(err).__name__}: {err}); " + rebuild_hint(store)
+        ) from err
 
 
 def write_shard(
@@ -259,40 +281,60 @@ class Shard:
         return np.array(values[lo:hi]), np.array(indices[lo:hi]), indptr - lo
 
 
-def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest:
-    """Check every shard against the manifest (exists, cells, genes, non-zeros, obs columns).
+def shard_problem(path: Path, n_cells: int, n_genes: int, nnz: int) -> str | None:
+    """What is wrong with the shard file ``path`` given the manifest's counts, or None.
 
-    Raises :class:`StoreError` naming the first shard that disagrees and how to rebuild the store.
+    Cheap: reads the HDF5 metadata (shapes, attrs) and two row pointers, never the counts, so a
+    shard that is missing, truncated, damaged in its metadata or out of step with the manifest is
+    found; values overwritten inside X's data are not.
+    """
+    if not path.is_file():
+        return "is missing"
+    try:
+        with h5py.File(path, "r") as f:
+            X, obs = f["X"], f["obs"]
+            shape = tuple(int(x) for x in X.attrs["shape"])
+            lengths = {name: int(X[name].shape[0]) for name in ("data", "indices", "indptr")}
+            indptr = X["indptr"]
+            ends = (int(indptr[0]), int(indptr[lengths["indptr"] - 1])) if len(indptr) else ()
+            needed = (*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY)
+            rows = {c: int(obs[c].shape[0]) for c in needed if c in obs}
+    except Exception as err:  # a damaged HDF5 file fails in many ways (OSError, KeyError, ...)
+        return f"cannot be read ({type(err).__name__}: {err}): it is truncated or damaged"
+    if shape != (n_cells, n_genes):
+        return f"has shape {shape}, the manifest says ({n_cells}, {n_genes})"
+    if lengths["data"] != nnz:
+        return f"has {lengths['data']} non-zeros, the manifest says {nnz}"
+    if lengths["indices"] != nnz or lengths["indptr"] != n_cells + 1 or ends != (0, nnz):
+        first, last = ends or (None, None)
+        return (
+            f"has an inconsistent CSR matrix (X/indptr: {lengths['indptr']} entries from {first} "
+            f"to {last}, X/indices: {lengths['indices']}; expected {n_cells + 1} entries from 0 "
+            f"to {nnz}, and {nnz} indices)"
+        )
+    missing = [c for c in needed if c not in rows]
+    if missing:
+        return f"lacks obs columns {missing}"
+    short = {c: n for c, n in rows.items() if n != n_cells}
+    if short:
+        return f"has obs columns of the wrong length {short} for {n_cells} cells"
+    return None
+
+
+def check_store(store: str | Path, manifest: Manifest | None = None) -> Manifest:
+    """Check every shard against the manifest (:func:`shard_problem`), before any data is read.
+
+    Raises :class:`StoreError` naming the first shard that disagrees and the prepare command
+    that rebuilds the store.
     """
     store = Path(store)
     manifest = manifest or read_manifest(store)
-    needed = (*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY)
     for entry in manifest.shards:
         path = store / entry["file"]
-        problem = None
-        if not path.is_file():
-            problem = "is missing"
-        else:
-            try:
-                with h5py.File(path, "r") as f:
-                    shape = tuple(int(x) for x in f["X"].attrs["shape"])
-                    nnz = int(f["X/data"].shape[0])
-                    missing = [c for c in needed if c not in f["obs"]]
-            except (OSError, KeyError) as err:
-                problem = f"cannot be read ({err})"
-            else:
-                if shape != (entry["n_cells"], manifest.n_genes):
-                    problem = (
-                        f"has shape {shape}, the manifest says "
-                        f"({entry['n_cells']}, {manifest.n_genes})"
-                    )
-                elif nnz != entry["nnz"]:
-                    problem = f"has {nnz} non-zeros, the manifest says {entry['nnz']}"
-                elif missing:
-                    problem = f"lacks obs columns {missing}"
+        problem = shard_problem(path, entry["n_cells"], manifest.n_genes, entry["nnz"])
         if problem:
             raise StoreError(
-                f"shard {path} {problem}: the store and its manifest disagree; "
-                + rebuild_hint(store)
+                f"shard {path} {problem}: the store is damaged or its manifest disagrees; "
+                + rebuild_hint(store, manifest)
             )
     return manifest
