@@ -1,5 +1,7 @@
 """The block loader: each selected cell once per epoch, shuffled, sparse until densified."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -17,6 +19,7 @@ from sweep.data.loader import (
     ShardBatches,
     dense_counts,
     densify,
+    read_ahead,
     scatter_counts,
 )
 from sweep.data.selection import CellTable
@@ -79,17 +82,25 @@ def test_blocks_cover_exactly_the_selected_cells():
     assert ranges == [(0, 0, 4), (1, 0, 4), (1, 12, 15)]
 
 
-def test_every_selected_cell_once_per_epoch_across_ranks(small_store):
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_every_selected_cell_once_per_epoch_across_ranks_in_step(small_store, world_size, epoch):
+    """Ranks are disjoint, cover every cell, and yield the same number of batches (DDP steps in
+    lockstep): a rank short of batches sends some full ones as two halves."""
     dataset, selected = make_batches(small_store)
     n_genes = dataset.n_genes
-    seen = []
-    for rank in range(2):
-        batches = epoch_cells(dataset, n_genes, epoch=0, rank=rank, world_size=2)
-        assert all(b[REGISTRY_KEYS.X_KEY].shape[0] == 64 for b in batches[:-1])
+    seen, counts = [], []
+    for rank in range(world_size):
+        batches = epoch_cells(dataset, n_genes, epoch, rank=rank, world_size=world_size)
+        sizes = [b[REGISTRY_KEYS.X_KEY].shape[0] for b in batches]
+        assert set(sizes[:-1]) <= {64, 32}  # full batches and halves; the last may be short
+        counts.append(len(batches))
         seen.append(np.concatenate([cell_ids(b) for b in batches]))
-    assert not set(seen[0]) & set(seen[1])  # ranks are disjoint
+    assert len(set(counts)) == 1
+    natural = dataset.reader_cells(epoch).sum(axis=1)  # cells per rank, before levelling
+    assert len(set(-(-natural // 64))) > 1  # the ranks needed levelling
     everything = np.concatenate(seen)
-    assert len(everything) == selected.sum()
+    assert len(everything) == selected.sum()  # none repeated
     assert np.array_equal(np.sort(everything), np.flatnonzero(selected))
 
 
@@ -201,11 +212,14 @@ def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent,
 
 def test_ranks_times_workers_cover_each_cell_once(small_store):
     dataset, selected = make_batches(small_store)
-    seen = []
+    seen, counts = [], []
     for rank in range(2):
         dataset.rank, dataset.world_size = rank, 2
         loader = EpochLoader(dataset, epoch_of=lambda: 3, slot_bytes=1 << 20, num_workers=2)
-        seen.append(np.concatenate([cell_ids(densify(b, 60)) for b in loader]))
+        batches = [cell_ids(densify(b, 60)) for b in loader]
+        counts.append(len(batches))
+        seen.append(np.concatenate(batches))
+    assert counts[0] == counts[1]  # in step across ranks, whatever each rank's workers hold
     assert not set(seen[0]) & set(seen[1])
     assert np.array_equal(np.sort(np.concatenate(seen)), np.flatnonzero(selected))
 
@@ -231,3 +245,38 @@ def test_cache_bound_guard(small_store, monkeypatch, strict):
     else:
         cells = np.concatenate([cell_ids(b) for b in epoch_cells(dataset, 60, epoch=0)])
         assert np.array_equal(np.sort(cells), np.flatnonzero(selected))
+
+
+def test_reader_thread_yields_the_same_batches_as_inline_reading(small_store):
+    dataset, selected = make_batches(small_store)
+    by_mode = {}
+    for reader_thread in (False, True):
+        loader = EpochLoader(dataset, epoch_of=lambda: 2, slot_bytes=0, reader_thread=reader_thread)
+        by_mode[reader_thread] = [cell_ids(densify(b, 60)) for b in loader]
+    assert len(by_mode[True]) == len(by_mode[False])
+    for threaded, inline in zip(by_mode[True], by_mode[False], strict=True):
+        assert np.array_equal(threaded, inline)
+    assert np.array_equal(np.sort(np.concatenate(by_mode[True])), np.flatnonzero(selected))
+
+
+def test_read_ahead_raises_the_readers_error_and_stops_when_abandoned():
+    def failing():
+        yield 1
+        raise OSError("shard_00003.h5ad unreadable")
+
+    with pytest.raises(OSError, match="shard_00003"):
+        list(read_ahead(failing(), depth=2))
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    ahead = read_ahead(endless(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()  # the consumer stops early: the thread must end, not read on
+    settled = len(produced)
+    assert settled <= 3 + 2 + 2  # consumed + queued + one in hand
+    assert not any(t.name == "batch-reader" and t.is_alive() for t in threading.enumerate())

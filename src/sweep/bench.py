@@ -166,9 +166,11 @@ def ceiling_rate(store: Path, batch_size: int, densify_too: bool, passes: int = 
     ``passes`` passes (as the loader's best epoch)."""
     import torch
 
+    from sweep.data.heap import retain_freed_blocks
     from sweep.data.loader import X_DATA, X_INDICES, X_INDPTR, densify
 
     manifest = read_manifest(store)
+    retain_freed_blocks(4 * batch_size * manifest.n_genes)  # as the datamodule does
     rates = []
     for _ in range(passes):
         cells, start = 0, time.perf_counter()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
 
 class EpochStats(Callback):
-    """Counts training cells, times each training epoch (validation excluded), records KL weight.
+    """Counts training cells (of all DDP ranks), times each training epoch (validation excluded),
+    records KL weight.
 
     Logs per epoch ``train_cells_per_s`` (cells/s), ``epoch_time_s`` (s), ``lr`` and
     ``kl_weight_epoch``, both as the epoch starts (scvi-tools logs its own ``kl_weight`` per step,
@@ -34,6 +36,10 @@ class EpochStats(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         elapsed = time.perf_counter() - self._epoch_start
+        # with DDP every rank counts its own share: add them up (a no-op on one device)
+        self._epoch_cells = int(
+            trainer.strategy.reduce(torch.tensor(self._epoch_cells), reduce_op="sum")
+        )
         self.cells_seen += self._epoch_cells
         self.train_time_s += elapsed
         self.epoch_rates.append(self._epoch_cells / max(elapsed, 1e-9))
@@ -42,6 +48,18 @@ class EpochStats(Callback):
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
         pl_module.log("kl_weight_epoch", self._kl_weight, on_epoch=True)
         pl_module.log("lr", self._lr, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs (see sweep.checkpoint): the totals so far."""
+        return {
+            "cells_seen": self.cells_seen,
+            "train_time_s": self.train_time_s,
+            "epoch_rates": self.epoch_rates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cells_seen, self.train_time_s = state["cells_seen"], state["train_time_s"]
+        self.epoch_rates = list(state["epoch_rates"])
 
     @property
     def cells_per_s(self) -> float:

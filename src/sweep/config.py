@@ -90,6 +90,7 @@ class LoaderConfig:
     block_size: int = 256  # rows per contiguous read
     fetch_size: int = 16384  # cells gathered and shuffled together before batches are cut
     drop_last: bool = False  # drop each worker's short last training batch (counted either way)
+    reader_thread: bool = True  # with num_workers=0, read batches in a background thread
 
 
 @dataclass
@@ -98,10 +99,12 @@ class TrainerConfig:
 
     accelerator: str = "cpu"
     devices: Any = 1
+    strategy: str = "auto"  # Lightning's; "ddp": one job over ``devices`` (gloo on the CPU)
     max_epochs: int = 100
     precision: Any = "32-true"
     enable_progress_bar: bool = True
     log_every_n_steps: int = 10
+    checkpoint_every_n_epochs: int = 1  # checkpoints/last.ckpt in the run folder; 0: none
 
 
 @dataclass
@@ -130,6 +133,15 @@ class EvaluationConfig:
 
 
 @dataclass
+class OptunaTrialConfig:
+    """Set by the Optuna sweeper (sweep.study) per trial: where its pruning callback reports."""
+
+    storage: str | None = None  # the study's journal file or database URL
+    study_name: str | None = None
+    trial: int | None = None  # the trial number
+
+
+@dataclass
 class TrainConfig:
     """The whole ``train.py`` config."""
 
@@ -145,8 +157,10 @@ class TrainConfig:
     seed: int = 0
     task_name: str = "train"
     tags: list[str] = field(default_factory=list)
-    optimized_metric: str = "elbo_validation"
+    optimized_metric: Any = "elbo_validation"  # a metrics.json key, or a list (multi-objective)
     save_model: bool = True
+    resume: bool = False  # continue the newest incomplete run of the same overrides (checkpoint.py)
+    optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)
 
 
 #: allowed values of string keys, checked by :func:`validate` (the schema only checks types)
@@ -177,6 +191,7 @@ RANGES = (
     ("loader.block_size", 1, None),
     ("loader.fetch_size", 1, None),
     ("trainer.max_epochs", 1, None),
+    ("trainer.checkpoint_every_n_epochs", 0, None),
     ("evaluation.n_cells", 10, None),
     ("evaluation.convergence_tolerance", 0.0, None),
 )

@@ -180,6 +180,8 @@ class IntegrationCheckpoints(Callback):
         epoch = trainer.current_epoch + 1
         if epoch not in self.epochs and epoch != trainer.max_epochs:
             return
+        if not trainer.is_global_zero:  # with DDP, rank 0 scores for all
+            return
         started = time.perf_counter()
         embedding = latent(pl_module.module, self.cells)
         if self.baseline_scores:  # the baseline does not change during training: scored once
@@ -205,6 +207,13 @@ class IntegrationCheckpoints(Callback):
     @property
     def final(self) -> dict[str, float]:
         return {k: v for k, v in self.records[-1].items() if k != "epoch"} if self.records else {}
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs (see sweep.checkpoint): the scores so far."""
+        return {"records": self.records, "baseline_scores": self.baseline_scores}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records, self.baseline_scores = state["records"], state["baseline_scores"]
 
 
 def epochs_to_within(values: pd.Series, epochs: pd.Series, tolerance: float) -> int | None:

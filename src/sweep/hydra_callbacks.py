@@ -1,12 +1,15 @@
 """Hydra callbacks: the multirun report, written when a sweep ends.
 
-Registered in ``conf/train.yaml`` under ``hydra.callbacks.report``. Hydra skips
-``on_multirun_end`` when a job of the sweep raised, so the report is also buildable afterwards
-with ``python -m sweep.report SWEEP_DIR``; for that, a failed job's traceback goes to its log.
+Registered in ``conf/train.yaml`` under ``hydra.callbacks.report``. Hydra's basic sweeper runs
+every job of a sweep, then raises for the first failed one and skips ``on_multirun_end``: the
+report is then built as the process exits (the exit status stays non-zero). It can also be
+rebuilt any time with ``python -m sweep.report SWEEP_DIR``; a failed job's traceback goes to its
+log for that.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 
@@ -14,13 +17,15 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweep.report import build_report, default_out
+from sweep.report import REPORTS_DIR, build_report
+from sweep.study.storage import read_record
 
 log = logging.getLogger(__name__)
 
 
 class MultirunReport(Callback):
-    """Builds ``<out_root>/<sweep folder name>/report.md`` at the end of a multirun.
+    """Builds ``<out_root>/<sweep folder name>/report.md`` at the end of a multirun
+    (``<out_root>/<study name>/`` for the Optuna sweeper: sweep.study.report).
 
     ``out_root`` defaults to ``multirun_reports/`` under the repository root; override it with
     ``hydra.callbacks.report.out_root=DIR``.
@@ -28,6 +33,15 @@ class MultirunReport(Callback):
 
     def __init__(self, out_root: str | None = None):
         self.out_root = out_root
+        self._reported = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Make sure the report is written even when the sweep ends by raising."""
+        atexit.register(self._report_unless_done, config)
+
+    def _report_unless_done(self, config: DictConfig) -> None:
+        if not self._reported:
+            self.on_multirun_end(config)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         """Log a failed job's traceback into its own log (Hydra only prints it to the console)."""
@@ -37,10 +51,18 @@ class MultirunReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """Build the sweep's report; log, never raise, when that fails."""
+        self._reported = True
         try:
             sweep_dir = Path(config.hydra.sweep.dir)
-            out = Path(self.out_root) / sweep_dir.name if self.out_root else default_out(sweep_dir)
-            report = build_report(sweep_dir, out)
+            study = read_record(sweep_dir)  # an Optuna sweep: report the study, not the folder
+            name = study["study_name"] if study else sweep_dir.name
+            out = Path(self.out_root) / name if self.out_root else REPORTS_DIR / name
+            if study:
+                from sweep.study.report import build_study_report
+
+                report = build_study_report(name, study["storage"], out)
+            else:
+                report = build_report(sweep_dir, out)
             log.info("multirun report: %s", report)
         except Exception:
             log.exception(

@@ -1,6 +1,7 @@
 """Multirun report: one sweep folder -> ``results.csv``, figures and ``report.md`` with verdicts.
 
-``python -m sweep.report SWEEP_DIR [--out DIR]`` or ``build_report(sweep_dir, out_dir)``.
+``python -m sweep.report SWEEP_DIR [--out DIR]`` or ``build_report(sweep_dir, out_dir)``; an Optuna
+study (``--study NAME --storage STORAGE``, or its sweep folder) goes to ``sweep.study.report``.
 It reads only the sweep folder (``<job number>/`` folders with ``.hydra/``, ``metrics.json``,
 ``history.csv`` and ``train.log``), so it works after a sweep that raised and on a sweep still
 running. A job is *complete* (metrics.json written), *failed* (its log holds a traceback) or
@@ -625,18 +626,35 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m sweep.report SWEEP_DIR [--out DIR]``."""
+    """``python -m sweep.report SWEEP_DIR [--out DIR]`` or ``--study NAME --storage STORAGE``."""
     parser = argparse.ArgumentParser(
-        prog="python -m sweep.report", description="Build the report of a Hydra multirun."
+        prog="python -m sweep.report",
+        description="Build the report of a Hydra multirun or of an Optuna study.",
     )
-    parser.add_argument("sweep_dir", type=Path, help="the sweep folder (hydra.sweep.dir)")
+    parser.add_argument("sweep_dir", type=Path, nargs="?", help="a sweep folder (hydra.sweep.dir)")
+    parser.add_argument("--study", help="an Optuna study's name (with --storage)")
+    parser.add_argument("--storage", help="its journal file or database URL")
     parser.add_argument(
-        "--out", type=Path, help="report folder (default: multirun_reports/<sweep folder name>)"
+        "--out", type=Path, help="report folder (default: multirun_reports/<sweep or study name>)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s")
-    report = build_report(args.sweep_dir, args.out or default_out(args.sweep_dir))
-    log.info("multirun report: %s", report)
+    from sweep.study.storage import read_record
+
+    study = read_record(args.sweep_dir) if args.sweep_dir else None  # an Optuna sweep folder
+    if study:
+        args.study, args.storage = study["study_name"], study["storage"]
+    if args.study:
+        if not args.storage:
+            parser.error("--study needs --storage (the study's journal file or database URL)")
+        from sweep.study.report import build_study_report
+
+        report = build_study_report(args.study, args.storage, args.out or REPORTS_DIR / args.study)
+    elif args.sweep_dir:
+        report = build_report(args.sweep_dir, args.out or default_out(args.sweep_dir))
+    else:
+        parser.error("give a sweep folder, or --study NAME --storage STORAGE")
+    log.info("report: %s", report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Where a job's metrics go: W&B (offline by default) next to our own files in the run folder.
 
 One W&B run per job: it is finished when the job ends, so no two jobs of one process share a run.
-The group is the sweep's name, so one multirun's jobs group together on the dashboard.
+The group is the sweep's name (an Optuna trial's: its study's), so one multirun's jobs group
+together on the dashboard.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def job_identity(cfg) -> dict:
     choices = {g: hc.runtime.choices[g] for g in GROUPS if hc.runtime.choices.get(g) is not None}
     multirun = hc.mode == RunMode.MULTIRUN
     group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else None
+    group = OmegaConf.select(cfg, "optuna.study_name") or group  # an Optuna trial: its study
     name = hc.job.override_dirname or "defaults"
     if multirun:
         name = f"{hc.job.num}:{name}"

@@ -19,11 +19,14 @@ from scvi.train._logger import SimpleLogger
 
 from sweep import tracking
 from sweep.callbacks import EpochStats
+from sweep.checkpoint import CHECKPOINT_DIR, EpochCheckpoint, StopOnNonFiniteLoss, resume_point
 from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
+from sweep.distributed import check_launch, is_rank_zero
 from sweep.evaluate import AGGREGATES, IntegrationCheckpoints, choose_cells, epochs_to_within
 from sweep.model import build_scvi
+from sweep.study.pruning import pruning_callback
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +66,32 @@ def peak_rss_mb() -> float:
     return (own + children) / 1024
 
 
-def run(cfg, run_dir: str | Path) -> float:
-    """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric."""
-    metrics = fit(cfg, run_dir)[1]
-    log.info(
-        "run folder: %s (%s=%.4g)", run_dir, cfg.optimized_metric, metrics[cfg.optimized_metric]
-    )
-    return float(metrics[cfg.optimized_metric])
+def run(cfg, run_dir: str | Path) -> float | list[float]:
+    """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric (a list
+    of values when ``optimized_metric`` is a list of keys: multi-objective sweeps)."""
+    check_launch(cfg)
+    run_dir, checkpoint = resume_point(cfg, Path(run_dir))
+    metrics = fit(cfg, run_dir, resume_from=checkpoint)[1]
+    if not is_rank_zero():  # a DDP helper process: rank 0 reports
+        return float("nan")
+    single = isinstance(cfg.optimized_metric, str)
+    keys = [cfg.optimized_metric] if single else list(cfg.optimized_metric)
+    missing = [k for k in keys if k not in metrics]
+    if missing:
+        raise KeyError(f"optimized_metric {missing} not in metrics.json (keys: {sorted(metrics)})")
+    values = [float(metrics[k]) for k in keys]
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(keys, values, strict=True))
+    log.info("run folder: %s (%s)", run_dir, shown)
+    return values[0] if single else values
 
 
-def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
-    """Train one scVI model as ``cfg`` says and write the run folder; (trained model, metrics)."""
+def fit(
+    cfg, run_dir: str | Path, resume_from: Path | None = None
+) -> tuple[scvi.model.SCVI, dict]:
+    """Train one scVI model as ``cfg`` says and write the run folder; (trained model, metrics).
+
+    ``resume_from``: a checkpoint of this run (sweep.checkpoint) to continue from.
+    """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,10 +106,13 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
         cfg.model,
     )
     identity = tracking.job_identity(cfg)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity)
+    writer = is_rank_zero()  # with DDP, only rank 0 writes the run folder and the W&B run
+    if writer:
+        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity) if writer else None
     epoch_stats = EpochStats()
     checkpoints = None
+    pruning = pruning_callback(cfg)  # None unless the job is an Optuna trial
     if cfg.evaluation.enabled:
         cells = choose_cells(
             datamodule,
@@ -102,7 +123,12 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             cfg.evaluation.min_genes,
         )
         checkpoints = IntegrationCheckpoints(cells, list(cfg.evaluation.epochs))
-    loggers = [SimpleLogger(save_dir=None)] + ([wandb_logger] if wandb_logger else [])
+    history_logger = SimpleLogger(save_dir=None)
+    loggers = [history_logger] + ([wandb_logger] if wandb_logger else [])
+    stop_on_nan = StopOnNonFiniteLoss()
+    epoch_checkpoint = EpochCheckpoint(
+        run_dir / CHECKPOINT_DIR, cfg.trainer.checkpoint_every_n_epochs, history_logger
+    )
     exit_code = 1
     try:
         log.info(
@@ -117,15 +143,23 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
             max_epochs=cfg.trainer.max_epochs,
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
+            strategy=cfg.trainer.strategy,
             precision=cfg.trainer.precision,
             plan_kwargs=OmegaConf.to_container(cfg.plan, resolve=True),
             check_val_every_n_epoch=1,
             early_stopping=False,
             logger=loggers,
-            callbacks=[c for c in (epoch_stats, checkpoints) if c is not None],
+            callbacks=[
+                c
+                for c in (epoch_stats, checkpoints, pruning, stop_on_nan, epoch_checkpoint)
+                if c is not None
+            ],
+            ckpt_path=str(resume_from) if resume_from else None,
             enable_progress_bar=cfg.trainer.enable_progress_bar,
             log_every_n_steps=cfg.trainer.log_every_n_steps,
         )
+        if not writer:
+            return model, {}
         history = history_frame(model.history)
         history.to_csv(run_dir / "history.csv", index=False)
         if cfg.save_model:
@@ -133,6 +167,8 @@ def fit(cfg, run_dir: str | Path) -> tuple[scvi.model.SCVI, dict]:
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
         if checkpoints is not None:
             metrics.update(integration_summary(checkpoints, history, cfg.evaluation, run_dir))
+        if pruning is not None:
+            metrics.update(pruning.summary())
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(

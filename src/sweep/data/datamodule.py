@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
 
 from sweep.data.batches import BatchEncoding, check_columns, encode_batches
+from sweep.data.heap import retain_freed_blocks
 from sweep.data.loader import EpochLoader, Fetch, ShardBatches, densify
 from sweep.data.selection import CellTable, Split, split_cells
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
@@ -62,6 +63,7 @@ class StoreDataModule(LightningDataModule):
         )
         self.train_set = self._dataset(self.split.train, shuffle=True)
         self.val_set = self._dataset(self.split.validation, shuffle=False)
+        retain_freed_blocks(4 * loader_cfg.batch_size * self.n_vars)  # dense float32 batches
 
     # what scvi-tools reads from a datamodule
     @property
@@ -161,6 +163,7 @@ class StoreDataModule(LightningDataModule):
             dataset,
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             slot_bytes=self.slot_bytes,
+            reader_thread=self.loader_cfg.reader_thread,
             num_workers=workers,
             prefetch_factor=self.loader_cfg.prefetch_factor if workers else None,
             persistent_workers=self.loader_cfg.persistent_workers and workers > 0,

@@ -14,8 +14,11 @@ scvi-tools' module expects.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,6 +116,12 @@ class ShardBatches(IterableDataset):
         self.batch_codes = batch_codes
         self.covariate_codes = covariate_codes
         self.blocks = Blocks.cover(offsets, selected, block_size)
+        selected_before = np.concatenate([[0], np.cumsum(selected)])  # (n_cells + 1,)
+        first_rows = offsets[self.blocks.shard]
+        self.block_cells = (  # selected cells per block, (n_blocks,)
+            selected_before[first_rows + self.blocks.stop]
+            - selected_before[first_rows + self.blocks.start]
+        )
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -157,9 +166,41 @@ class ShardBatches(IterableDataset):
         group = nth_shard // self.max_cache_size
         return np.split(mine, np.flatnonzero(np.diff(group)) + 1)
 
+    def reader_cells(self, epoch: int) -> np.ndarray:
+        """Training cells each reader reads this epoch, (ranks, workers per rank)."""
+        _, n_readers = _reader_slot(self.rank, self.world_size)
+        cells = np.zeros(n_readers, dtype=np.int64)
+        for group in self.groups(epoch):
+            for reader in range(n_readers):
+                cells[reader] += self.block_cells[group[reader::n_readers]].sum()
+        return cells.reshape(self.world_size, -1)
+
+    def splits(self, epoch: int) -> int:
+        """How many of this reader's full batches go out as two halves this epoch, so that every
+        rank yields the same number of batches (DDP steps in lockstep) with no cell repeated or
+        dropped. A reader's batches are all full but its last (cells flow through its fetches
+        with a carry); a rank short of batches splits full ones, its first reader first."""
+        if self.world_size == 1 or not self.shuffle:
+            return 0
+        cells = self.reader_cells(epoch)
+        full = cells // self.batch_size
+        batches = full if self.drop_last else full + (cells % self.batch_size > 0)
+        missing = int(batches.sum(axis=1).max() - batches[self.rank].sum())
+        mine = full[self.rank]
+        if missing > mine.sum():
+            raise RuntimeError(
+                f"rank {self.rank} has too few training cells to keep step with the other ranks "
+                f"at loader.batch_size={self.batch_size}: lower loader.batch_size or "
+                "trainer.devices"
+            )
+        reader, _ = _reader_slot(self.rank, self.world_size)
+        worker = reader % len(mine)
+        return int(np.clip(missing - mine[:worker].sum(), 0, mine[worker]))
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         epoch = int(self.epoch.value)
         reader, _ = _reader_slot(self.rank, self.world_size)
+        halve = self.splits(epoch)  # full batches still to send as two halves
         rng = np.random.default_rng([self.seed, epoch, reader, 1])
         info = get_worker_info()
         slots = self._slots(info.id if info else None)
@@ -178,11 +219,13 @@ class ShardBatches(IterableDataset):
                         if carry.n < size:
                             carry = carry.copied()
                             continue
-                        yield carry.batch(np.arange(size), slots)
+                        yield from self._emit(carry, np.arange(size), slots, halve > 0)
+                        halve -= halve > 0
                         carry = None
                     full = len(order) - len(order) % size
                     for first in range(0, full, size):
-                        yield fetch.batch(order[first : first + size], slots)
+                        yield from self._emit(fetch, order[first : first + size], slots, halve > 0)
+                        halve -= halve > 0
                     if full < len(order):
                         carry = fetch.take(order[full:]).copied()  # its shards may close
             if carry is not None and carry.n and not self.drop_last:
@@ -190,6 +233,15 @@ class ShardBatches(IterableDataset):
         finally:
             for shard in handles.values():
                 shard.close()
+
+    @staticmethod
+    def _emit(fetch: Fetch, rows: np.ndarray, slots, halve: bool) -> Iterator[dict]:
+        """Cells ``rows`` of ``fetch`` as one batch, or as two halves."""
+        if halve:
+            yield fetch.batch(rows[: len(rows) // 2], slots)
+            yield fetch.batch(rows[len(rows) // 2 :], slots)
+        else:
+            yield fetch.batch(rows, slots)
 
     def _slots(self, worker: int | None) -> WorkerSlots | None:
         """Where this pass writes batches: worker ``worker``'s ring slots if it has any (freed
@@ -463,27 +515,78 @@ def _as_is(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return batch
 
 
+def read_ahead(batches: Iterator, depth: int) -> Iterator:
+    """``batches``, produced by a background thread up to ``depth`` ahead of the consumer.
+
+    The copy into each batch runs compiled without the GIL, so with ``num_workers=0`` reading
+    overlaps densifying and training in the main process, with no inter-process hand-off. An
+    error in the thread is raised here; a consumer that stops early stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+
+    thread = threading.Thread(target=produce, name="batch-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a pending put, then wait for the thread to end
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
+
+
 class EpochLoader(DataLoader):
     """A DataLoader over :class:`ShardBatches`: tells the dataset the epoch before each pass and
     hands batches from workers through a :class:`SlotRing`.
 
     ``epoch_of()`` returns the trainer's current epoch; with persistent workers the new value
     reaches them through shared memory before they restart their iterators. ``slot_bytes``
-    sizes the ring's slots (a batch that does not fit is sent by value).
+    sizes the ring's slots (a batch that does not fit is sent by value). ``reader_thread``: with
+    no workers, read batches in a background thread (:func:`read_ahead`).
     """
 
     def __init__(
-        self, dataset: ShardBatches, epoch_of: Callable[[], int], slot_bytes: int, **kwargs
+        self,
+        dataset: ShardBatches,
+        epoch_of: Callable[[], int],
+        slot_bytes: int,
+        reader_thread: bool = False,
+        **kwargs,
     ):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.epoch_of = epoch_of
+        self.reader_thread = reader_thread and not self.num_workers
         if self.num_workers:
             slots = (self.prefetch_factor or 2) + 2  # queued + being received + being densified
             dataset.ring = SlotRing(self.num_workers, slots, slot_bytes)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.epoch.value = self.epoch_of()
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        if self.reader_thread:
+            batches = read_ahead(batches, depth=2)
+        for batch in batches:
             yield self._receive(batch)
 
     def _receive(self, batch: dict[str, np.ndarray]) -> dict:

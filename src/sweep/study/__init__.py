@@ -1,0 +1,11 @@
+"""Optuna studies for train.py: the ``hydra/sweeper=optuna`` plugin's logic, the trial-side pruning
+callback and the study report.
+
+- ``config``: the sweeper's config schema (hydra-optuna-sweeper's keys, plus pruner, heartbeat)
+- ``search_space``: ``hydra.sweeper.params`` syntax -> Optuna distributions and job overrides
+- ``storage``: where a study lives (a stable default file) and what the sweep folder records of it
+- ``liveness``: heartbeats of running trials; trials of dead processes marked failed and retried
+- ``sweeper``: the ask -> launch -> tell loop shared by any number of processes
+- ``pruning``: the Lightning callback a trial reports its validation ELBO through
+- ``report``: ``multirun_reports/<study>/`` (best trials, Pareto front, importances, figures)
+"""

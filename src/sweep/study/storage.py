@@ -1,0 +1,75 @@
+"""Where a study lives, and what a sweep folder records of it.
+
+``hydra.sweeper.storage``:
+
+- null: the journal file ``outputs/optuna/<study_name>.journal`` under the launch folder, the same
+  for every rerun of the command (not inside the timestamped sweep folder), so a rerun resumes;
+- a path: an Optuna journal file (many processes, also on a shared file system);
+- a database URL: ``sqlite:///study.db``, ``postgresql://...``, ``mysql://...`` (many machines).
+
+Jobs get the storage as an absolute path/URL, so they reach it from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+#: default storage folder, relative to the folder the sweep was launched from
+DEFAULT_DIR = Path("outputs") / "optuna"
+#: what a sweep folder records of its study (read by the end-of-sweep report)
+STUDY_FILE = "optuna_study.yaml"
+SQLITE = "sqlite:///"
+
+
+def resolve(storage: str | None, study_name: str, cwd: Path) -> str:
+    """The storage as an absolute journal path or a database URL (relative sqlite made absolute)."""
+    if storage is None:
+        return str((cwd / DEFAULT_DIR / f"{study_name}.journal").resolve())
+    if storage.startswith(SQLITE):
+        path = storage[len(SQLITE) :]
+        return SQLITE + str((cwd / path).resolve()) if path != ":memory:" else storage
+    if "://" in storage:
+        return storage
+    return str((cwd / storage).resolve())
+
+
+def open_storage(storage: str):
+    """An Optuna storage for a resolved storage string (creating a file's folder)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if storage.startswith(SQLITE):
+        Path(storage[len(SQLITE) :]).parent.mkdir(parents=True, exist_ok=True)
+        # several processes write one file: wait for its lock instead of failing after 5 s
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+    if "://" in storage:
+        return optuna.storages.RDBStorage(storage)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(storage))
+
+
+def default_study_name(task_name: str, search: dict) -> str:
+    """``<task_name>-<8 hex>``: the same search (params, fixed overrides, directions), same name."""
+    digest = hashlib.sha1(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{task_name}-{digest[:8]}"
+
+
+def dashboard_command(storage: str) -> str:
+    """The optuna-dashboard command line that opens this storage."""
+    return f"optuna-dashboard {storage}"
+
+
+def write_record(sweep_dir: Path, record: dict) -> None:
+    """Record study name, storage and directions in the sweep folder."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / STUDY_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def read_record(sweep_dir: Path) -> dict | None:
+    """The sweep folder's study record, or None for a sweep that was not an Optuna study."""
+    path = Path(sweep_dir) / STUDY_FILE
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
