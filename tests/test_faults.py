@@ -17,15 +17,9 @@ import pytest
 import torch
 import yaml
 
-from sweep.checkpoint import (
-    CHECKPOINT_DIR,
-    LAST,
-    LAST_INFO,
-    find_incomplete_run,
-    rng_state,
-    set_rng_state,
-)
+from sweep.checkpoint import CHECKPOINT_DIR, LAST, LAST_INFO, rng_state, set_rng_state
 from sweep.paths import REPO_ROOT
+from sweep.resume import previous_run
 from sweep.train import fit
 from test_train import compose_train
 
@@ -66,35 +60,36 @@ def _fake_run(folder: Path, overrides: list[str], finished: bool, age_s: float) 
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / CHECKPOINT_DIR).mkdir()
-    checkpoint = folder / CHECKPOINT_DIR / LAST
-    checkpoint.write_bytes(b"x")
-    os.utime(checkpoint, (time.time() - age_s, time.time() - age_s))
-    if finished:
-        (folder / "metrics.json").write_text("{}")
+    progress = folder / ("metrics.json" if finished else f"{CHECKPOINT_DIR}/{LAST}")
+    progress.write_text("{}")
+    os.utime(progress, (time.time() - age_s, time.time() - age_s))
     return folder
 
 
-def test_resume_finds_the_newest_unfinished_run_of_the_same_overrides(tmp_path):
+def test_resume_finds_the_newest_run_of_the_same_overrides(tmp_path):
     runs = tmp_path / "runs"
     same = ["model=hidden_512", "trainer.max_epochs=4"]
-    old = _fake_run(runs / "a", same, finished=False, age_s=100)
+    _fake_run(runs / "a", same, finished=False, age_s=100)
     newer = _fake_run(runs / "b", [*same, "resume=true"], finished=False, age_s=10)
-    _fake_run(runs / "c", same, finished=True, age_s=1)  # finished: never resumed
-    _fake_run(runs / "d", ["model=czi_128", "trainer.max_epochs=4"], finished=False, age_s=1)
+    _fake_run(runs / "c", ["model=czi_128", "trainer.max_epochs=4"], finished=True, age_s=1)
+    (runs / "d" / ".hydra").mkdir(parents=True)  # a run that died before its first checkpoint
+    (runs / "d" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(same))
     here = runs / "e"
-    assert find_incomplete_run(here, [*same, "resume=true"], multirun=False) == newer
-    newer.joinpath("metrics.json").write_text("{}")
-    assert find_incomplete_run(here, list(reversed(same)), multirun=False) == old
-    assert find_incomplete_run(here, ["model=czi_128"], multirun=False) is None
+    assert previous_run(here, [*same, "resume=true"], multirun=False) == newer
+    assert previous_run(here, list(reversed(same)), multirun=False) == newer  # order aside
+    finished = _fake_run(runs / "f", same, finished=True, age_s=5)
+    assert previous_run(here, same, multirun=False) == finished
+    assert previous_run(here, ["model=czi_128"], multirun=False) is None
     sweeps = tmp_path / "multiruns"
     job = _fake_run(sweeps / "s1" / "3", same, finished=False, age_s=5)
-    assert find_incomplete_run(sweeps / "s2" / "3", same, multirun=True) == job
+    assert previous_run(sweeps / "s2" / "3", same, multirun=True) == job
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(store, tmp_path):
-    """kill -9 after epoch 2 of 4, re-run the same command with resume=true: the run continues
-    in its own folder and ends with the uninterrupted run's history and metrics."""
+    """kill -9 after epoch 2 of 4, re-run the same command with resume=true: the new folder
+    holds the whole run, ending with the uninterrupted run's history and metrics; a third run
+    with resume=true finds it finished and trains nothing."""
     epochs = ["trainer.max_epochs=4"]
     runs = tmp_path / "outputs" / "runs"
     first = subprocess.Popen(
@@ -123,8 +118,9 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch {killed_at}" in resumed.stderr + resumed.stdout
-    metrics = json.loads((runs / "first" / "metrics.json").read_text())  # the run's own folder
-    history = pd.read_csv(runs / "first" / "history.csv")
+    metrics = json.loads((runs / "second" / "metrics.json").read_text())  # the whole run
+    history = pd.read_csv(runs / "second" / "history.csv")
+    assert not (runs / "first" / "metrics.json").exists()  # the killed folder stays as it was
 
     reference = fit(compose_train(store, *QUICK, *epochs), tmp_path / "reference")[1]
     expected = pd.read_csv(tmp_path / "reference" / "history.csv")
@@ -141,6 +137,18 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
     # after it, the same training within float noise (seed-to-seed spread is ~100x larger)
     for key in ("elbo_validation", "elbo_train", "reconstruction_loss_validation"):
         assert metrics[key] == pytest.approx(reference[key], rel=1e-3)
+
+    again = subprocess.run(
+        train_command(store, *epochs, "resume=true", f"hydra.run.dir={runs / 'third'}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished this run already" in again.stderr + again.stdout
+    assert json.loads((runs / "third" / "metrics.json").read_text()) == metrics
+    assert "epochs on" not in (runs / "third" / "train.log").read_text()  # nothing trained
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ run folder (config, .hydra/, log, metrics, the offline W&B run), the multirun re
 console."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweep.paths import REPO_ROOT
+from sweep.secrets import SecretInOverride, check_overrides
 
 SECRETS = {
     "WANDB_API_KEY": "sk-test-0123456789abcdef0123456789abcdef01234567",
@@ -78,3 +80,50 @@ def test_environment_secrets_never_reach_run_files(store, tmp_path):
     assert str(wandb_runs[0]) in marked
     leaks = {name: holding(files, value) for name, value in SECRETS.items()}
     assert leaks == {name: [] for name in SECRETS}
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("+wandb.api_key=abc", "names a secret"),
+        ("+logger.token=xyz", "names a secret"),
+        ("hydra.sweeper.storage=postgresql://me:hunter22@db:5432/optuna", "URL with a password"),
+        ("tags=[run,hf_testTOKENvalue4f9c2e]", "holds $HF_TOKEN"),
+    ],
+)
+def test_overrides_carrying_secrets_are_refused(monkeypatch, override, problem):
+    monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
+    with pytest.raises(SecretInOverride, match=re.escape(problem)):
+        check_overrides(["model=czi_128", override])
+
+
+def test_ordinary_and_env_interpolated_overrides_pass(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
+    check_overrides(
+        [
+            "model=hidden_512",
+            "plan.lr=0.001",
+            "hydra.sweeper.storage=sqlite:///outputs/optuna/scvi.db",
+            "+logger.api_key=${oc.env:WANDB_API_KEY}",  # saved unresolved
+        ]
+    )
+
+
+def test_a_secret_override_stops_train_py_before_anything_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "+wandb.api_key=sk-test-typed-on-the-command-line",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "refusing override wandb.api_key" in done.stderr
+    assert "sk-test-typed" not in done.stdout + done.stderr
+    assert not run_dir.exists()

@@ -5,11 +5,8 @@ learning-rate schedule, epoch and step counters, so the KL warmup continues wher
 what Lightning's checkpoint lacks: the per-epoch history so far (scvi-tools keeps it in an
 in-memory logger), our epoch statistics and the RNG states. The loader's order depends only on
 (seed, epoch), so a resumed run reads the same batches the uninterrupted run would have.
-``last.json`` beside it says which epoch the checkpoint holds.
-
-``resume=true`` re-runs a command into the newest *incomplete* run folder (a checkpoint, no
-``metrics.json``) made by the same overrides: among the siblings of this job's folder
-(``outputs/<task>/runs/*`` for single runs, ``outputs/<task>/multiruns/*/*`` for sweep jobs).
+``last.json`` beside it says which epoch the checkpoint holds. Finding a run to continue is
+:mod:`sweep.resume`'s job.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 from scvi.train._logger import SimpleLogger
@@ -36,8 +32,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 LAST_INFO = "last.json"
-#: the override that asks for resuming; left out when matching a run folder's overrides
-RESUME_KEY = "resume"
 
 
 class EpochCheckpoint(EarlyStopping):
@@ -163,72 +157,3 @@ class StopOnNonFiniteLoss(Callback):
                 f"(global step {trainer.global_step}): stopped. Lower plan.lr, or look for "
                 "extreme counts in the data"
             )
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The run folder's checkpoint if it has one and did not finish (no metrics.json)."""
-    path = Path(run_dir) / CHECKPOINT_DIR / LAST
-    return path if path.is_file() and not (Path(run_dir) / "metrics.json").is_file() else None
-
-
-def _task_overrides(run_dir: Path) -> list[str] | None:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    return sorted(o for o in yaml.safe_load(path.read_text()) or [] if not _is_resume(o))
-
-
-def _is_resume(override: str) -> bool:
-    return override.lstrip("+~").split("=", 1)[0] == RESUME_KEY
-
-
-def find_incomplete_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | None:
-    """The newest incomplete run folder made with ``overrides`` (``resume`` aside), or None.
-
-    Candidates: ``run_dir`` itself, then its siblings (single runs: ``runs/*``; sweep jobs: every
-    job folder of every sweep, ``multiruns/*/*``), newest checkpoint first.
-    """
-    run_dir = Path(run_dir)
-    wanted = sorted(o for o in overrides if not _is_resume(o))
-    pattern = "*/*" if multirun else "*"
-    root = run_dir.parent.parent if multirun else run_dir.parent
-    candidates = [run_dir, *root.glob(pattern)]
-    found = [
-        c for c in candidates if last_checkpoint(c) is not None and _task_overrides(c) == wanted
-    ]
-    if not found:
-        return None
-    return max(found, key=lambda c: (c / CHECKPOINT_DIR / LAST).stat().st_mtime)
-
-
-def resume_point(cfg, run_dir: Path) -> tuple[Path, Path | None]:
-    """(the run folder to write, the checkpoint to continue from or None) for this job.
-
-    Without ``resume``, a checkpoint left in ``run_dir`` itself is ignored (the run starts over).
-    Outside Hydra only ``run_dir`` itself is looked at.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    run_dir = Path(run_dir)
-    if not cfg.resume:
-        if last_checkpoint(run_dir):
-            log.warning(
-                "%s holds an unfinished run; starting over (resume=true continues it)", run_dir
-            )
-        return run_dir, None
-    if HydraConfig.initialized():
-        hc = HydraConfig.get()
-        found = find_incomplete_run(
-            run_dir, list(hc.overrides.task), multirun=hc.mode == RunMode.MULTIRUN
-        )
-    else:
-        found = run_dir if last_checkpoint(run_dir) else None
-    if found is None:
-        log.warning(
-            "resume=true: no unfinished run of these overrides near %s; starting anew", run_dir
-        )
-        return run_dir, None
-    info = json.loads((found / CHECKPOINT_DIR / LAST_INFO).read_text())
-    log.info("resuming %s after epoch %d (step %d)", found, info["epoch"], info["step"])
-    return found, found / CHECKPOINT_DIR / LAST

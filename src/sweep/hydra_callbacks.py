@@ -1,4 +1,4 @@
-"""Hydra callbacks: the multirun report, written when a sweep ends.
+"""Hydra callbacks: the multirun report, written when a sweep ends; secrets kept off the disk.
 
 Registered in ``conf/train.yaml`` under ``hydra.callbacks.report``. Hydra's basic sweeper runs
 every job of a sweep, then raises for the first failed one and skips ``on_multirun_end``: the
@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweep.report import REPORTS_DIR, build_report
+from sweep.secrets import SecretInOverride, check_overrides
 from sweep.study.storage import read_record
 
 log = logging.getLogger(__name__)
@@ -68,3 +69,22 @@ class MultirunReport(Callback):
             log.exception(
                 "the multirun report failed; rebuild it with `python -m sweep.report SWEEP_DIR`"
             )
+
+
+class RefuseSecretOverrides(Callback):
+    """Stops a run or sweep whose overrides carry a secret (:mod:`sweep.secrets`) before Hydra
+    writes them anywhere. Hydra turns a callback's exceptions into warnings, so it exits."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
+        try:
+            check_overrides(overrides)
+        except SecretInOverride as error:
+            raise SystemExit(f"Error: {error}") from error

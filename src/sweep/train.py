@@ -19,13 +19,14 @@ from scvi.train._logger import SimpleLogger
 
 from sweep import tracking
 from sweep.callbacks import EpochStats
-from sweep.checkpoint import CHECKPOINT_DIR, EpochCheckpoint, StopOnNonFiniteLoss, resume_point
+from sweep.checkpoint import CHECKPOINT_DIR, EpochCheckpoint, StopOnNonFiniteLoss
 from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
 from sweep.distributed import check_launch, is_rank_zero
 from sweep.evaluate import AGGREGATES, IntegrationCheckpoints, choose_cells, epochs_to_within
 from sweep.model import build_scvi
+from sweep.resume import prepare_resume
 from sweep.study.pruning import pruning_callback
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,11 @@ def run(cfg, run_dir: str | Path) -> float | list[float]:
     """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric (a list
     of values when ``optimized_metric`` is a list of keys: multi-objective sweeps)."""
     check_launch(cfg)
-    run_dir, checkpoint = resume_point(cfg, Path(run_dir))
-    metrics = fit(cfg, run_dir, resume_from=checkpoint)[1]
+    previous = prepare_resume(cfg, Path(run_dir))
+    if previous.metrics is not None:  # resume=true found this run finished
+        metrics = previous.metrics
+    else:
+        metrics = fit(cfg, run_dir, resume_from=previous.checkpoint)[1]
     if not is_rank_zero():  # a DDP helper process: rank 0 reports
         return float("nan")
     single = isinstance(cfg.optimized_metric, str)

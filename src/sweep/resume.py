@@ -1,0 +1,108 @@
+"""``resume=true``: continue a killed run, or reuse a finished one, made by the same overrides.
+
+The job looks among the siblings of its folder (``outputs/<task>/runs/*`` for a single run; every
+job of every sweep, ``outputs/<task>/multiruns/*/*``, for a sweep job) for the newest folder made
+by the same overrides (``resume`` aside) that finished (``metrics.json``) or holds a checkpoint.
+That folder's files are copied into the job's own folder, so the new folder, and the new
+sweep's report, hold the whole run; the old folder stays as it was. Then:
+
+- finished: nothing is trained again; the job returns the metrics it had;
+- unfinished: training continues from the checkpoint (sweep.checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sweep.checkpoint import CHECKPOINT_DIR, LAST, LAST_INFO
+from sweep.distributed import is_rank_zero
+
+log = logging.getLogger(__name__)
+
+#: the override that asks for resuming; left out when matching a run folder's overrides
+RESUME_KEY = "resume"
+METRICS = "metrics.json"
+#: not copied from the previous folder: Hydra's and the logs of the job that made it, its W&B
+#: run files (the continued run gets its own W&B run)
+NOT_COPIED = (".hydra", "*.log", "wandb", ".pl_ddp_hydra_*")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a job continues from: a checkpoint, finished metrics, or nothing (a fresh start)."""
+
+    checkpoint: Path | None = None
+    metrics: dict | None = None
+
+
+def _is_resume(override: str) -> bool:
+    return override.lstrip("+~").split("=", 1)[0] == RESUME_KEY
+
+
+def _overrides(run_dir: Path) -> list[str] | None:
+    """The task overrides that made ``run_dir`` (``resume`` aside), sorted; None if unknown."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    return sorted(o for o in yaml.safe_load(path.read_text()) or [] if not _is_resume(o))
+
+
+def _progress(run_dir: Path) -> Path | None:
+    """The file that shows how far ``run_dir`` got: its metrics, else its checkpoint."""
+    for path in (run_dir / METRICS, run_dir / CHECKPOINT_DIR / LAST):
+        if path.is_file():
+            return path
+    return None
+
+
+def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | None:
+    """The newest folder beside ``run_dir`` (or ``run_dir`` itself) made by ``overrides`` that
+    finished or holds a checkpoint; None if there is none."""
+    run_dir = Path(run_dir)
+    wanted = sorted(o for o in overrides if not _is_resume(o))
+    root, pattern = (run_dir.parent.parent, "*/*") if multirun else (run_dir.parent, "*")
+    found = [
+        folder
+        for folder in {run_dir, *root.glob(pattern)}
+        if _progress(folder) is not None and _overrides(folder) == wanted
+    ]
+    return max(found, key=lambda f: _progress(f).stat().st_mtime, default=None)
+
+
+def prepare_resume(cfg, run_dir: Path) -> Resume:
+    """For ``resume=true``: find this job's previous run, copy it into ``run_dir``, and say what
+    to continue from. Outside Hydra only ``run_dir`` itself is looked at."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    run_dir = Path(run_dir)
+    if not cfg.resume:
+        return Resume()
+    if not is_rank_zero():  # a DDP process started by rank 0, which prepared the folder
+        checkpoint = run_dir / CHECKPOINT_DIR / LAST
+        return Resume(checkpoint=checkpoint if checkpoint.is_file() else None)
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        found = previous_run(run_dir, list(hc.overrides.task), multirun)
+    else:
+        found = run_dir if _progress(run_dir) else None
+    if found is None:
+        log.warning("resume=true: no earlier run of these overrides near %s; starting", run_dir)
+        return Resume()
+    if found != run_dir:
+        shutil.copytree(
+            found, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED)
+        )
+    if (run_dir / METRICS).is_file():
+        log.info("resume=true: %s finished this run already; its results are reused", found)
+        return Resume(metrics=json.loads((run_dir / METRICS).read_text()))
+    info = json.loads((run_dir / CHECKPOINT_DIR / LAST_INFO).read_text())
+    log.info("resuming %s after epoch %d (step %d)", found, info["epoch"], info["step"])
+    return Resume(checkpoint=run_dir / CHECKPOINT_DIR / LAST)
