@@ -1,7 +1,9 @@
 """The block loader: each selected cell once per epoch, shuffled, sparse until densified."""
 
+import shutil
 import threading
 
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -23,7 +25,7 @@ from sweep.data.loader import (
     scatter_counts,
 )
 from sweep.data.selection import CellTable
-from sweep.data.store import CODED_COLUMNS, Shard, read_manifest
+from sweep.data.store import CODED_COLUMNS, Shard, StoreError, read_manifest
 
 
 def make_batches(store, selected=None, shuffle=True, **overrides):
@@ -280,3 +282,26 @@ def test_read_ahead_raises_the_readers_error_and_stops_when_abandoned():
     settled = len(produced)
     assert settled <= 3 + 2 + 2  # consumed + queued + one in hand
     assert not any(t.name == "batch-reader" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("damage", ["gene index past the last gene", "negative count", "NaN"])
+def test_damaged_shard_data_is_refused_naming_the_shard_before_densifying(
+    small_store, tmp_path, damage
+):
+    """Bytes overwritten in a shard's counts or gene indices (the open-time store check reads
+    only metadata) stop the epoch with the shard named, instead of densifying out of bounds."""
+    store = tmp_path / "damaged"
+    shutil.copytree(small_store, store)
+    shard = store / read_manifest(store).shards[1]["file"]
+    with h5py.File(shard, "r+") as f:
+        if damage == "gene index past the last gene":
+            f["X/indices"][5] = 30_000
+        else:
+            f["X/data"][5] = -2 if damage == "negative count" else np.nan
+    dataset, _ = make_batches(store)
+    with pytest.raises(StoreError, match=rf"shard {shard}: the data of rows 0\.\.\d+ .*damaged"):
+        epoch_cells(dataset, dataset.n_genes, epoch=0)
+    assert sum(dataset.checked) < len(dataset.blocks)  # it stopped at the damaged block
+    clean, _ = make_batches(small_store)
+    epoch_cells(clean, clean.n_genes, epoch=0)
+    assert all(clean.checked)  # every block checked in the first epoch

@@ -32,7 +32,7 @@ from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sweep.data.handoff import SlotRing, WorkerSlots
-from sweep.data.store import INDEX_DTYPE, VALUE_DTYPE, Shard
+from sweep.data.store import INDEX_DTYPE, VALUE_DTYPE, Shard, StoreError, rebuild_hint
 
 #: keys of the sparse X triple in a batch before :func:`densify`
 X_DATA, X_INDICES, X_INDPTR = "X_data", "X_indices", "X_indptr"
@@ -130,6 +130,7 @@ class ShardBatches(IterableDataset):
         self.strict = cache_size_strictly_enforced
         self.drop_last = drop_last
         self.epoch = multiprocessing.Value("q", 0)  # shared with workers: set before each epoch
+        self.checked = multiprocessing.RawArray("b", len(self.blocks))  # see _check_block
         self.rank, self.world_size = 0, 1
         self.ring: SlotRing | None = None  # set by EpochLoader when there are workers
 
@@ -281,6 +282,25 @@ class ShardBatches(IterableDataset):
         handles[s] = Shard(self.paths[s])
         return handles[s]
 
+    def _check_block(self, shard: Shard, row_pointers: np.ndarray) -> None:
+        """Refuse a block whose stored data is damaged: a count that is negative or NaN, or a
+        gene index outside [0, n_genes) that densifying would write out of bounds.
+
+        The store check at open reads only metadata; this reads each block's data once per
+        reader process group (``checked`` is shared with the workers), in its first epoch.
+        """
+        lo, hi = int(row_pointers[0]), int(row_pointers[-1])
+        if lo == hi:
+            return
+        values, genes = (array[lo:hi] for array in shard.arrays())
+        if not values.min() >= 0 or genes.min() < 0 or genes.max() >= self.n_genes:
+            raise StoreError(
+                f"shard {shard.path}: the data of rows {np.searchsorted(shard.indptr, lo)}.."
+                f"{np.searchsorted(shard.indptr, hi) - 1} holds a negative or NaN count or a "
+                f"gene index outside [0, {self.n_genes}): it is damaged; "
+                + rebuild_hint(shard.path.parent)
+            )
+
     def _read(self, blocks: np.ndarray, handles: OrderedDict[int, Shard]) -> Fetch:
         """The selected cells of ``blocks``, as row locations in the mapped shards (no copy)."""
         fetch_shards = set(self.blocks.shard[blocks].tolist())
@@ -298,6 +318,9 @@ class ShardBatches(IterableDataset):
             first = int(self.offsets[s]) + start
             keep = np.flatnonzero(self.selected[first : first + stop - start])
             row_pointers = shard.indptr[start : stop + 1]
+            if not self.checked[b]:
+                self._check_block(shard, row_pointers)
+                self.checked[b] = 1
             located.append(
                 (
                     np.full(len(keep), source_of[s]),
