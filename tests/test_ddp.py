@@ -27,7 +27,7 @@ def test_ddp_inside_a_multirun_is_refused_unless_a_cluster_started_the_processes
 ):
     cfg = compose_train(store, "trainer=ddp")
     monkeypatch.setattr(distributed, "in_multirun", lambda: True)
-    with pytest.raises(ValueError, match="hydra/launcher=submitit_slurm"):
+    with pytest.raises(ValueError, match="hydra/launcher=slurm_ddp"):
         check_launch(cfg)
     monkeypatch.setenv("SLURM_NTASKS", "2")  # srun started this job's processes
     monkeypatch.setenv("SLURM_JOB_NAME", "scvi-sweep")

@@ -109,15 +109,19 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
     killed_at = json.loads(info.read_text())["epoch"]
     assert killed_at < 3 and not (runs / "first" / "metrics.json").exists()
 
-    resumed = subprocess.run(
-        train_command(store, *epochs, "resume=true", f"hydra.run.dir={runs / 'second'}"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"after epoch {killed_at}" in resumed.stderr + resumed.stdout
+    def resume_into(folder: str) -> str:
+        """Run the same command with resume=true into ``folder``; its console output."""
+        done = subprocess.run(
+            train_command(store, *epochs, "resume=true", f"hydra.run.dir={runs / folder}"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    assert f"after epoch {killed_at}" in resume_into("second")
     metrics = json.loads((runs / "second" / "metrics.json").read_text())  # the whole run
     history = pd.read_csv(runs / "second" / "history.csv")
     assert not (runs / "first" / "metrics.json").exists()  # the killed folder stays as it was
@@ -138,15 +142,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
     for key in ("elbo_validation", "elbo_train", "reconstruction_loss_validation"):
         assert metrics[key] == pytest.approx(reference[key], rel=1e-3)
 
-    again = subprocess.run(
-        train_command(store, *epochs, "resume=true", f"hydra.run.dir={runs / 'third'}"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "finished this run already" in again.stderr + again.stdout
+    assert "finished this run already" in resume_into("third")
     assert json.loads((runs / "third" / "metrics.json").read_text()) == metrics
     assert "epochs on" not in (runs / "third" / "train.log").read_text()  # nothing trained
 

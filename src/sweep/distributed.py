@@ -3,8 +3,8 @@
 Lightning starts the extra DDP processes of a plain run itself, by re-running the command line
 (under Hydra: the same ``train.py`` overrides into the same run folder). Inside a Hydra multirun
 that would start the whole sweep again in every process, so there the processes must come from
-the launcher instead: ``hydra/launcher=submitit_slurm`` with ``tasks_per_node`` = devices, where
-Lightning finds them through SLURM's environment.
+the launcher instead: ``hydra/launcher=slurm_ddp`` (conf/hydra/launcher/slurm_ddp.yaml: one SLURM
+task per device), where Lightning finds them through SLURM's environment.
 """
 
 from __future__ import annotations
@@ -54,6 +54,6 @@ def check_launch(cfg) -> None:
             f"trainer.strategy={cfg.trainer.strategy} on {cfg.trainer.devices} devices inside a "
             "multirun (-m): Lightning would start every DDP process by re-running the whole "
             "sweep. Either run the job alone (python train.py trainer=ddp ...), or give each job "
-            "its processes from the launcher: hydra/launcher=submitit_slurm with "
-            "hydra.launcher.tasks_per_node equal to trainer.devices"
+            "its processes from the launcher: hydra/launcher=slurm_ddp (SLURM, one task per "
+            "device)"
         )

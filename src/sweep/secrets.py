@@ -1,10 +1,12 @@
 """Keep secrets off the command line: Hydra writes every override into the run folder.
 
-An override lands in ``.hydra/``, ``config_resolved.yaml``, ``metrics.json``, the W&B run and the
-multirun report. So a key named like a secret (``api_key``, ``token``, ``password``...), a URL
-with a password, or the value of a secret environment variable is refused before anything is
-written. Secrets belong in the environment (W&B reads ``WANDB_API_KEY`` itself) or behind an
-``${oc.env:VAR}`` interpolation, which Hydra saves as written, unresolved.
+An override lands in ``.hydra/``, ``config_resolved.yaml`` (interpolations resolved),
+``metrics.json``, the W&B run and the multirun report. So an override is refused before anything
+is written when its key is named like a secret (``api_key``, ``token``, ``password``...), its
+value is a URL with a password, it holds the value of a secret environment variable, or it
+interpolates one (``${oc.env:HF_TOKEN}`` is resolved into ``config_resolved.yaml``). Secrets
+belong in the environment, read by the tool itself: W&B reads ``WANDB_API_KEY``; PostgreSQL
+reads ``PGPASSWORD`` or ``~/.pgpass`` for a storage URL written without its password.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
 #: scheme://user:password@host
 URL_WITH_PASSWORD = re.compile(r"://[^/:@\s]+:[^/@\s]+@")
+#: ${oc.env:NAME...}: the variable an interpolation reads
+ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([A-Za-z0-9_]+)")
 #: shorter values of secret-named variables are not worth matching (e.g. "1", "true")
 MIN_SECRET_LENGTH = 8
 
@@ -39,12 +43,13 @@ def check_overrides(overrides: list[str]) -> None:
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if value.startswith("${oc.env:"):
-            continue  # saved as written: the secret stays in the environment
+        interpolated = [n for n in ENV_INTERPOLATION.findall(value) if SECRET_NAME.search(n)]
         if SECRET_NAME.search(key) and value:
             problem = f"the key {key} names a secret"
         elif URL_WITH_PASSWORD.search(value):
             problem = f"the value of {key} is a URL with a password"
+        elif interpolated:
+            problem = f"{key} reads ${interpolated[0]}, and the resolved config is saved"
         else:
             leaked = next((name for name, secret in secrets.items() if secret in value), None)
             if leaked is None:
@@ -52,7 +57,7 @@ def check_overrides(overrides: list[str]) -> None:
             problem = f"the value of {key} holds ${leaked}"
         raise SecretInOverride(
             f"refusing override {key}=...: {problem}, and every override is written into the run "
-            f"folder, the W&B run and the report. Put it in the environment and write "
-            f"{key}='${{oc.env:VARIABLE}}' (saved unresolved), or let the tool read its own "
-            "variable (W&B: WANDB_API_KEY)"
+            "folder, the W&B run and the report. Leave secrets in the environment for the tool "
+            "that needs them to read (W&B: WANDB_API_KEY; a PostgreSQL storage URL without its "
+            "password: PGPASSWORD or ~/.pgpass)"
         )

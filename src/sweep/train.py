@@ -70,6 +70,7 @@ def peak_rss_mb() -> float:
 def run(cfg, run_dir: str | Path) -> float | list[float]:
     """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric (a list
     of values when ``optimized_metric`` is a list of keys: multi-objective sweeps)."""
+    validate(cfg)  # before anything else: a bad value costs nothing
     check_launch(cfg)
     previous = prepare_resume(cfg, Path(run_dir))
     if previous.metrics is not None:  # resume=true found this run finished

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def default_num_workers() -> int:
-    """Loader workers when ``loader.num_workers`` is null: cores - 1, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Loader workers when ``loader.num_workers`` is null: the cores this process may use
+    (a SLURM job's allocation, not the whole node) - 1, at most 8."""
+    return max(0, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
 class StoreDataModule(LightningDataModule):
