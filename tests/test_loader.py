@@ -40,6 +40,7 @@ def make_batches(store, selected=None, shuffle=True, **overrides):
         seed=3,
         block_size=32,
         fetch_size=200,
+        run_size=4,
         max_cache_size=2,
         cache_size_strictly_enforced=True,
         drop_last=False,
@@ -305,3 +306,18 @@ def test_damaged_shard_data_is_refused_naming_the_shard_before_densifying(
     clean, _ = make_batches(small_store)
     epoch_cells(clean, clean.n_genes, epoch=0)
     assert all(clean.checked)  # every block checked in the first epoch
+
+
+def test_a_fetch_is_shuffled_in_runs_cut_at_a_new_phase_each_time(small_store):
+    dataset, _ = make_batches(small_store, run_size=8)
+    rng = np.random.default_rng(0)
+    orders = [dataset._order(100, rng) for _ in range(6)]
+    for order in orders:
+        assert np.array_equal(np.sort(order), np.arange(100))  # every cell once
+        steps = np.diff(order)
+        assert (steps == 1).mean() > 0.8  # mostly runs of consecutive cells
+        assert (steps != 1).sum() >= 100 // 8 // 2  # ... in a shuffled order of runs
+    first_runs = {int(np.flatnonzero(np.diff(order) != 1)[0]) + 1 for order in orders}
+    assert len(first_runs) > 1  # the run boundaries move, so neighbours pair up differently
+    cell_by_cell, _ = make_batches(small_store, run_size=1)
+    assert (np.diff(cell_by_cell._order(100, rng)) == 1).mean() < 0.2

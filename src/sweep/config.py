@@ -89,6 +89,7 @@ class LoaderConfig:
     cache_size_strictly_enforced: bool = True  # raise if a worker would need more open shards
     block_size: int = 256  # rows per contiguous read
     fetch_size: int = 16384  # cells gathered and shuffled together before batches are cut
+    run_size: int = 16  # a fetch is shuffled in runs of this many consecutive cells (1: cells)
     drop_last: bool = False  # drop each worker's short last training batch (counted either way)
     reader_thread: bool = True  # with num_workers=0, read batches in a background thread
 
@@ -190,6 +191,7 @@ RANGES = (
     ("loader.max_cache_size", 1, None),
     ("loader.block_size", 1, None),
     ("loader.fetch_size", 1, None),
+    ("loader.run_size", 1, None),
     ("trainer.max_epochs", 1, None),
     ("trainer.checkpoint_every_n_epochs", 0, None),
     ("evaluation.n_cells", 10, None),

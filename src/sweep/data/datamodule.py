@@ -151,6 +151,7 @@ class StoreDataModule(LightningDataModule):
             seed=self.seed,
             block_size=cfg.block_size,
             fetch_size=cfg.fetch_size,
+            run_size=cfg.run_size,
             max_cache_size=cfg.max_cache_size,
             cache_size_strictly_enforced=cfg.cache_size_strictly_enforced,
             drop_last=cfg.drop_last and shuffle,

@@ -105,6 +105,7 @@ class ShardBatches(IterableDataset):
         seed: int,
         block_size: int,
         fetch_size: int,
+        run_size: int,
         max_cache_size: int,
         cache_size_strictly_enforced: bool,
         drop_last: bool,
@@ -126,6 +127,7 @@ class ShardBatches(IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.fetch_size = fetch_size
+        self.run_size = run_size
         self.max_cache_size = max_cache_size
         self.strict = cache_size_strictly_enforced
         self.drop_last = drop_last
@@ -212,7 +214,7 @@ class ShardBatches(IterableDataset):
             for group in self.my_groups(epoch):
                 for blocks in self._fetches(group):
                     fetch = self._read(blocks, handles)
-                    order = rng.permutation(fetch.n) if self.shuffle else np.arange(fetch.n)
+                    order = self._order(fetch.n, rng)
                     if carry is not None:
                         need = size - carry.n
                         carry = carry.concat(fetch.take(order[:need]))
@@ -234,6 +236,21 @@ class ShardBatches(IterableDataset):
         finally:
             for shard in handles.values():
                 shard.close()
+
+    def _order(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The order of a fetch's ``n`` cells: shuffled in runs of ``run_size`` consecutive ones.
+
+        Runs are cut at a random phase each fetch, so which neighbours share a run changes from
+        epoch to epoch; copying a run is one sequential read (the store is shuffled across
+        sources at prepare time, so neighbours are unrelated cells). Ordered: ``arange(n)``.
+        """
+        if not self.shuffle:
+            return np.arange(n)
+        if self.run_size == 1:
+            return rng.permutation(n)
+        phase = int(rng.integers(self.run_size))
+        run_of = (np.arange(n) + phase) // self.run_size  # (n,) run number of each position
+        return np.argsort(rng.permutation(int(run_of[-1]) + 1)[run_of], kind="stable")
 
     @staticmethod
     def _emit(fetch: Fetch, rows: np.ndarray, slots, halve: bool) -> Iterator[dict]:
@@ -606,9 +623,10 @@ class EpochLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.epoch.value = self.epoch_of()
-        batches = super().__iter__()
-        if self.reader_thread:
-            batches = read_ahead(batches, depth=2)
+        if self.reader_thread:  # the dataset itself: DataLoader's per-batch machinery costs more
+            batches = read_ahead(iter(self.dataset), depth=2)  # than the read (see read_ahead)
+        else:
+            batches = super().__iter__()
         for batch in batches:
             yield self._receive(batch)
 
