@@ -120,7 +120,7 @@ def _peak_rss_mb() -> float:
     return (own + child) / 1024
 
 
-def _datamodule(store: Path, workers: int, batch_size: int):
+def _datamodule(store: Path, workers: int, batch_size: int, run_size: int | None = None):
     from omegaconf import OmegaConf
 
     from sweep.config import TrainConfig
@@ -131,16 +131,21 @@ def _datamodule(store: Path, workers: int, batch_size: int):
     cfg.data.validation_fraction = 0.01
     cfg.loader.num_workers = workers
     cfg.loader.batch_size = batch_size
+    if run_size is not None:
+        cfg.loader.run_size = run_size
     return StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=0)
 
 
-def loader_rate(store: Path, workers: int, batch_size: int, epochs: int) -> dict:
-    """This loader over ``epochs`` full training epochs; dense float32 batches on the CPU."""
+def loader_rate(
+    store: Path, workers: int, batch_size: int, epochs: int, run_size: int | None = None
+) -> dict:
+    """This loader over ``epochs`` full training epochs; dense float32 batches on the CPU.
+    ``run_size``: the loader key (None: its default)."""
     import torch
 
     from sweep.data.loader import densify
 
-    dm = _datamodule(store, workers, batch_size)
+    dm = _datamodule(store, workers, batch_size, run_size)
     loader = dm.train_dataloader()
     per_epoch = []
     for epoch in range(epochs):
@@ -152,8 +157,9 @@ def loader_rate(store: Path, workers: int, batch_size: int, epochs: int) -> dict
             cells += X.shape[0]
         per_epoch.append(cells / (time.perf_counter() - start))
     del loader  # persistent workers exit: their peak RSS becomes visible to getrusage
+    shuffle = "" if run_size is None else f", shuffled cell by cell (run_size {run_size})"
     return {
-        "what": f"this loader, {workers} workers",
+        "what": f"this loader, {workers} workers{shuffle}",
         "cells_per_s": max(per_epoch),
         "first_epoch_cells_per_s": per_epoch[0],
         "cells_per_epoch": cells,
@@ -364,6 +370,16 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
                 epochs=args.epochs,
             )
         )
+    rows.append(  # what runs of consecutive cells (loader.run_size) buy
+        measure_in_subprocess(
+            "loader",
+            store=store,
+            workers=max(args.workers),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            run_size=1,
+        )
+    )
     for densify_too in (False, True):
         rows.append(
             measure_in_subprocess(
@@ -415,7 +431,9 @@ def ratios(rows: list[dict]) -> list[str]:
     ours = {
         int(r["what"].split(", ")[1].split()[0]): r
         for r in rows
-        if r["what"].startswith("this loader") and "store x" not in r["what"]
+        if r["what"].startswith("this loader")
+        and "store x" not in r["what"]
+        and "run_size" not in r["what"]
     }
     lines = []
     for workers, row in sorted(ours.items()):
