@@ -117,6 +117,8 @@ class ShardBatches(IterableDataset):
         self.batch_codes = batch_codes
         self.covariate_codes = covariate_codes
         self.blocks = Blocks.cover(offsets, selected, block_size)
+        # blocks come shard by shard: those of shard s are shard_blocks[s] .. shard_blocks[s + 1]
+        self.shard_blocks = np.searchsorted(self.blocks.shard, np.arange(len(shard_files) + 1))
         selected_before = np.concatenate([[0], np.cumsum(selected)])  # (n_cells + 1,)
         first_rows = offsets[self.blocks.shard]
         self.block_cells = (  # selected cells per block, (n_blocks,)
@@ -147,12 +149,13 @@ class ShardBatches(IterableDataset):
         """
         rng = np.random.default_rng([self.seed, epoch])
         shard_order = rng.permutation(len(self.paths))
-        return [
-            rng.permutation(np.flatnonzero(np.isin(self.blocks.shard, members)))
-            for members in np.array_split(
-                shard_order, np.arange(self.max_cache_size, len(shard_order), self.max_cache_size)
-            )
-        ]
+        groups = []
+        for members in np.array_split(
+            shard_order, np.arange(self.max_cache_size, len(shard_order), self.max_cache_size)
+        ):
+            blocks = [np.arange(*self.shard_blocks[s : s + 2]) for s in np.sort(members)]
+            groups.append(rng.permutation(np.concatenate(blocks)))
+        return groups
 
     def my_groups(self, epoch: int) -> list[np.ndarray]:
         """The groups of blocks this reader reads.
@@ -173,9 +176,9 @@ class ShardBatches(IterableDataset):
         """Training cells each reader reads this epoch, (ranks, workers per rank)."""
         _, n_readers = _reader_slot(self.rank, self.world_size)
         cells = np.zeros(n_readers, dtype=np.int64)
-        for group in self.groups(epoch):
-            for reader in range(n_readers):
-                cells[reader] += self.block_cells[group[reader::n_readers]].sum()
+        for group in self.groups(epoch):  # the group's k-th block goes to reader k % n_readers
+            dealt = np.arange(len(group)) % n_readers
+            cells += np.bincount(dealt, self.block_cells[group], n_readers).astype(np.int64)
         return cells.reshape(self.world_size, -1)
 
     def splits(self, epoch: int) -> int:
