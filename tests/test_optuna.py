@@ -507,3 +507,15 @@ def test_a_trial_left_running_by_a_dead_process_is_failed_void_and_queued_again(
     assert [t.user_attrs[liveness.RETRY_OF] for t in queued] == [orphan.number]  # had params
     assert study.ask().suggest_int("x", 0, 9) == orphan.params["x"]  # the retry: same params
     assert sum(liveness.counts_toward_total(t) for t in study.get_trials()) == 2
+
+
+def test_a_storage_url_with_a_password_is_refused_and_paths_are_made_absolute(tmp_path):
+    from sweep.study.storage import resolve
+
+    with pytest.raises(ValueError, match="PGPASSWORD"):
+        resolve("postgresql://optuna:hunter22@db:5432/studies", "scvi", tmp_path)
+    assert resolve("postgresql://optuna@db/studies", "s", tmp_path) == (
+        "postgresql://optuna@db/studies"
+    )
+    assert resolve(None, "scvi", tmp_path) == str(tmp_path / "outputs/optuna/scvi.journal")
+    assert resolve("sqlite:///s.db", "scvi", tmp_path) == f"sqlite:///{tmp_path / 's.db'}"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from sweep.secrets import URL_WITH_PASSWORD
+
 #: default storage folder, relative to the folder the sweep was launched from
 DEFAULT_DIR = Path("outputs") / "optuna"
 #: what a sweep folder records of its study (read by the end-of-sweep report)
@@ -33,6 +35,12 @@ def resolve(storage: str | None, study_name: str, cwd: Path) -> str:
         path = storage[len(SQLITE) :]
         return SQLITE + str((cwd / path).resolve()) if path != ":memory:" else storage
     if "://" in storage:
+        if URL_WITH_PASSWORD.search(storage):  # trials get the storage as an override: on disk
+            raise ValueError(
+                "hydra.sweeper.storage holds a password; every trial's run folder records the "
+                "storage: give the URL without it and the password in the environment "
+                "(PostgreSQL: PGPASSWORD or ~/.pgpass; MySQL: an option file)"
+            )
         return storage
     return str((cwd / storage).resolve())
 
