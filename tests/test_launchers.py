@@ -130,7 +130,7 @@ def test_slurm_ddp_runs_one_task_per_device_that_lightning_finds_without_relaunc
     assert "#SBATCH --nodes=1" in script and "#SBATCH --array=0-2%3" in script
 
     monkeypatch.setattr(distributed, "in_multirun", lambda: True)
-    with pytest.raises(ValueError, match="tasks_per_node"):  # no SLURM: refused
+    with pytest.raises(ValueError, match="hydra/launcher=slurm_ddp"):  # no SLURM: refused
         distributed.check_launch(cfg)
     # Trainer.__init__ may set the rank_zero_only ranks, the launcher torch's threads: restore
     for module in (rank_zero, utils_rank_zero):

@@ -321,3 +321,31 @@ def test_a_fetch_is_shuffled_in_runs_cut_at_a_new_phase_each_time(small_store):
     assert len(first_runs) > 1  # the run boundaries move, so neighbours pair up differently
     cell_by_cell, _ = make_batches(small_store, run_size=1)
     assert (np.diff(cell_by_cell._order(100, rng)) == 1).mean() < 0.2
+
+
+@pytest.mark.parametrize("reader_thread", [False, True])
+def test_read_dense_for_a_cpu_trainer_equals_sparse_then_densified(small_store, reader_thread):
+    """With no workers and a CPU trainer, batches are read straight into dense X: the same
+    cells, counts and codes, batch for batch, as the sparse path densified."""
+    dataset, _ = make_batches(small_store)
+    by_path = {}
+    for dense in (False, True):
+        loader = EpochLoader(
+            dataset,
+            epoch_of=lambda: 1,
+            slot_bytes=0,
+            reader_thread=reader_thread,
+            trains_on_cpu=dense,
+        )
+        batches = list(loader)
+        assert all((X_DATA not in b) == dense for b in batches)
+        by_path[dense] = [densify(b, 60) for b in batches]
+    assert len(by_path[True]) == len(by_path[False])
+    for read_dense, sparse in zip(by_path[True], by_path[False], strict=True):
+        assert read_dense.keys() == sparse.keys()
+        for key in sparse:
+            assert torch.equal(read_dense[key], sparse[key]), key
+    workers = EpochLoader(
+        dataset, epoch_of=lambda: 1, slot_bytes=0, num_workers=1, trains_on_cpu=True
+    )
+    assert not dataset.dense and X_DATA in next(iter(workers))  # workers always send sparse

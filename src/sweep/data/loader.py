@@ -137,6 +137,7 @@ class ShardBatches(IterableDataset):
         self.checked = multiprocessing.RawArray("b", len(self.blocks))  # see _check_block
         self.rank, self.world_size = 0, 1
         self.ring: SlotRing | None = None  # set by EpochLoader when there are workers
+        self.dense = False  # set by EpochLoader: read straight into dense batches (CPU, no workers)
 
     @property
     def n_cells(self) -> int:
@@ -235,7 +236,7 @@ class ShardBatches(IterableDataset):
                     if full < len(order):
                         carry = fetch.take(order[full:]).copied()  # its shards may close
             if carry is not None and carry.n and not self.drop_last:
-                yield carry.batch(np.arange(carry.n), slots)
+                yield from self._emit(carry, np.arange(carry.n), slots, halve=False)
         finally:
             for shard in handles.values():
                 shard.close()
@@ -255,14 +256,11 @@ class ShardBatches(IterableDataset):
         run_of = (np.arange(n) + phase) // self.run_size  # (n,) run number of each position
         return np.argsort(rng.permutation(int(run_of[-1]) + 1)[run_of], kind="stable")
 
-    @staticmethod
-    def _emit(fetch: Fetch, rows: np.ndarray, slots, halve: bool) -> Iterator[dict]:
-        """Cells ``rows`` of ``fetch`` as one batch, or as two halves."""
-        if halve:
-            yield fetch.batch(rows[: len(rows) // 2], slots)
-            yield fetch.batch(rows[len(rows) // 2 :], slots)
-        else:
-            yield fetch.batch(rows, slots)
+    def _emit(self, fetch: Fetch, rows: np.ndarray, slots, halve: bool) -> Iterator[dict]:
+        """Cells ``rows`` of ``fetch`` as one batch, or as two halves: dense when this reader
+        feeds a CPU trainer in its own process (``dense``), else sparse."""
+        for part in np.array_split(rows, 2) if halve else [rows]:
+            yield fetch.dense_batch(part) if self.dense else fetch.batch(part, slots)
 
     def _slots(self, worker: int | None) -> WorkerSlots | None:
         """Where this pass writes batches: worker ``worker``'s ring slots if it has any (freed
@@ -441,11 +439,36 @@ class Fetch:
             if slot is not None
             else {X_DATA: values, X_INDICES: indices, X_INDPTR: indptr}
         )
-        batch[REGISTRY_KEYS.BATCH_KEY] = self.batch_codes[rows].astype(np.int64).reshape(-1, 1)
-        batch[REGISTRY_KEYS.LABELS_KEY] = np.zeros((len(rows), 1), dtype=np.int64)
+        return batch | self._codes(rows)
+
+    def dense_batch(self, rows: np.ndarray) -> dict:
+        """Cells ``rows`` as one batch with ``X`` already dense: (n, n_genes) float32 counts,
+        each row zeroed and filled in one pass straight from the mapped shards. For a trainer on
+        the CPU in the reading process, this skips the compact copy and its second pass."""
+        X = torch.empty((len(rows), self.n_genes), dtype=torch.float32)
+        which = self.source[rows]
+        for s, (source_values, source_indices) in enumerate(self.sources):
+            mine = np.flatnonzero(which == s)
+            if len(mine):
+                _fill_dense_rows(
+                    source_values,
+                    source_indices,
+                    self.start[rows[mine]],
+                    self.length[rows[mine]],
+                    mine,
+                    X.numpy(),
+                )
+        return {REGISTRY_KEYS.X_KEY: X} | self._codes(rows)
+
+    def _codes(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Batch (n, 1), labels (n, 1) and covariate (n, k) codes of cells ``rows``, int64."""
+        codes = {
+            REGISTRY_KEYS.BATCH_KEY: self.batch_codes[rows].astype(np.int64).reshape(-1, 1),
+            REGISTRY_KEYS.LABELS_KEY: np.zeros((len(rows), 1), dtype=np.int64),
+        }
         if self.covariate_codes.shape[1]:
-            batch[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows].astype(np.int64)
-        return batch
+            codes[REGISTRY_KEYS.CAT_COVS_KEY] = self.covariate_codes[rows].astype(np.int64)
+        return codes
 
     def _gather(
         self,
@@ -514,6 +537,17 @@ def _fill_rows(out: np.ndarray, data: np.ndarray, indices: np.ndarray, indptr: n
             out[row, indices[k]] = data[k]
 
 
+@numba.njit(nogil=True, cache=True)
+def _fill_dense_rows(values, indices, starts, lengths, out_rows, out) -> None:
+    """Row ``out_rows[j]`` of ``out`` (n, genes) float32 := zeros, then the counts of the run
+    ``[starts[j], starts[j] + lengths[j])`` of the mapped values and gene indices."""
+    for j in range(starts.shape[0]):
+        row, source = out_rows[j], starts[j]
+        out[row, :] = 0.0
+        for k in range(lengths[j]):
+            out[row, indices[source + k]] = values[source + k]
+
+
 def dense_counts(
     data: torch.Tensor, indices: torch.Tensor, indptr: torch.Tensor, n_genes: int
 ) -> torch.Tensor:
@@ -544,7 +578,10 @@ def scatter_counts(
 
 def densify(batch: dict[str, torch.Tensor], n_genes: int) -> dict[str, torch.Tensor]:
     """Replace the CSR parts of ``batch`` by ``X`` (n, n_genes) float32 dense counts, on the
-    batch's device, and free the shared-memory slot they came in (if any)."""
+    batch's device, and free the shared-memory slot they came in (if any). A batch read dense
+    (``ShardBatches.dense``) passes as it is."""
+    if X_DATA not in batch:
+        return batch
     data, indices, indptr = batch.pop(X_DATA), batch.pop(X_INDICES), batch.pop(X_INDPTR)
     release = batch.pop(X_RELEASE, None)
     batch[REGISTRY_KEYS.X_KEY] = dense_counts(data, indices, indptr, n_genes)
@@ -606,7 +643,8 @@ class EpochLoader(DataLoader):
     ``epoch_of()`` returns the trainer's current epoch; with persistent workers the new value
     reaches them through shared memory before they restart their iterators. ``slot_bytes``
     sizes the ring's slots (a batch that does not fit is sent by value). ``reader_thread``: with
-    no workers, read batches in a background thread (:func:`read_ahead`).
+    no workers, read batches in a background thread (:func:`read_ahead`). ``trains_on_cpu``:
+    with no workers, batches are read dense (:meth:`Fetch.dense_batch`).
     """
 
     def __init__(
@@ -615,11 +653,14 @@ class EpochLoader(DataLoader):
         epoch_of: Callable[[], int],
         slot_bytes: int,
         reader_thread: bool = False,
+        trains_on_cpu: bool = False,
         **kwargs,
     ):
         super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
         self.epoch_of = epoch_of
         self.reader_thread = reader_thread and not self.num_workers
+        # no process boundary and no device copy to keep small: read straight into dense X
+        dataset.dense = trains_on_cpu and not self.num_workers
         if self.num_workers:
             slots = (self.prefetch_factor or 2) + 2  # queued + being received + being densified
             dataset.ring = SlotRing(self.num_workers, slots, slot_bytes)
@@ -635,7 +676,7 @@ class EpochLoader(DataLoader):
 
     def _receive(self, batch: dict[str, np.ndarray]) -> dict:
         """numpy -> torch without copies; a slot descriptor -> views of the slot + its release."""
-        received = {key: torch.from_numpy(value) for key, value in batch.items() if key != X_SLOT}
+        received = {key: torch.as_tensor(value) for key, value in batch.items() if key != X_SLOT}
         if X_SLOT in batch:
             ring, descriptor = self.dataset.ring, batch[X_SLOT]
             received[X_DATA], received[X_INDICES], received[X_INDPTR] = ring.open(descriptor)
