@@ -217,6 +217,7 @@ class ShardBatches(IterableDataset):
         try:
             for group in self.my_groups(epoch):
                 for blocks in self._fetches(group):
+                    fetch = None  # unmaps the last fetch's closed shards before this one maps
                     fetch = self._read(blocks, handles)
                     order = self._order(fetch.n, rng)
                     if carry is not None:
