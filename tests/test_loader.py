@@ -188,7 +188,10 @@ def test_counts_too_large_for_int16_travel_as_float32():
 
 @pytest.mark.parametrize("persistent", [True, False])
 @pytest.mark.parametrize("slot_bytes", [1 << 20, 16])  # room for a batch; none: sent by value
-def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent, slot_bytes):
+@pytest.mark.parametrize("handoff", [1, 3])  # batches per message from a worker
+def test_two_workers_deliver_every_cell_once_each_epoch(
+    small_store, persistent, slot_bytes, handoff
+):
     dataset, selected = make_batches(small_store)
     epoch = {"now": 0}
     loader = EpochLoader(
@@ -197,6 +200,7 @@ def test_two_workers_deliver_every_cell_once_each_epoch(small_store, persistent,
         slot_bytes=slot_bytes,
         num_workers=2,
         persistent_workers=persistent,
+        batches_per_handoff=handoff,
     )
     orders = []
     for e in range(2):

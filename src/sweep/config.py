@@ -92,6 +92,7 @@ class LoaderConfig:
     run_size: int = 16  # a fetch is shuffled in runs of this many consecutive cells (1: cells)
     drop_last: bool = False  # drop each worker's short last training batch (counted either way)
     reader_thread: bool = True  # with num_workers=0, read batches in a background thread
+    batches_per_handoff: int = 4  # batches a worker sends per message to the main process
 
 
 @dataclass
@@ -192,6 +193,7 @@ RANGES = (
     ("loader.block_size", 1, None),
     ("loader.fetch_size", 1, None),
     ("loader.run_size", 1, None),
+    ("loader.batches_per_handoff", 1, None),
     ("trainer.max_epochs", 1, None),
     ("trainer.checkpoint_every_n_epochs", 0, None),
     ("evaluation.n_cells", 10, None),

@@ -166,6 +166,7 @@ class StoreDataModule(LightningDataModule):
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
             slot_bytes=self.slot_bytes,
             reader_thread=self.loader_cfg.reader_thread,
+            batches_per_handoff=self.loader_cfg.batches_per_handoff,
             trains_on_cpu=self.trainer is None or self.trainer.strategy.root_device.type == "cpu",
             num_workers=workers,
             prefetch_factor=self.loader_cfg.prefetch_factor if workers else None,
