@@ -124,6 +124,8 @@ def test_loader_keys_reach_the_dataloaders(small_store):
             "batch_size": 100,
             "block_size": 40,
             "fetch_size": 300,
+            "run_size": 8,
+            "batches_per_handoff": 2,
             "max_cache_size": 2,
             "cache_size_strictly_enforced": False,
             "drop_last": True,
@@ -134,9 +136,11 @@ def test_loader_keys_reach_the_dataloaders(small_store):
     for loader in (train, val):
         assert (loader.num_workers, loader.prefetch_factor) == (2, 3)
         assert loader.persistent_workers and loader.pin_memory
-        assert loader.dataset.ring is not None and loader.dataset.ring.slots_per_worker == 5
+        # (prefetch 3 handoffs + 1 being received) x 2 batches each + 1 being densified
+        assert loader.dataset.ring is not None and loader.dataset.ring.slots_per_worker == 9
         dataset = loader.dataset
         assert (dataset.batch_size, dataset.fetch_size, dataset.max_cache_size) == (100, 300, 2)
+        assert (dataset.run_size, dataset.handoff) == (8, 2)
         assert dataset.strict is False and dataset.seed == 5
         assert (dataset.blocks.stop - dataset.blocks.start).max() == 40
     assert train.dataset.drop_last and not val.dataset.drop_last  # never drop validation cells
