@@ -101,15 +101,16 @@ def test_overrides_carrying_secrets_are_refused(monkeypatch, override, problem):
 
 def test_ordinary_overrides_pass(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
-    check_overrides(
-        [
-            "model=hidden_512",
-            "plan.lr=0.001",
-            "hydra.sweeper.storage=sqlite:///outputs/optuna/scvi.db",
-            "hydra.sweeper.storage=postgresql://optuna@db:5432/studies",  # password: PGPASSWORD
-            "dataset.path=${oc.env:HOME}/stores/census",
-        ]
-    )
+    ordinary = [
+        "model=hidden_512",
+        "plan.lr=0.001",
+        "hydra.sweeper.storage=sqlite:///outputs/optuna/scvi.db",
+        "hydra.sweeper.storage=postgresql://optuna@db:5432/studies",  # password: PGPASSWORD
+        "dataset.path=${oc.env:HOME}/stores/census",
+    ]
+    check_overrides(ordinary)  # none refused ...
+    with pytest.raises(SecretInOverride):  # ... while the same list with a secret is
+        check_overrides([*ordinary, f"tags=[{SECRETS['HF_TOKEN']}]"])
 
 
 def test_a_secret_override_stops_train_py_before_anything_is_written(tmp_path):
