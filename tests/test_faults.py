@@ -176,3 +176,47 @@ def test_sweep_with_failing_jobs_finishes_the_others_reports_and_exits_nonzero(s
     assert "1 complete, 3 failed" in report
     assert "FloatingPointError: training loss is nan" in report
     assert "model.dropout_rate=1.5" in report and "0.99" in report  # the range it accepts
+
+
+@pytest.mark.slow
+def test_killed_sweep_rerun_with_resume_reuses_finished_jobs_and_continues_the_rest(
+    store, tmp_path
+):
+    """kill -9 a 2-job sweep while its second job trains; the same command with resume=true (a
+    new sweep folder) reuses the finished job, continues the other from its checkpoint, and
+    reports both."""
+    sweep = ["seed=0,1", "trainer.max_epochs=3", f"hydra.callbacks.report.out_root={tmp_path}"]
+    first = tmp_path / "multiruns" / "first"
+    killed = subprocess.Popen(
+        train_command(store, *sweep, f"hydra.sweep.dir={first}", multirun=True),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    info = first / "1" / CHECKPOINT_DIR / LAST_INFO
+    deadline = time.time() + 300
+    while not info.exists():
+        assert killed.poll() is None, "the sweep ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint of the second job after 300 s"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (first / "0" / "metrics.json").exists() and not (first / "1" / "metrics.json").exists()
+
+    second = tmp_path / "multiruns" / "second"
+    done = subprocess.run(
+        train_command(store, *sweep, "resume=true", f"hydra.sweep.dir={second}", multirun=True),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "finished this run already" in log and "resuming" in log
+    reused = json.loads((second / "0" / "metrics.json").read_text())
+    assert reused == json.loads((first / "0" / "metrics.json").read_text())
+    continued = pd.read_csv(second / "1" / "history.csv")
+    assert list(continued["epoch"]) == [0, 1, 2]
+    table = pd.read_csv(tmp_path / "second" / "results.csv")
+    assert sorted(table["status"]) == ["complete", "complete"]
