@@ -458,19 +458,25 @@ class Fetch:
         each row zeroed and filled in one pass straight from the mapped shards. For a trainer on
         the CPU in the reading process, this skips the compact copy and its second pass."""
         X = torch.empty((len(rows), self.n_genes), dtype=torch.float32)
+        for source_values, source_indices, mine in self._by_source(rows):
+            _fill_dense_rows(
+                source_values,
+                source_indices,
+                self.start[rows[mine]],
+                self.length[rows[mine]],
+                mine,
+                X.numpy(),
+            )
+        return {REGISTRY_KEYS.X_KEY: X} | self._codes(rows)
+
+    def _by_source(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(values, gene indices, positions in ``rows`` of its cells) for each source that holds
+        some of cells ``rows``."""
         which = self.source[rows]
         for s, (source_values, source_indices) in enumerate(self.sources):
             mine = np.flatnonzero(which == s)
             if len(mine):
-                _fill_dense_rows(
-                    source_values,
-                    source_indices,
-                    self.start[rows[mine]],
-                    self.length[rows[mine]],
-                    mine,
-                    X.numpy(),
-                )
-        return {REGISTRY_KEYS.X_KEY: X} | self._codes(rows)
+                yield source_values, source_indices, mine
 
     def _codes(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Batch (n, 1), labels (n, 1) and covariate (n, k) codes of cells ``rows``, int64."""
@@ -507,22 +513,17 @@ class Fetch:
         )
         out_indptr[:] = indptr
         largest = 0.0
-        which = self.source[rows]
-        for s, (source_values, source_indices) in enumerate(self.sources):
-            mine = np.flatnonzero(which == s)
-            if len(mine):
-                largest = max(
-                    largest,
-                    _copy_runs(
-                        source_values,
-                        source_indices,
-                        self.start[rows[mine]],
-                        lengths[mine],
-                        indptr[mine],
-                        values,
-                        indices,
-                    ),
-                )
+        for source_values, source_indices, mine in self._by_source(rows):
+            copied = _copy_runs(
+                source_values,
+                source_indices,
+                self.start[rows[mine]],
+                lengths[mine],
+                indptr[mine],
+                values,
+                indices,
+            )
+            largest = max(largest, copied)
         return values, indices, out_indptr, largest, reserved[0] if reserved else None
 
 
