@@ -94,3 +94,45 @@ def store(sources, tmp_path_factory) -> Path:
         }
     )
     return out
+
+
+# --- real services (tests/services.sh starts them; .ci/run does so before the tests) ---------
+
+#: the study database the `postgres` tests use; the password comes from PGPASSWORD
+POSTGRES_URL = os.environ.get("SCVI_SWEEP_POSTGRES", "postgresql://optuna@localhost/optuna")
+
+
+def _absent(reason: str):
+    """Skip a test whose service is missing, with a one-line reason; in CI (CI=true) fail
+    instead, since .ci/run starts every service."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI starts it with tests/services.sh)", pytrace=False)
+    pytest.skip(f"{reason}: start it with `bash tests/services.sh`")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The name of a SLURM partition that is up on this machine; skips without one."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        _absent("SLURM is not installed (no sinfo)")
+    done = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True)
+    up = [line.split()[0].rstrip("*") for line in done.stdout.splitlines() if " up" in line]
+    if done.returncode != 0 or not up:
+        _absent(f"no SLURM partition is up ({(done.stderr or done.stdout).strip()[:80]})")
+    return up[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL URL (no password in it) whose server answers; skips without one."""
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(POSTGRES_URL).connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as error:  # no driver, no server, no role: all mean "not here"
+        _absent(f"no PostgreSQL at {POSTGRES_URL} ({type(error).__name__})")
+    return POSTGRES_URL
