@@ -5,24 +5,31 @@ Returns the job's `optimized_metric` so sweepers can optimise it.
 """
 
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from sweep.config import register_schema
+from sweep.config import ConfigError, check_command_line, register_schema, validate
 from sweep.paths import CONF_DIR
+from sweep.secrets import SecretInOverride
 
 register_schema()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from sweep.train import run  # heavy imports after Hydra has parsed the command line
+    validate(cfg)  # each job of a sweep (an Optuna trial's values too), before the heavy imports
+    from sweep.train import run
 
     logging.getLogger("lightning").handlers.clear()  # it propagates to Hydra's handlers too
     return run(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:], CONF_DIR)  # unknown keys, values out of range: at once
+    except (ConfigError, SecretInOverride) as error:
+        sys.exit(f"Error: {error}")
     main()

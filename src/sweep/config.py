@@ -201,29 +201,111 @@ RANGES = (
 )
 
 
+class ConfigError(ValueError):
+    """A config key or value the schema refuses; the message names the key and what it takes."""
+
+
+def _check_value(key: str, value) -> None:
+    """Raise :class:`ConfigError` when ``value`` is outside what :data:`CHOICES` or
+    :data:`RANGES` allow for ``key`` (keys they do not name pass)."""
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"config key {key}={value!r} is not one of {list(CHOICES[key])}")
+    for name, low, high in RANGES:
+        if name != key or value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return  # a type error: the schema names it when Hydra composes the config
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"config key {key}={value!r} must lie in [{low}, {high or 'inf'}]")
+    if key == "loader.num_workers" and isinstance(value, int) and value < 0:
+        raise ConfigError(f"config key loader.num_workers={value} must be >= 0 (or null: auto)")
+
+
 def validate(cfg) -> None:
-    """Check allowed values and ranges; raise ``ValueError`` naming the key and what it accepts."""
+    """Check allowed values and ranges of a composed config; raise :class:`ConfigError` naming
+    the key and what it accepts."""
     from omegaconf import OmegaConf
 
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ValueError(f"config key {key}={value!r} is not one of {list(allowed)}")
-    for key, low, high in RANGES:
-        value = OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"config key {key}={value!r} must lie in [{low}, {high or 'inf'}]")
-    if cfg.loader.num_workers is not None and cfg.loader.num_workers < 0:
-        raise ValueError(f"config key loader.num_workers={cfg.loader.num_workers} must be >= 0")
+    for key in [*CHOICES, *(name for name, _, _ in RANGES), "loader.num_workers"]:
+        _check_value(key, OmegaConf.select(cfg, key))
     if not cfg.batch.batch_keys:
-        raise ValueError("config key batch.batch_keys is empty: name at least one obs column")
+        raise ConfigError("config key batch.batch_keys is empty: name at least one obs column")
     overlap = set(cfg.batch.batch_keys) & set(cfg.batch.covariate_keys)
     if overlap:
-        raise ValueError(
+        raise ConfigError(
             f"obs columns {sorted(overlap)} are in both batch.batch_keys and batch.covariate_keys"
         )
+
+
+def schema_keys(node: type = TrainConfig, prefix: str = "") -> dict[str, bool]:
+    """Every dotted key of the schema -> whether it takes keys of its own below it (a dict or
+    ``Any`` field such as ``dataset.synthetic``); dataclass fields are followed down."""
+    import dataclasses
+    import typing
+
+    keys, types = {}, typing.get_type_hints(node)
+    for item in dataclasses.fields(node):
+        key, kind = prefix + item.name, types[item.name]
+        if dataclasses.is_dataclass(kind):
+            keys[key] = False
+            keys.update(schema_keys(kind, key + "."))
+        else:
+            keys[key] = kind is Any or typing.get_origin(kind) is dict
+    return keys
+
+
+def check_overrides_against_schema(overrides: list[str], groups: set[str]) -> None:
+    """Refuse command-line overrides before Hydra composes anything: a key the schema does not
+    have (also with ``+``, which Hydra would add silently), with the nearest valid key named; a
+    value, or any value of a sweep (``trainer.max_epochs=1,-1``), outside its allowed range.
+
+    ``groups``: the config group names (``model``, ``hydra/launcher``...), whose overrides
+    choose an option file and are checked by Hydra. ``hydra.*`` keys are Hydra's own.
+    """
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = schema_keys()
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.split(".")[0] == "hydra" or "/" in key or key in groups or override.is_delete():
+            continue
+        parts = key.split(".")
+        known = next(
+            (".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in keys),
+            None,
+        )
+        if known != key and not (known and keys[known]):
+            near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {near[0]}?"
+                if near
+                else "see the keys in `python train.py --cfg job`"
+            )
+            raise ConfigError(f"unknown config key {key}: {hint}")
+        if override.is_interval_sweep():  # an Optuna search range: each trial is validated
+            continue
+        swept = override.is_choice_sweep() or override.is_range_sweep()
+        for value in override.sweep_iterator() if swept else [override.value()]:
+            _check_value(key, value)
+
+
+def check_command_line(argv: list[str], conf_dir) -> None:
+    """Check the overrides of a ``train.py`` command line (flags such as ``-m`` or ``--cfg job``
+    aside) before Hydra composes or writes anything: first for secrets
+    (:func:`sweep.secrets.check_overrides` raises ``SecretInOverride``), then against the schema
+    (:func:`check_overrides_against_schema`); the config groups are the folders of ``conf_dir``."""
+    from pathlib import Path
+
+    from hydra._internal.utils import get_args_parser
+
+    from sweep.secrets import check_overrides
+
+    overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    check_overrides(overrides)
+    groups = {folder.name for folder in Path(conf_dir).iterdir() if folder.is_dir()}
+    check_overrides_against_schema(overrides, groups)
 
 
 def register_schema() -> None:

@@ -17,7 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweep.report import REPORTS_DIR, build_report
+from sweep.config import ConfigError, validate
 from sweep.secrets import SecretInOverride, check_overrides
 from sweep.study.storage import read_record
 
@@ -51,10 +51,16 @@ class MultirunReport(Callback):
             log.error("job failed (%s)", overrides, exc_info=job_return._return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """Build the sweep's report; log, never raise, when that fails."""
+        """Build the sweep's report; log, never raise, when that fails. A sweep that stopped
+        before its first job (no sweep folder) has nothing to report."""
         self._reported = True
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            log.info("no multirun report: the sweep stopped before its first job")
+            return
         try:
-            sweep_dir = Path(config.hydra.sweep.dir)
+            from sweep.report import REPORTS_DIR, build_report  # matplotlib: only when needed
+
             study = read_record(sweep_dir)  # an Optuna sweep: report the study, not the folder
             name = study["study_name"] if study else sweep_dir.name
             out = Path(self.out_root) / name if self.out_root else REPORTS_DIR / name
@@ -87,4 +93,22 @@ class RefuseSecretOverrides(Callback):
         try:
             check_overrides(overrides)
         except SecretInOverride as error:
+            raise SystemExit(f"Error: {error}") from error
+
+
+class CheckConfig(Callback):
+    """Stops a run or sweep whose composed config has a value out of range (sweep.config
+    ``validate``) before Hydra makes a run folder: one line naming the key, no traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            validate(config)
+        except ConfigError as error:
             raise SystemExit(f"Error: {error}") from error
