@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError, check_command_line, register_schema, validate
 from sweep.paths import CONF_DIR
+from sweep.quiet import quiet_known_harmless
 from sweep.secrets import SecretInOverride
 
 register_schema()
@@ -21,6 +22,7 @@ register_schema()
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     validate(cfg)  # each job of a sweep (an Optuna trial's values too), before the heavy imports
+    quiet_known_harmless()
     from sweep.train import run
 
     logging.getLogger("lightning").handlers.clear()  # it propagates to Hydra's handlers too

@@ -7,6 +7,8 @@ knows every category while training reads cells from the store through a datamod
 
 from __future__ import annotations
 
+import warnings
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -39,9 +41,12 @@ def build_scvi(
 ) -> SCVI:
     """SCVI with ``model_cfg``'s keys passed as constructor arguments, one to one."""
     adata = template_adata(genes, batch_categories, covariate_categories)
-    SCVI.setup_anndata(
-        adata,
-        batch_key=BATCH_COLUMN,
-        categorical_covariate_keys=list(covariate_categories) or None,
-    )
+    with warnings.catch_warnings():
+        # "Category 0 ... has fewer than 3 cells" speaks of the 2-cell template, not the data
+        warnings.filterwarnings("ignore", message="Category .* has fewer than 3 cells")
+        SCVI.setup_anndata(
+            adata,
+            batch_key=BATCH_COLUMN,
+            categorical_covariate_keys=list(covariate_categories) or None,
+        )
     return SCVI(adata, **OmegaConf.to_container(model_cfg, resolve=True))

@@ -1,0 +1,48 @@
+"""Known-harmless library messages are silenced at their source; every other warning still shows
+(issue 10, defect 8)."""
+
+import logging
+import warnings
+
+from omegaconf import OmegaConf
+
+from sweep.config import ModelConfig
+from sweep.model import build_scvi
+from sweep.quiet import HARMLESS_RECORDS, HARMLESS_WARNINGS, quiet_known_harmless
+
+
+def test_the_template_anndata_raises_no_small_category_warning():
+    """The 2-cell template has 'fewer than 3 cells' in every category: not the data's fault."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_scvi(
+            [f"ENSG{i:011d}" for i in range(20)],
+            ["a", "b", "c"],
+            {"assay": ["x", "y"]},
+            OmegaConf.structured(ModelConfig),
+        )
+    assert not [w for w in caught if "fewer than 3 cells" in str(w.message)]
+
+
+def test_harmless_warnings_are_dropped_and_others_kept():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_harmless()
+        quiet_known_harmless()  # twice: still one filter each
+        for message, category, _ in HARMLESS_WARNINGS:
+            warnings.warn(f"{message} and then some", category, stacklevel=1)
+        warnings.warn("Category 3 in obs['batch'] has fewer than 3 cells", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [
+        "Category 3 in obs['batch'] has fewer than 3 cells"
+    ]
+
+
+def test_harmless_log_records_are_dropped_and_others_kept(caplog):
+    quiet_known_harmless()
+    quiet_known_harmless()
+    caplog.set_level(logging.INFO)
+    for name, prefix in HARMLESS_RECORDS:
+        logging.getLogger(name).info("%s: an advertisement", prefix)
+        logging.getLogger(name).info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"] * 2
+    assert all(len(logging.getLogger(name).filters) == 1 for name, _ in HARMLESS_RECORDS)
