@@ -1,25 +1,31 @@
-"""sweep.inspect on saved (untrained) SCVI models: keys read from weights and init params, config
-matching, and refusal of model files that would run code."""
+"""sweep.inspect on saved SCVI models, built only or trained by train.py: keys read from weights
+and init params, config matching, and refusal of model files that would run code."""
 
 import os
 import pickle
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sweep.config import register_schema
+from sweep.data.store import read_manifest
 from sweep.inspect import (
     UnsafeModelFile,
     differences,
     format_report,
     inspect_model,
+    load_model_file,
     main,
     matching_configs,
 )
-from sweep.model import build_scvi
+from sweep.model import BATCH_COLUMN, build_scvi
 from sweep.paths import CONF_DIR
+from sweep.train import fit
 
 CZI_GENES = [f"ENSG{i:011d}" for i in range(8000)]
 CZI_BATCHES = [f"b{i}" for i in range(11108)]
@@ -179,3 +185,144 @@ def test_cli_on_folder_and_file(czi, capsys):
     assert "read with: restricted unpickler" in on_folder
     assert "  n_hidden                  128      weights\n" in on_folder
     assert "matches conf/model: czi_128" in on_folder
+
+
+#: train.py overrides for a fast run on the `store` fixture (no W&B, no scib scoring)
+FAST = [
+    "dataset=prepared",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "evaluation=none",
+    "logger=none",
+    "loader.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """A run folder written by sweep.train.fit (model=czi_128, one epoch): folder, model."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAST, f"dataset.path={store}"])
+    model, _ = fit(cfg, run_dir)
+    return run_dir, model
+
+
+@pytest.mark.slow
+def test_a_trained_model_reads_with_its_history(trained, store):
+    run_dir, model = trained
+    report = inspect_model(run_dir / "model")
+    assert (report.n_hidden, report.n_latent, report.n_layers) == (128, 50, 2)
+    assert report.genes == read_manifest(store).genes
+    assert report.batch_categories == list(model.adata.obs[BATCH_COLUMN].cat.categories)
+    assert report.n_parameters == sum(p.numel() for p in model.module.parameters())
+    assert report.disagreements == []
+    assert matching_configs(report) == ["czi_128"]
+    # the history, rebuilt by the restricted unpickler, is the trained model's
+    history = load_model_file(run_dir / "model" / "model.pt")["attr_dict"]["history_"]
+    assert history.keys() == model.history.keys()
+    for name, frame in model.history.items():
+        pd.testing.assert_frame_equal(history[name], frame)
+
+
+@pytest.mark.slow
+def test_cli_on_a_trained_run(trained):
+    model_dir = trained[0] / "model"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweep.inspect", str(model_dir)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"SCVI model {model_dir / 'model.pt'} ")
+    assert "matches conf/model: czi_128" in done.stdout
+
+
+class Calls:
+    """Unpickling this calls ``function(*args)``."""
+
+    def __init__(self, function, *args):
+        self.call = function, args
+
+    def __reduce__(self):
+        return self.call
+
+
+#: case -> (what unpickles into a call, given the marker file; pickle protocol; the global the
+#: inspector names, as the file spells it: protocol 2 writes Python 2 names; whether a plain
+#: torch.load then runs code that creates the marker)
+PAYLOADS = {
+    "os.system": (
+        lambda marker: Calls(os.system, f"touch {marker}"),
+        2,
+        f"{os.system.__module__}.system",
+        True,
+    ),
+    "eval": (
+        lambda marker: Calls(eval, f"open({str(marker)!r}, 'w')"),
+        2,
+        "__builtin__.eval",
+        True,
+    ),
+    "Popen": (
+        lambda marker: Calls(subprocess.Popen, ["touch", marker]),
+        2,
+        "commands.Popen",
+        True,
+    ),
+    "read_pickle": (
+        lambda marker: Calls(pd.read_pickle, marker.with_name("inner.pkl")),
+        2,
+        "pandas.io.pickle.read_pickle",
+        True,
+    ),
+    # a method is pickled as getattr(class, name) (protocol 2) or as a dotted name (protocol 4)
+    "DataFrame.query": (
+        lambda marker: Calls(pd.DataFrame.query, pd.DataFrame(), "a"),
+        2,
+        "__builtin__.getattr",
+        False,
+    ),
+    "DataFrame.query-4": (
+        lambda marker: Calls(pd.DataFrame.query, pd.DataFrame(), "a"),
+        4,
+        "pandas.core.frame.DataFrame.query",
+        False,
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(PAYLOADS))
+def test_a_trained_model_with_code_in_it_is_refused(trained, tmp_path, case):
+    """A real trained model.pt with one more history entry, one that would run code."""
+    payload, protocol, disallowed, runs_code = PAYLOADS[case]
+    marker = tmp_path / "ran"
+    (tmp_path / "inner.pkl").write_bytes(pickle.dumps(Calls(os.system, f"touch {marker}")))
+    saved = torch.load(trained[0] / "model" / "model.pt", weights_only=False)  # our own file
+    saved["attr_dict"]["history_"]["evil"] = payload(marker)
+    file = tmp_path / "model.pt"
+    torch.save(saved, file, pickle_protocol=protocol)
+
+    with pytest.raises(UnsafeModelFile, match=f"^{file}: refused: disallowed global {disallowed} "):
+        inspect_model(file)
+    with pytest.raises(SystemExit, match=disallowed):
+        main([str(file)])
+    assert not marker.exists()
+    if runs_code:  # the payload is live: an unrestricted load runs it
+        evil = torch.load(file, weights_only=False)["attr_dict"]["history_"]["evil"]
+        if isinstance(evil, subprocess.Popen):
+            evil.wait()
+        assert marker.exists()
+
+
+def test_setting_attributes_on_an_allowed_class_is_refused(tmp_path):
+    """BUILD with state (None, {"probe": 1}) on pandas' Index class: setattr(Index, "probe", 1)."""
+    file = tmp_path / "model.pt"
+    file.write_bytes(
+        b"\x80\x02cpandas.core.indexes.base\nIndex\nN}X\x05\x00\x00\x00probeK\x01s\x86b."
+    )
+    with pytest.raises(
+        UnsafeModelFile, match="refused: the file sets attributes on <class 'pandas"
+    ):
+        inspect_model(file)
+    assert not hasattr(pd.Index, "probe")

@@ -6,7 +6,9 @@ can disagree (CZI's census model: its config says n_hidden 512, its weights have
 report says so. Keys the weights cannot show (dropout, likelihood, ...) come from the init params.
 
 ``model.pt`` is a pickle; it is read with an allow-list unpickler, so a file that would run code
-on loading (``os.system`` via ``__reduce__``, a TorchScript archive) is refused, not executed.
+on loading (``os.system`` via ``__reduce__``, a TorchScript archive) is refused, not executed. A
+trained model's pickle also holds its training history (pandas DataFrames), so the few pandas
+constructors that rebuild a DataFrame are allowed too.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from sweep.paths import CONF_DIR
 #: the ``model`` group's keys (scvi-tools constructor arguments), in schema order
 MODEL_KEYS = tuple(f.name for f in fields(ModelConfig))
 
-#: (module, name) of every global an scvi-tools model.pt needs; torch resolves its storage types
-#: (``torch.FloatStorage``, ...) itself, before asking the unpickler
+#: (module, name) of every global an scvi-tools model.pt needs, trained or not; torch resolves its
+#: storage types (``torch.FloatStorage``, ...) itself, before asking the unpickler. Each is a type
+#: or a rebuild function whose only callables are these types: none imports or evaluates anything.
 ALLOWED_GLOBALS = frozenset(
     {
         ("collections", "OrderedDict"),
@@ -45,11 +48,19 @@ ALLOWED_GLOBALS = frozenset(
         ("numpy._core.multiarray", "scalar"),
         ("numpy.core.multiarray", "_reconstruct"),  # files written with numpy < 2
         ("numpy.core.multiarray", "scalar"),
+        # attr_dict["history_"]: {metric: DataFrame of one object column, indexed by epoch}
+        ("pandas.core.frame", "DataFrame"),  # made empty, then filled by its __setstate__
+        ("pandas.core.internals.managers", "BlockManager"),  # BlockManager(blocks, axes)
+        ("pandas._libs.internals", "_unpickle_block"),  # new_block(values, placement, ndim)
+        ("pandas.core.indexes.base", "_new_Index"),  # cls.__new__(cls, **d), cls one of these
+        ("pandas.core.indexes.base", "Index"),  # the columns and the epoch index
+        ("__builtin__", "slice"),  # a block's placement (protocol 2 spelling)
+        ("builtins", "slice"),
     }
 )
 LOADER = (
-    f"restricted unpickler (only {len(ALLOWED_GLOBALS)} allow-listed numpy/torch/collections "
-    "globals; no other code from the file can run)"
+    f"restricted unpickler (only {len(ALLOWED_GLOBALS)} allow-listed numpy/pandas/torch/"
+    "collections globals; no other code from the file can run)"
 )
 
 #: state-dict entries that are buffers, not parameters
@@ -80,16 +91,34 @@ SHOWN = 5  # ids listed for genes and batch categories
 
 
 class UnsafeModelFile(pickle.UnpicklingError):
-    """A model file that needs a global outside ``ALLOWED_GLOBALS``, or is a TorchScript archive."""
+    """A model file that needs a global outside ``ALLOWED_GLOBALS``, sets attributes on a class or
+    function, or is a TorchScript archive."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that can build only the types and call only the functions allow-listed."""
+class _RestrictedUnpickler(pickle._Unpickler):
+    """An Unpickler that can build only the types and call only the functions allow-listed.
+
+    It is pickle's Python implementation, whose opcodes can be overridden: BUILD is refused on a
+    class or function, where it would set attributes that every later use of it sees (pandas'
+    Index is a Python class, so ``setattr(Index, ...)`` would otherwise succeed).
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED_GLOBALS:
-            raise UnsafeModelFile(f"disallowed global {module}.{name}")
+            raise UnsafeModelFile(
+                f"disallowed global {module}.{name} (not a type a model file needs)"
+            )
         return super().find_class(module, name)
+
+    def load_build(self):
+        target = self.stack[-2]  # the object under the state BUILD sets
+        if callable(target):
+            raise UnsafeModelFile(f"the file sets attributes on {target!r}, not on data")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 #: what torch.load needs of a ``pickle_module``: both its Unpickler and its load are restricted
@@ -115,7 +144,7 @@ def load_model_file(path: str | Path) -> dict:
             path, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False
         )
     except UnsafeModelFile as err:
-        raise UnsafeModelFile(f"{path}: refused: {err} (not a type a model file needs)") from None
+        raise UnsafeModelFile(f"{path}: refused: {err}") from None
 
 
 @dataclass
