@@ -1,6 +1,7 @@
 """Integration scoring against the synthetic ground truth, and the convergence summary."""
 
 import json
+from pathlib import Path
 
 import anndata
 import numpy as np
@@ -8,10 +9,59 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sweep.data.prepare import prepare_store
 from sweep.data.synthetic import SyntheticConfig, generate
-from sweep.evaluate import EVAL_BATCH, LABEL, EvaluationCells, epochs_to_within, pca_baseline, score
+from sweep.evaluate import (
+    EVAL_BATCH,
+    LABEL,
+    MIN_CELLS,
+    NEIGHBORS,
+    EvaluationCells,
+    check_scorable,
+    epochs_to_within,
+    pca_baseline,
+    score,
+    skipped_metrics,
+)
 from sweep.train import fit
 from test_train import compose_train
+
+#: a short run on the tiny store, scored with the default evaluation (epochs 1, 2 and the last)
+TINY_RUN = ("trainer.max_epochs=3", "logger=none", "save_model=false", "loader.num_workers=0")
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> Path:
+    """2 datasets x 250 cells prepared: ~40 validation cells to score, 2 x 2 donors."""
+    folder = tmp_path_factory.mktemp("tiny")
+    generate(
+        SyntheticConfig(
+            output=str(folder / "sources"),
+            n_datasets=2,
+            cells_per_dataset=250,
+            n_genes=1000,
+            donors_per_dataset=2,
+            seed=0,
+        )
+    )
+    prepare_store(
+        {
+            "source": str(folder / "sources" / "*.h5ad"),
+            "output": str(folder / "store"),
+            "genes": "hvg",
+            "n_top_genes": 300,
+            "shard_size": 256,
+            "workers": 1,
+        }
+    )
+    return folder / "store"
+
+
+@pytest.fixture(scope="module")
+def tiny_scored_run(tiny_store, tmp_path_factory) -> tuple[Path, dict]:
+    """(run folder, metrics) of TINY_RUN with ``evaluation=scib`` (the default)."""
+    run_dir = tmp_path_factory.mktemp("tiny_scored") / "run"
+    return run_dir, fit(compose_train(tiny_store, *TINY_RUN, "evaluation=scib"), run_dir)[1]
 
 
 def cells_of_sources(folder, n_cells: int = 600, seed: int = 0) -> EvaluationCells:
@@ -93,3 +143,62 @@ def test_epochs_to_within_counts_from_the_last_excursion():
     assert epochs_to_within(values, epochs, 0.01) == 6
     assert epochs_to_within(values, epochs, 20.0) == 1
     assert epochs_to_within(pd.Series([np.nan, np.nan]), pd.Series([0, 1]), 0.1) is None
+
+
+@pytest.mark.slow
+def test_a_500_cell_data_set_trains_and_is_scored_with_the_default_evaluation(tiny_scored_run):
+    """~40 validation cells, fewer than scib-metrics' 90 neighbours: neighbourhoods are cut to
+    all cells, metrics the cells cannot support are skipped with their reason, the rest scored."""
+    run_dir, metrics = tiny_scored_run
+    integration = pd.read_csv(run_dir / "integration.csv", keep_default_na=False)
+    n_cells = metrics["evaluation_cells"]
+    assert MIN_CELLS <= n_cells < NEIGHBORS and metrics["cells_validation"] == n_cells
+    assert list(integration["evaluation_neighbors"]) == [n_cells] * len(integration)
+    assert len(integration) == 3  # epochs 1, 2 and the last
+    for name in ("bio_conservation", "batch_correction", "integration_total", "silhouette_label"):
+        assert integration[name].between(0, 1).all() and 0 <= metrics[name] <= 1
+        assert metrics[name] == integration[name].iloc[-1]
+    skipped = integration["evaluation_skipped"].iloc[-1]
+    for name in ("bras", "kbet"):  # each either scored or skipped with its reason
+        assert (name in integration) != (f"{name}: no cell type" in skipped)
+    assert metrics["evaluation_skipped"] == skipped
+
+
+def test_a_setting_that_cannot_be_scored_stops_before_training_naming_the_key(tiny_store, tmp_path):
+    cfg = compose_train(tiny_store, *TINY_RUN, "evaluation=scib", "data.validation_fraction=0.01")
+    with pytest.raises(ValueError, match=r"at least 10 needed: raise data.validation_fraction"):
+        fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no epoch was trained
+
+
+def test_one_cell_type_or_one_batch_is_refused_with_its_key(tmp_path):
+    cfg = compose_train(tmp_path, "evaluation=scib", "evaluation.batch_keys=[dataset_id]")
+    one_type = pd.DataFrame({EVAL_BATCH: ["a", "b"] * 10, LABEL: ["T cell"] * 20})
+    with pytest.raises(ValueError, match=r"label_key=cell_type has one value \('T cell'\) in"):
+        check_scorable(one_type, cfg.evaluation, cfg.data)
+    one_batch = pd.DataFrame({EVAL_BATCH: ["a"] * 20, LABEL: ["T cell", "B cell"] * 10})
+    with pytest.raises(ValueError, match=r"evaluation.batch_keys=\['dataset_id'\] has one value"):
+        check_scorable(one_batch, cfg.evaluation, cfg.data)
+    two_of_each = pd.DataFrame(
+        {EVAL_BATCH: ["a", "b"] * 5, LABEL: ["T", "T", "B", "B"] * 2 + ["T"] * 2}
+    )
+    check_scorable(two_of_each, cfg.evaluation, cfg.data)
+    with pytest.raises(ValueError, match=r"9 validation cells to score .* at least 10 needed"):
+        check_scorable(two_of_each.iloc[:9], cfg.evaluation, cfg.data)
+
+
+def test_batch_metrics_the_cells_cannot_support_are_skipped():
+    # every cell type in one batch only: neither BRAS nor kBET has a mixed cell type
+    apart = pd.DataFrame({EVAL_BATCH: ["a"] * 12 + ["b"] * 12, LABEL: ["T"] * 12 + ["B"] * 12})
+    assert set(skipped_metrics(apart)) == {"bras", "kbet"}
+    # one mixed cell type of 6 cells: BRAS can score it, kBET needs 10 cells
+    mixed = pd.DataFrame({EVAL_BATCH: ["a", "b"] * 3 + ["a"] * 6, LABEL: ["T"] * 6 + ["B"] * 6})
+    assert set(skipped_metrics(mixed)) == {"kbet"}
+    big = pd.DataFrame({EVAL_BATCH: ["a", "b"] * 5 + ["a"] * 2, LABEL: ["T"] * 10 + ["B"] * 2})
+    assert skipped_metrics(big) == {}
+
+
+def test_pca_baseline_has_fewer_components_than_cells_and_genes():
+    X = sp.random(30, 20, density=0.5, format="csr", random_state=0) * 10
+    assert pca_baseline(sp.csr_matrix(X)).shape == (30, 19)
+    assert pca_baseline(sp.csr_matrix(X[:12])).shape == (12, 11)

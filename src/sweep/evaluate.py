@@ -7,6 +7,11 @@ donor_id) that does not change with the ``batch`` group, so batch definitions ar
 yardstick; bio conservation against ``cell_type``. An unintegrated baseline (PCA of
 log-normalised counts of the same cells) is scored alongside, as scib does. Neighbours are exact
 (scikit-learn): on a few thousand cells that is faster than pynndescent's compilation.
+
+Small evaluation sets: settings that cannot be scored at all (fewer than :data:`MIN_CELLS` cells,
+one cell type, one evaluation batch) are refused before training (:func:`check_scorable`);
+neighbourhoods larger than the cells are cut to all cells, and a metric the cells cannot support
+is skipped with its reason (:func:`skipped_metrics`), in the log and integration.csv.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ AGGREGATES = {
 }
 BASELINE_PREFIX = "pca_"
 EVAL_BATCH, LABEL = "eval_batch", "cell_type"
+#: the largest neighbourhood scib-metrics' Benchmarker uses (cells, self included; LISI)
+NEIGHBORS = 90
+#: fewest evaluation cells that can be scored; also kBET's fewest cells of one cell type
+MIN_CELLS = 10
+#: skippable metrics: our name (integration.csv) -> scib-metrics' BatchCorrection field
+SKIPPABLE = {"bras": "bras", "kbet": "kbet_per_label"}
 
 
 @dataclass
@@ -83,14 +94,57 @@ def choose_cells(
     )
 
 
+def check_scorable(obs: pd.DataFrame, evaluation_cfg, data_cfg) -> None:
+    """Refuse, before training, evaluation cells (``obs`` of :class:`EvaluationCells`) that no
+    integration score can be computed on: raise ``ValueError`` naming the config keys to change.
+    """
+    n = len(obs)
+    off = "or set evaluation=none to train without integration scores"
+    if n < MIN_CELLS:
+        raise ValueError(
+            f"evaluation: {n} validation cells to score (evaluation.n_cells="
+            f"{evaluation_cfg.n_cells}, evaluation.min_genes={evaluation_cfg.min_genes}, "
+            f"data.validation_fraction={data_cfg.validation_fraction}), at least {MIN_CELLS} "
+            f"needed: raise data.validation_fraction or lower evaluation.min_genes, {off}"
+        )
+    for column, key, value, what in (
+        (LABEL, "evaluation.label_key", evaluation_cfg.label_key, "cell types (bio conservation)"),
+        (EVAL_BATCH, "evaluation.batch_keys", list(evaluation_cfg.batch_keys), "batches"),
+    ):
+        values = obs[column].unique()
+        if len(values) < 2:
+            raise ValueError(
+                f"evaluation: {key}={value} has one value ({values[0]!r}) in the {n} evaluation "
+                f"cells; scoring needs two or more {what}: choose another {key}, raise "
+                f"evaluation.n_cells or data.validation_fraction if the data have more, {off}"
+            )
+
+
+def skipped_metrics(obs: pd.DataFrame) -> dict[str, str]:
+    """Batch correction metrics that the evaluation cells (``obs``) cannot support -> why.
+
+    BRAS needs a cell type with cells of 2+ evaluation batches (and not one cell per batch);
+    kBET (per cell type) a cell type with :data:`MIN_CELLS`+ cells of 2+ batches.
+    """
+    types = obs.groupby(LABEL)[EVAL_BATCH].agg(["size", "nunique"])
+    mixed = types[types["nunique"] > 1]
+    skipped = {}
+    if not (mixed["nunique"] < mixed["size"]).any():
+        skipped["bras"] = "no cell type has several cells of one batch and cells of another"
+    if not (mixed["size"] >= MIN_CELLS).any():
+        skipped["kbet"] = f"no cell type has {MIN_CELLS}+ cells from two or more batches"
+    return skipped
+
+
 def pca_baseline(X: sp.csr_matrix, n_pcs: int = 50) -> np.ndarray:
-    """The unintegrated embedding: PCA of log1p(counts normalised to 10^4 per cell), (n, n_pcs)."""
+    """The unintegrated embedding: PCA of log1p(counts normalised to 10^4 per cell), (n, n_pcs)
+    with at most ``min(n cells, n genes) - 1`` components (ARPACK's limit)."""
     from sklearn.decomposition import PCA
 
     totals = np.asarray(X.sum(axis=1)).ravel()
     normalised = sp.diags(1e4 / np.maximum(totals, 1)) @ X
     logged = normalised.log1p().toarray()
-    n_pcs = min(n_pcs, logged.shape[0] - 1, logged.shape[1])
+    n_pcs = min(n_pcs, min(logged.shape) - 1)
     return PCA(n_components=n_pcs, svd_solver="arpack", random_state=0).fit_transform(logged)
 
 
@@ -123,22 +177,28 @@ def latent(module, cells: EvaluationCells, chunk: int = 1024) -> np.ndarray:
 
 
 def exact_neighbors(X: np.ndarray, k: int):
-    """scib-metrics' neighbour interface, exact kNN with scikit-learn."""
+    """scib-metrics' neighbour interface, exact kNN with scikit-learn: ``k`` neighbours (self
+    included) of each row of ``X`` (n, d), at most n; so is any neighbourhood cut from them."""
     from scib_metrics.nearest_neighbors import NeighborsResults
     from sklearn.neighbors import NearestNeighbors
 
-    distances, indices = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
-    return NeighborsResults(indices=indices, distances=distances)
+    class AtMostAll(NeighborsResults):
+        def subset_neighbors(self, n: int) -> NeighborsResults:
+            return NeighborsResults(indices=self.indices[:, :n], distances=self.distances[:, :n])
+
+    distances, indices = NearestNeighbors(n_neighbors=min(k, len(X))).fit(X).kneighbors(X)
+    return AtMostAll(indices=indices, distances=distances)
 
 
 def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) -> dict[str, float]:
     """scib-metrics Benchmarker on the embedding (and the PCA baseline); flat dict of scores.
 
-    Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case), and with
-    ``baseline`` the same for the PCA embedding, prefixed ``pca_``.
+    Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case) but those of
+    :func:`skipped_metrics`, and with ``baseline`` the same for the PCA embedding, prefixed
+    ``pca_``. The cells must pass :func:`check_scorable`.
     """
     import anndata
-    from scib_metrics.benchmark import Benchmarker
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker
 
     names = {"scvi": "", "pca": BASELINE_PREFIX} if baseline else {"scvi": ""}
     adata = anndata.AnnData(obs=cells.obs.copy())
@@ -149,6 +209,9 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
         batch_key=EVAL_BATCH,
         label_key=LABEL,
         embedding_obsm_keys=list(names),
+        batch_correction_metrics=BatchCorrection(
+            **{SKIPPABLE[name]: False for name in skipped_metrics(cells.obs)}
+        ),
         pre_integrated_embedding_obsm_key="pca",
         n_jobs=1,
         progress_bar=False,
@@ -167,7 +230,8 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
 class IntegrationCheckpoints(Callback):
     """Scores the latent space at the end of the listed epochs (1-based) and of the last one.
 
-    Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``.
+    Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``,
+    with the largest neighbourhood used (cells) and the metrics skipped ("name: why; ...").
     """
 
     def __init__(self, cells: EvaluationCells, epochs: list[int]):
@@ -175,6 +239,16 @@ class IntegrationCheckpoints(Callback):
         self.epochs = set(epochs)
         self.records: list[dict] = []
         self.baseline_scores: dict[str, float] = {}
+        self.neighbors = min(NEIGHBORS, len(cells.rows))
+        self.skipped = "; ".join(f"{k}: {v}" for k, v in skipped_metrics(cells.obs).items())
+        if self.neighbors < NEIGHBORS or self.skipped:
+            log.warning(
+                "evaluation on %d cells: neighbourhoods of at most %d cells (scib-metrics: %d)%s",
+                len(cells.rows),
+                self.neighbors,
+                NEIGHBORS,
+                f"; skipped {self.skipped}" if self.skipped else "",
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -191,7 +265,14 @@ class IntegrationCheckpoints(Callback):
             self.baseline_scores = {
                 k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
             }
-        self.records.append({"epoch": epoch, **scores})
+        self.records.append(
+            {
+                "epoch": epoch,
+                **scores,
+                "evaluation_neighbors": self.neighbors,
+                "evaluation_skipped": self.skipped,
+            }
+        )
         for name in AGGREGATES.values():
             pl_module.log(name, scores[name], on_epoch=True)
         log.info(
@@ -205,7 +286,8 @@ class IntegrationCheckpoints(Callback):
         )
 
     @property
-    def final(self) -> dict[str, float]:
+    def final(self) -> dict:
+        """The last evaluation's record, without its epoch (for metrics.json)."""
         return {k: v for k, v in self.records[-1].items() if k != "epoch"} if self.records else {}
 
     def state_dict(self) -> dict:

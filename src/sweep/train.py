@@ -24,7 +24,13 @@ from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
 from sweep.distributed import check_launch, is_rank_zero
-from sweep.evaluate import AGGREGATES, IntegrationCheckpoints, choose_cells, epochs_to_within
+from sweep.evaluate import (
+    AGGREGATES,
+    IntegrationCheckpoints,
+    check_scorable,
+    choose_cells,
+    epochs_to_within,
+)
 from sweep.model import build_scvi
 from sweep.resume import prepare_resume
 from sweep.study.pruning import pruning_callback
@@ -90,9 +96,7 @@ def run(cfg, run_dir: str | Path) -> float | list[float]:
     return values[0] if single else values
 
 
-def fit(
-    cfg, run_dir: str | Path, resume_from: Path | None = None
-) -> tuple[scvi.model.SCVI, dict]:
+def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi.model.SCVI, dict]:
     """Train one scVI model as ``cfg`` says and write the run folder; (trained model, metrics).
 
     ``resume_from``: a checkpoint of this run (sweep.checkpoint) to continue from.
@@ -127,6 +131,7 @@ def fit(
             cfg.evaluation.label_key,
             cfg.evaluation.min_genes,
         )
+        check_scorable(cells.obs, cfg.evaluation, cfg.data)  # before training: fail at no cost
         checkpoints = IntegrationCheckpoints(cells, list(cfg.evaluation.epochs))
     history_logger = SimpleLogger(save_dir=None)
     loggers = [history_logger] + ([wandb_logger] if wandb_logger else [])
