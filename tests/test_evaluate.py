@@ -1,6 +1,7 @@
 """Integration scoring against the synthetic ground truth, and the convergence summary."""
 
 import json
+import random
 from pathlib import Path
 
 import anndata
@@ -8,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
+from sweep.checkpoint import rng_untouched
 from sweep.data.prepare import prepare_store
 from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.evaluate import (
@@ -202,3 +205,29 @@ def test_pca_baseline_has_fewer_components_than_cells_and_genes():
     X = sp.random(30, 20, density=0.5, format="csr", random_state=0) * 10
     assert pca_baseline(sp.csr_matrix(X)).shape == (30, 19)
     assert pca_baseline(sp.csr_matrix(X[:12])).shape == (12, 11)
+
+
+def test_rng_untouched_restores_every_global_random_stream():
+    def draws():
+        return torch.rand(2).tolist(), np.random.rand(2).tolist(), random.random()
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = draws()
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with pytest.raises(RuntimeError), rng_untouched():
+        draws()
+        raise RuntimeError("scoring failed")  # restored however the block ends
+    assert draws() == expected
+
+
+@pytest.mark.slow
+def test_scoring_leaves_the_training_exactly_as_without_it(tiny_store, tiny_scored_run, tmp_path):
+    """Scoring after epochs 1 and 2 draws no number from the training's random streams: the
+    validation ELBO of every epoch equals that of the same run with evaluation=none."""
+    scored_dir, _ = tiny_scored_run
+    fit(compose_train(tiny_store, *TINY_RUN, "evaluation=none"), tmp_path / "plain")
+    scored = pd.read_csv(scored_dir / "history.csv")
+    plain = pd.read_csv(tmp_path / "plain" / "history.csv")
+    assert scored["bio_conservation"].notna().sum() == 3  # scored at every epoch
+    assert scored["elbo_validation"].tolist() == plain["elbo_validation"].tolist()
+    assert scored["elbo_train"].tolist() == plain["elbo_train"].tolist()

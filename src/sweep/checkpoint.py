@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -115,21 +116,37 @@ class EpochCheckpoint(EarlyStopping):
 
 
 def rng_state() -> dict:
-    """torch's, numpy's and Python's global RNG states, in types ``torch.load(weights_only=True)``
-    accepts."""
+    """torch's (CPU, and every CUDA device's once CUDA is in use), numpy's and Python's global
+    RNG states, in types ``torch.load(weights_only=True)`` accepts."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "python": random.getstate(),
     }
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` took; CUDA states only where CUDA is in use (checkpoints
+    written before they were kept have none)."""
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
+
+
+@contextmanager
+def rng_untouched():
+    """Run a block (e.g. scoring) without moving the training's random streams: every global RNG
+    state of :func:`rng_state` is restored after it, however it ends."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def epoch_metrics(logged: dict, history_logger: SimpleLogger) -> dict[str, float]:

@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
+from sweep.checkpoint import rng_untouched
 from sweep.data.datamodule import StoreDataModule
 
 log = logging.getLogger(__name__)
@@ -257,14 +258,17 @@ class IntegrationCheckpoints(Callback):
         if not trainer.is_global_zero:  # with DDP, rank 0 scores for all
             return
         started = time.perf_counter()
-        embedding = latent(pl_module.module, self.cells)
-        if self.baseline_scores:  # the baseline does not change during training: scored once
-            scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
-        else:
-            scores = score(self.cells, embedding)
-            self.baseline_scores = {
-                k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
-            }
+        # scvi-tools samples z even in eval mode (torch); scib-metrics, sklearn and umap may draw
+        # from numpy's global RNG: none of it may shift the training's random streams
+        with rng_untouched():
+            embedding = latent(pl_module.module, self.cells)
+            if self.baseline_scores:  # the baseline does not change during training: scored once
+                scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
+            else:
+                scores = score(self.cells, embedding)
+                self.baseline_scores = {
+                    k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
+                }
         self.records.append(
             {
                 "epoch": epoch,
