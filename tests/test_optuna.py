@@ -88,8 +88,8 @@ def base(store: Path, tmp_path: Path, *overrides: str) -> list[str]:
     ]
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def trials(storage: str, name: str, *states: TrialState) -> list:
@@ -207,17 +207,17 @@ def test_a_killed_sweep_resumes_to_exactly_n_trials_without_duplicate_grid_point
     assert "| 4 | 0 | 0 | 0 | 0 | 1 |" in report
 
 
-@pytest.mark.slow
-def test_two_sweep_processes_share_one_study_and_stop_at_its_total(store, tmp_path):
-    journal = tmp_path / "shared.journal"
+def two_sweeps_share_one_study(store, tmp_path, storage: str, name: str, n_trials: int) -> list:
+    """Start the same search in two processes at once on one study; check that together they
+    ran exactly ``n_trials`` distinct trials, each with its own run folder; return those."""
     command = base(
         store,
         tmp_path,
         "hydra/sweeper/sampler=random",
         "hydra.sweeper.sampler.seed=0",  # the same seed in both: trials still draw apart
-        "hydra.sweeper.study_name=shared",
-        f"hydra.sweeper.storage={journal}",
-        "hydra.sweeper.n_trials=5",
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.n_trials={n_trials}",
         "trainer.max_epochs=2",
         "plan.lr=tag(log,interval(1e-4,1e-2))",
     )
@@ -230,13 +230,21 @@ def test_two_sweep_processes_share_one_study_and_stop_at_its_total(store, tmp_pa
     for sweep in sweeps:
         _, err = sweep.communicate(timeout=300)
         assert sweep.returncode == 0, err[-3000:]
-    everything = trials(str(journal), "shared")
+    everything = trials(storage, name)
     counted = [t for t in everything if liveness.counts_toward_total(t)]
-    assert [t.state for t in counted] == [TrialState.COMPLETE] * 5
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * n_trials
     assert all(t.system_attrs[liveness.VOID] == "surplus" for t in everything if t not in counted)
-    assert len({t.params["plan.lr"] for t in counted}) == 5  # no duplicate draw
+    assert len({t.params["plan.lr"] for t in counted}) == n_trials  # no duplicate draw
     assert len({t.system_attrs[liveness.PID] for t in counted}) == 2  # both processes ran trials
-    assert len({t.user_attrs["run_dir"] for t in counted}) == 5  # one run folder per trial
+    for t in counted:  # one run folder per trial, named by its number
+        assert t.user_attrs["run_dir"] == str(tmp_path / "sweep" / str(t.number))
+        assert metrics_of(t)["elbo_validation"] == t.value
+    return counted
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_share_one_study_and_stop_at_its_total(store, tmp_path):
+    two_sweeps_share_one_study(store, tmp_path, str(tmp_path / "shared.journal"), "shared", 5)
 
 
 @pytest.mark.slow
@@ -319,15 +327,14 @@ def test_two_objectives_give_a_pareto_front(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_trials_are_told_to_optuna_and_stop_the_sweep_at_max_failure_rate(store, tmp_path):
+def test_failed_trials_are_told_to_optuna_and_stop_the_sweep_at_max_failure_rate(tmp_path):
     journal = tmp_path / "fail.journal"
     command = base(
-        store,
+        tmp_path / "no-store",  # a valid config, but every job raises: no store there
         tmp_path,
         "hydra.sweeper.study_name=fail",
         f"hydra.sweeper.storage={journal}",
         "hydra.sweeper.n_trials=2",
-        "model.gene_likelihood=gaussian",  # every job raises (before reading data)
         "model.n_hidden=choice(16,32)",
     )
     stopped = run([*command, "hydra.sweeper.max_failure_rate=0.0"], tmp_path)
@@ -335,7 +342,7 @@ def test_failed_trials_are_told_to_optuna_and_stop_the_sweep_at_max_failure_rate
     assert "hydra.sweeper.max_failure_rate=0.0" in stopped.stderr
     failed = trials(str(journal), "fail")
     assert [t.state for t in failed] == [TrialState.FAIL]
-    assert "model.gene_likelihood='gaussian' is not one of" in failed[0].user_attrs["error"]
+    assert f"prepared store {tmp_path / 'no-store'} does not exist" in failed[0].user_attrs["error"]
 
     going_on = run([*command, "hydra.sweeper.max_failure_rate=1.0"], tmp_path)
     assert going_on.returncode == 0, going_on.stderr[-3000:]
