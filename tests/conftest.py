@@ -107,7 +107,7 @@ def _absent(reason: str):
     instead, since .ci/run starts every service."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI starts it with tests/services.sh)", pytrace=False)
-    pytest.skip(f"{reason}: start it with `bash tests/services.sh`")
+    pytest.skip(f"{reason}: `bash tests/services.sh` starts it (then `export PGPASSWORD=optuna`)")
 
 
 @pytest.fixture(scope="session")
@@ -134,5 +134,5 @@ def postgres_url() -> str:
         with sqlalchemy.create_engine(POSTGRES_URL).connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except Exception as error:  # no driver, no server, no role: all mean "not here"
-        _absent(f"no PostgreSQL at {POSTGRES_URL} ({type(error).__name__})")
+        _absent(f"no PostgreSQL at {POSTGRES_URL} ({type(error).__name__}; PGPASSWORD set?)")
     return POSTGRES_URL
