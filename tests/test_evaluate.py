@@ -141,11 +141,12 @@ def test_scvi_corrects_batches_better_than_pca_and_keeps_cell_types(store, tmp_p
 
 def test_epochs_to_within_counts_from_the_last_excursion():
     values = pd.Series([100.0, 50.0, 20.0, 10.5, 10.2, 10.0])
-    epochs = pd.Series(range(6))
-    assert epochs_to_within(values, epochs, 0.05) == 4  # 10.5 is 5% off: epoch index 3 -> 4th
+    epochs = pd.Series(range(1, 7))
+    assert epochs_to_within(values, epochs, 0.05) == 4  # 10.5 (epoch 4) is within 5% of 10
     assert epochs_to_within(values, epochs, 0.01) == 6
     assert epochs_to_within(values, epochs, 20.0) == 1
-    assert epochs_to_within(pd.Series([np.nan, np.nan]), pd.Series([0, 1]), 0.1) is None
+    assert epochs_to_within(values.iloc[[0, 2, 5]], epochs.iloc[[0, 2, 5]], 0.05) == 6  # scored
+    assert epochs_to_within(pd.Series([np.nan, np.nan]), pd.Series([1, 2]), 0.1) is None
 
 
 @pytest.mark.slow
@@ -231,3 +232,24 @@ def test_scoring_leaves_the_training_exactly_as_without_it(tiny_store, tiny_scor
     assert scored["bio_conservation"].notna().sum() == 3  # scored at every epoch
     assert scored["elbo_validation"].tolist() == plain["elbo_validation"].tolist()
     assert scored["elbo_train"].tolist() == plain["elbo_train"].tolist()
+
+
+@pytest.mark.slow
+def test_every_file_numbers_epochs_from_one(tiny_scored_run):
+    """Epoch N is the N-th finished epoch in history.csv, integration.csv, last.json and the
+    epochs_to_* counts of metrics.json."""
+    run_dir, metrics = tiny_scored_run
+    history = pd.read_csv(run_dir / "history.csv")
+    integration = pd.read_csv(run_dir / "integration.csv")
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())
+    assert list(history["epoch"]) == list(integration["epoch"]) == [1, 2, 3]
+    assert last["epoch"] == metrics["epochs"] == 3
+    scored = history.dropna(subset=["bio_conservation"])  # scores on the rows of their epochs
+    assert scored["bio_conservation"].tolist() == pytest.approx(
+        integration["bio_conservation"].tolist(),
+        rel=1e-6,  # history holds float32
+    )
+    elbo = history.set_index("epoch")["elbo_validation"]
+    within = (elbo - elbo.iloc[-1]).abs() <= 0.01 * abs(elbo.iloc[-1])
+    first_within = min(e for e in elbo.index if within[e:].all())
+    assert metrics["epochs_to_1pct_elbo_validation"] == first_within

@@ -41,10 +41,10 @@ def train_command(store: Path, *overrides: str, multirun: bool = False) -> list[
 
 def test_nan_loss_stops_the_job_at_once_naming_epoch_and_batch(store, tmp_path):
     cfg = compose_train(store, *QUICK, "trainer.max_epochs=3", "plan.lr=1000")
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 0, batch \d+ \(global"):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 1, batch \d+ \(global"):
         fit(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
-    assert not (tmp_path / "run" / CHECKPOINT_DIR / LAST).exists()  # died in epoch 0
+    assert not (tmp_path / "run" / CHECKPOINT_DIR / LAST).exists()  # died in epoch 1
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -100,14 +100,14 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
     )
     info = runs / "first" / CHECKPOINT_DIR / LAST_INFO
     deadline = time.time() + 300
-    while not (info.exists() and json.loads(info.read_text())["epoch"] >= 1):
+    while not (info.exists() and json.loads(info.read_text())["epoch"] >= 2):
         assert first.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline, "no checkpoint after 300 s"
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
     killed_at = json.loads(info.read_text())["epoch"]
-    assert killed_at < 3 and not (runs / "first" / "metrics.json").exists()
+    assert killed_at < 4 and not (runs / "first" / "metrics.json").exists()
 
     def resume_into(folder: str) -> str:
         """Run the same command with resume=true into ``folder``; its console output."""
@@ -128,7 +128,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
 
     reference = fit(compose_train(store, *QUICK, *epochs), tmp_path / "reference")[1]
     expected = pd.read_csv(tmp_path / "reference" / "history.csv")
-    assert list(history["epoch"]) == [0, 1, 2, 3]
+    assert list(history["epoch"]) == [1, 2, 3, 4]
     assert history["kl_weight"].tolist() == expected["kl_weight"].tolist()  # schedule intact
     assert history["lr"].tolist() == expected["lr"].tolist()
     assert metrics["epochs"] == 4
@@ -217,6 +217,6 @@ def test_killed_sweep_rerun_with_resume_reuses_finished_jobs_and_continues_the_r
     reused = json.loads((second / "0" / "metrics.json").read_text())
     assert reused == json.loads((first / "0" / "metrics.json").read_text())
     continued = pd.read_csv(second / "1" / "history.csv")
-    assert list(continued["epoch"]) == [0, 1, 2]
+    assert list(continued["epoch"]) == [1, 2, 3]
     table = pd.read_csv(tmp_path / "second" / "results.csv")
     assert sorted(table["status"]) == ["complete", "complete"]

@@ -83,7 +83,7 @@ def finish_job(job: Path, model: str, seed: str, overrides: list[str], scores: b
     (job / "metrics.json").write_text(json.dumps(metrics))
     history = pd.DataFrame(
         {
-            "epoch": [0, 1, 2],
+            "epoch": [1, 2, 3],
             "elbo_validation": [elbo + 200, elbo + 50, elbo],
             "reconstruction_loss_validation": [elbo + 150, elbo, elbo - 50],
             "kl_local_validation": [50.0, 50.0, 50.0],

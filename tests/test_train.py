@@ -50,8 +50,9 @@ def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, s
     assert metrics["n_batch"] == model.summary_stats["n_batch"]
     assert np.isfinite(metrics["elbo_validation"]) and metrics["train_cells_per_s"] > 0
     history = pd.read_csv(run_dir / "history.csv")
-    assert list(history["epoch"]) == [0, 1]
-    assert history["kl_weight"].tolist() == pytest.approx([0.0, 1 / 20])  # plan=czi: epoch/20
+    assert list(history["epoch"]) == [1, 2]  # the N-th finished epoch
+    # plan=czi: (epoch - 1)/20, scvi-tools counting epochs from 0
+    assert history["kl_weight"].tolist() == pytest.approx([0.0, 1 / 20])
     assert {
         "elbo_validation",
         "reconstruction_loss_validation",

@@ -5,8 +5,9 @@ learning-rate schedule, epoch and step counters, so the KL warmup continues wher
 what Lightning's checkpoint lacks: the per-epoch history so far (scvi-tools keeps it in an
 in-memory logger), our epoch statistics and the RNG states. The loader's order depends only on
 (seed, epoch), so a resumed run reads the same batches the uninterrupted run would have.
-``last.json`` beside it says which epoch the checkpoint holds. Finding a run to continue is
-:mod:`sweep.resume`'s job.
+``last.json`` beside it says which epoch the checkpoint holds: ``{"epoch": N}`` after N finished
+epochs, as history.csv counts them (Lightning's 0-based counter stays inside the checkpoint).
+Finding a run to continue is :mod:`sweep.resume`'s job.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class EpochCheckpoint(EarlyStopping):
             return
         os.replace(partial, self.folder / LAST)
         (self.folder / LAST_INFO).write_text(
-            json.dumps({"epoch": epoch, "step": trainer.global_step})
+            json.dumps({"epoch": epoch + 1, "step": trainer.global_step})
         )
 
     def state_dict(self) -> dict:
@@ -170,7 +171,7 @@ class StopOnNonFiniteLoss(Callback):
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(
-                f"training loss is {value} at epoch {trainer.current_epoch}, batch {batch_idx} "
+                f"training loss is {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx} "
                 f"(global step {trainer.global_step}): stopped. Lower plan.lr, or look for "
                 "extreme counts in the data"
             )

@@ -303,8 +303,8 @@ class IntegrationCheckpoints(Callback):
 
 
 def epochs_to_within(values: pd.Series, epochs: pd.Series, tolerance: float) -> int | None:
-    """First epoch (1-based) from which ``values`` stay within ``tolerance`` (relative) of the
-    last value; None if there are no values."""
+    """The epoch (of ``epochs``, counted from 1) from which ``values`` stay within ``tolerance``
+    (relative) of the last value; None if there are no values."""
     values, epochs = values.dropna(), epochs[values.dropna().index]
     if values.empty:
         return None
@@ -312,4 +312,4 @@ def epochs_to_within(values: pd.Series, epochs: pd.Series, tolerance: float) -> 
     outside = np.abs(values.to_numpy() - final) > tolerance * max(abs(final), 1e-12)
     last_outside = np.flatnonzero(outside)
     position = last_outside[-1] + 1 if len(last_outside) else 0
-    return int(epochs.iloc[position]) + 1
+    return int(epochs.iloc[position])

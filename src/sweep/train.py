@@ -50,7 +50,8 @@ FINAL_METRICS = (
 
 
 def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """scvi-tools' ``model.history`` (one frame per metric) as one table, a row per epoch.
+    """scvi-tools' ``model.history`` (one frame per metric) as one table, a row per epoch: epoch
+    N is the N-th finished epoch (1, 2, ...; Lightning's ``current_epoch`` + 1).
 
     Step-indexed entries (Lightning's learning-rate monitor) are left out; EpochStats logs the
     learning rate per epoch instead.
@@ -62,6 +63,7 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     }
     columns["kl_weight"] = columns.pop("kl_weight_epoch")  # see EpochStats
     table = pd.DataFrame(columns)
+    table.index = table.index + 1
     table.index.name = "epoch"
     return table.reset_index()
 
@@ -201,7 +203,7 @@ def integration_summary(
     percent = f"{tolerance:.0%}".replace("%", "pct")
     convergence = {}
     for name in ("elbo_validation", *AGGREGATES.values()):
-        table = history if name == "elbo_validation" else records.assign(epoch=records.epoch - 1)
+        table = history if name == "elbo_validation" else records
         convergence[f"epochs_to_{percent}_{name}"] = epochs_to_within(
             table[name], table["epoch"], tolerance
         )

@@ -15,7 +15,7 @@ from lightning.pytorch import Callback
 
 log = logging.getLogger(__name__)
 
-#: trial user attr: the epoch at which the trial was pruned
+#: trial user attr: the epoch (counted from 1) after which the trial was pruned
 PRUNED_AT = "pruned_at_epoch"
 #: study user attr: the pruner config (``_target_`` + arguments) the trials build
 PRUNER = "pruner"
@@ -36,7 +36,7 @@ class TrialPruning(Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             return
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # the N-th finished epoch, as history.csv counts
         self.trial.report(float(value), step=epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
