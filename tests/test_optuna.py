@@ -268,14 +268,14 @@ def test_a_bad_learning_rate_is_pruned_before_max_epochs(store, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     good, bad = trials(str(journal), "prune")
     assert good.params["plan.lr"] == 1e-2 and good.state == TrialState.COMPLETE
-    assert sorted(good.intermediate_values) == [0, 1, 2]  # the callback reported every epoch
+    assert sorted(good.intermediate_values) == [1, 2, 3]  # the callback reported every epoch
     assert bad.params["plan.lr"] == 1e-7 and bad.state == TrialState.PRUNED
-    assert bad.user_attrs["pruned_at_epoch"] == 0
-    assert bad.intermediate_values[0] > good.intermediate_values[0]
+    assert bad.user_attrs["pruned_at_epoch"] == 1
+    assert bad.intermediate_values[1] > good.intermediate_values[1]
     metrics = metrics_of(bad)  # a pruned trial still leaves a whole run folder
-    assert metrics["epochs"] == 1 < 3 and metrics["pruned_at_epoch"] == 0
-    assert metrics["elbo_validation"] == bad.intermediate_values[0]
-    assert metrics_of(good)["elbo_validation"] == good.value == good.intermediate_values[2]
+    assert metrics["epochs"] == 1 < 3 and metrics["pruned_at_epoch"] == 1
+    assert metrics["elbo_validation"] == bad.intermediate_values[1]
+    assert metrics_of(good)["elbo_validation"] == good.value == good.intermediate_values[3]
     assert "| 1 | 1 | 0 | 0 | 0 | 0 |" in (tmp_path / "reports/prune/report.md").read_text()
 
 

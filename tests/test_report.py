@@ -261,10 +261,20 @@ def test_callback_writes_the_report_under_out_root(sweep_dir, tmp_path):
 
 
 def test_callback_logs_instead_of_raising(tmp_path, caplog):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
-    MultirunReport(out_root=str(tmp_path)).on_multirun_end(config)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "not-a-folder").write_text("")  # the report cannot be written under a file
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    MultirunReport(out_root=str(tmp_path / "not-a-folder")).on_multirun_end(config)
     assert "the multirun report failed" in caplog.text
-    assert "FileNotFoundError" in caplog.text
+    assert "NotADirectoryError" in caplog.text or "FileExistsError" in caplog.text
+
+
+def test_callback_writes_no_report_for_a_sweep_that_never_started(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
+    MultirunReport(out_root=str(tmp_path / "reports")).on_multirun_end(config)
+    assert "no multirun report: the sweep stopped before its first job" in caplog.text
+    assert "failed" not in caplog.text and not (tmp_path / "reports").exists()
 
 
 def test_callback_logs_a_failed_jobs_traceback(caplog):

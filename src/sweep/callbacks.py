@@ -1,12 +1,16 @@
-"""Lightning callbacks that measure a run: training throughput, time and KL weight per epoch."""
+"""Lightning callbacks that measure a run: training throughput, time and KL weight per epoch,
+and whether the KL warm-up finished."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
+
+log = logging.getLogger(__name__)
 
 
 class EpochStats(Callback):
@@ -64,3 +68,49 @@ class EpochStats(Callback):
     @property
     def cells_per_s(self) -> float:
         return self.cells_seen / self.train_time_s if self.train_time_s else 0.0
+
+
+class KlWarmupWatch(Callback):
+    """Says in the log, before training and after it, when the KL warm-up does not reach
+    ``max_kl_weight`` by the last training step: the ELBO is then from an unfinished schedule.
+
+    ``complete`` (None before training ends): whether the last step trained at the full weight.
+    """
+
+    def __init__(self):
+        self.complete: bool | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        epochs, steps = pl_module.n_epochs_kl_warmup, pl_module.n_steps_kl_warmup
+        if epochs is not None and trainer.max_epochs <= epochs:
+            last = pl_module.max_kl_weight * (trainer.max_epochs - 1) / epochs
+            self._warn(f"plan.n_epochs_kl_warmup={epochs}", trainer.max_epochs, last, pl_module)
+        elif epochs is None and steps is not None and trainer.estimated_stepping_batches < steps:
+            last = pl_module.max_kl_weight * trainer.estimated_stepping_batches / steps
+            self._warn(f"plan.n_steps_kl_warmup={steps}", trainer.max_epochs, last, pl_module)
+
+    @staticmethod
+    def _warn(warmup: str, max_epochs: int, last: float, pl_module) -> None:
+        log.warning(
+            "the KL warm-up (%s) outlasts trainer.max_epochs=%d: the KL weight will end at %.2f "
+            "of %g, and the ELBO will be from an unfinished schedule; train longer or shorten the "
+            "warm-up (e.g. plan.n_epochs_kl_warmup=%d)",
+            warmup,
+            max_epochs,
+            last,
+            pl_module.max_kl_weight,
+            max(1, max_epochs // 2),
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        weight = float(pl_module.kl_weight)  # after the epoch's last step
+        self.complete = weight >= pl_module.max_kl_weight - 1e-9
+        self._last_weight = weight
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.complete is False:
+            log.warning(
+                "the KL warm-up had not finished: the last epoch trained at KL weight %.2f of %g",
+                self._last_weight,
+                pl_module.max_kl_weight,
+            )

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from scvi.train._logger import SimpleLogger
 
 from sweep import tracking
-from sweep.callbacks import EpochStats
+from sweep.callbacks import EpochStats, KlWarmupWatch
 from sweep.checkpoint import CHECKPOINT_DIR, EpochCheckpoint, StopOnNonFiniteLoss
 from sweep.config import validate
 from sweep.data.datamodule import StoreDataModule
@@ -122,6 +122,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
         (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity) if writer else None
     epoch_stats = EpochStats()
+    warmup = KlWarmupWatch()
     checkpoints = None
     pruning = pruning_callback(cfg)  # None unless the job is an Optuna trial
     if cfg.evaluation.enabled:
@@ -163,7 +164,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             logger=loggers,
             callbacks=[
                 c
-                for c in (epoch_stats, checkpoints, pruning, stop_on_nan, epoch_checkpoint)
+                for c in (epoch_stats, warmup, checkpoints, pruning, stop_on_nan, epoch_checkpoint)
                 if c is not None
             ],
             ckpt_path=str(resume_from) if resume_from else None,
@@ -179,6 +180,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
         if checkpoints is not None:
             metrics.update(integration_summary(checkpoints, history, cfg.evaluation, run_dir))
+        metrics["kl_warmup_complete"] = warmup.complete
         if pruning is not None:
             metrics.update(pruning.summary())
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))

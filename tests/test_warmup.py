@@ -1,0 +1,39 @@
+"""A run whose KL warm-up outlasts its epochs says so in the log (before and after training) and
+in metrics.json (issue 10, defect 9: the demo's 10 epochs stop at KL weight 0.45 of 1)."""
+
+import json
+import logging
+
+import pytest
+
+from sweep.train import fit
+from test_train import compose_train
+
+QUICK = ["logger=none", "loader.num_workers=0", "save_model=false", "trainer.max_epochs=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("plan", "complete", "last_weight"),
+    [
+        # CZI's 20-epoch warm-up over 2 epochs: the last epoch trains at 1/20
+        (["plan=czi"], False, 0.05),
+        # a 1-epoch warm-up: the second epoch trains at the full weight
+        (["plan=czi", "plan.n_epochs_kl_warmup=1"], True, 1.0),
+    ],
+)
+def test_an_unfinished_kl_warmup_is_said_in_the_log_and_metrics(
+    store, tmp_path, caplog, plan, complete, last_weight
+):
+    caplog.set_level(logging.WARNING, logger="sweep.callbacks")
+    fit(compose_train(store, *QUICK, *plan), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["kl_warmup_complete"] is complete
+    assert metrics["kl_weight"] == pytest.approx(last_weight)
+    warnings = [r.getMessage() for r in caplog.records]
+    if complete:
+        assert warnings == []
+    else:  # one warning as training starts, one as it ends
+        assert len(warnings) == 2
+        assert "plan.n_epochs_kl_warmup=20" in warnings[0] and "end at 0.05 of 1" in warnings[0]
+        assert "had not finished" in warnings[1] and "0.05 of 1" in warnings[1]
