@@ -202,7 +202,7 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
     from scib_metrics.benchmark import BatchCorrection, Benchmarker
 
     names = {"scvi": "", "pca": BASELINE_PREFIX} if baseline else {"scvi": ""}
-    adata = anndata.AnnData(obs=cells.obs.copy())
+    adata = anndata.AnnData(obs=cells.obs.set_axis(cells.obs.index.astype(str)))
     adata.obsm["scvi"] = embedding
     adata.obsm["pca"] = cells.baseline
     bench = Benchmarker(
@@ -265,6 +265,12 @@ class IntegrationCheckpoints(Callback):
             if self.baseline_scores:  # the baseline does not change during training: scored once
                 scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
             else:
+                log.info(
+                    "scoring epoch %d with the PCA baseline: in a process's first scoring, "
+                    "scib-metrics compiles its kernels (JAX, numba) first, 45 s to 5 minutes on "
+                    "a CPU, while the progress bar stands still",
+                    epoch,
+                )
                 scores = score(self.cells, embedding)
                 self.baseline_scores = {
                     k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
