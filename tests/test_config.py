@@ -1,24 +1,11 @@
 """Bad config values and unknown keys stop `train.py` at once: one line naming the key and what
 it accepts, no traceback, no run folder (issue 10, defect 5)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from sweep.config import ConfigError, check_command_line, schema_keys
-from sweep.paths import CONF_DIR, REPO_ROOT
-
-
-def run_train(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), *arguments],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+from sweep.paths import CONF_DIR
+from test_train import run_train
 
 
 @pytest.mark.parametrize(

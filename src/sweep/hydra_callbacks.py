@@ -77,28 +77,13 @@ class MultirunReport(Callback):
             )
 
 
-class RefuseSecretOverrides(Callback):
-    """Stops a run or sweep whose overrides carry a secret (:mod:`sweep.secrets`) before Hydra
-    writes them anywhere. Hydra turns a callback's exceptions into warnings, so it exits."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
-
-    @staticmethod
-    def _check(config: DictConfig) -> None:
-        overrides = [*config.hydra.overrides.task, *config.hydra.overrides.hydra]
-        try:
-            check_overrides(overrides)
-        except SecretInOverride as error:
-            raise SystemExit(f"Error: {error}") from error
-
-
-class CheckConfig(Callback):
-    """Stops a run or sweep whose composed config has a value out of range (sweep.config
-    ``validate``) before Hydra makes a run folder: one line naming the key, no traceback."""
+class RefuseBadConfig(Callback):
+    """Stops a run or sweep before Hydra writes anything (no run folder) when an override carries
+    a secret (:mod:`sweep.secrets`) or the composed config has a value out of range
+    (``sweep.config.validate``): one line naming the key, no traceback. ``train.py`` checks its
+    command line the same way before Hydra composes; this also covers values that only the
+    composed config shows (interpolations, option files). Hydra turns a callback's exceptions
+    into warnings, so it exits."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)
@@ -109,6 +94,7 @@ class CheckConfig(Callback):
     @staticmethod
     def _check(config: DictConfig) -> None:
         try:
+            check_overrides([*config.hydra.overrides.task, *config.hydra.overrides.hydra])
             validate(config)
-        except ConfigError as error:
+        except (SecretInOverride, ConfigError) as error:
             raise SystemExit(f"Error: {error}") from error
