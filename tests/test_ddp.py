@@ -69,7 +69,7 @@ def test_two_process_ddp_run_sees_every_cell_once_per_epoch_and_rank_zero_writes
     # both ranks' cells add up to the whole training set, every epoch
     assert history["train_cells_epoch"].tolist() == [metrics["cells_train"]] * 2
     assert metrics["cells_seen"] == 2 * metrics["cells_train"]
-    assert list(history["epoch"]) == [0, 1]
+    assert list(history["epoch"]) == [1, 2]  # epochs count from 1
     # rank 0 alone wrote: one W&B run, one model that loads like any other
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     state = torch.load(run_dir / "model" / "model.pt", weights_only=False)

@@ -149,14 +149,15 @@ def test_killed_run_resumes_from_its_checkpoint_and_ends_as_if_uninterrupted(sto
 
 @pytest.mark.slow
 def test_sweep_with_failing_jobs_finishes_the_others_reports_and_exits_nonzero(store, tmp_path):
-    """One job's loss goes NaN, one job has a bad value: the other job finishes, the report
-    lists both failures with their errors, and the command's exit status is not 0."""
+    """One job's loss goes NaN, two jobs filter every cell out: the other job finishes, the
+    report lists the failures with their errors, and the command's exit status is not 0. (A
+    value out of range stops the whole sweep before its first job: tests/test_config.py.)"""
     sweep_dir, reports = tmp_path / "sweep", tmp_path / "reports"
     result = subprocess.run(
         train_command(
             store,
             "plan.lr=0.001,1000",
-            "model.dropout_rate=0.1,1.5",
+            "data.min_genes=0,100000",
             "trainer.max_epochs=1",
             f"hydra.sweep.dir={sweep_dir}",
             f"hydra.callbacks.report.out_root={reports}",
@@ -169,13 +170,13 @@ def test_sweep_with_failing_jobs_finishes_the_others_reports_and_exits_nonzero(s
     )
     assert result.returncode != 0
     finished = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
-    assert finished == ["0"]  # lr 0.001, dropout 0.1: the only good job, run to the end
+    assert finished == ["0"]  # lr 0.001, no cell filter: the only good job, run to the end
     table = pd.read_csv(reports / "sweep" / "results.csv")
     assert sorted(table["status"]) == ["complete", "failed", "failed", "failed"]
     report = (reports / "sweep" / "report.md").read_text()
     assert "1 complete, 3 failed" in report
     assert "FloatingPointError: training loss is nan" in report
-    assert "model.dropout_rate=1.5" in report and "0.99" in report  # the range it accepts
+    assert "the cell filter (min_genes=100000, primary_only=True) leaves no cells" in report
 
 
 @pytest.mark.slow
