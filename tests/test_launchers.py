@@ -1,18 +1,28 @@
 """Launchers through hydra-submitit-launcher: our configs in conf/hydra/launcher (slurm_gpu,
 slurm_ddp, local) and the plugin's own submitit_local / submitit_slurm.
 
-There is no SLURM here: the SLURM tests build the sbatch script the plugin would submit (a fake
-``srun`` on PATH satisfies submitit's check) and give Lightning the environment ``srun`` sets in
-each task of that script. The local launcher runs for real: every job a process of its own.
+Without SLURM: the SLURM tests build the sbatch script the plugin would submit (a fake ``srun``
+on PATH satisfies submitit's check) and give Lightning the environment ``srun`` sets in each task
+of that script; tests/test_slurm.py runs sweeps on a real SLURM. The local launcher runs for
+real: every job a process of its own. Last, what a SLURM requeue does to a job's other processes
+(loader workers, the W&B service) and to resuming, on this machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -23,15 +33,20 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies.launchers import subprocess_script
 from lightning.pytorch.utilities import rank_zero
 from lightning_utilities.core import rank_zero as utils_rank_zero
 from optuna.trial import TrialState
 
 import sweep.distributed as distributed
+from sweep import tracking
 from sweep.config import register_schema
+from sweep.data.loader import EpochLoader, densify
 from sweep.paths import REPO_ROOT
+from sweep.resume import previous_run
 from sweep.study.storage import open_storage
+from test_loader import cell_ids, make_batches
 
 CONF_DIR = REPO_ROOT / "conf"
 #: quick jobs on the test store: 1 epoch, nothing scored, logged, checkpointed or saved
@@ -99,7 +114,7 @@ def test_slurm_gpu_submits_a_throttled_array_of_one_gpu_tasks(monkeypatch, tmp_p
         "hydra.launcher.partition=a100",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )
-    assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert cfg.hydra.launcher._target_.endswith("sweep_slurm_launcher.slurm_launcher.SlurmLauncher")
     script = sbatch_script(cfg, 20, monkeypatch, tmp_path)
     for line in (
         "#SBATCH --partition=a100",
@@ -280,6 +295,120 @@ def test_an_optuna_study_runs_its_trials_through_submitit_local(store, tmp_path)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert trial.value == metrics["elbo_validation"]
         assert metrics["optuna_trial"] == trial.number
-        assert sorted(trial.intermediate_values) == [0, 1]  # reported from the job's process
+        assert sorted(trial.intermediate_values) == [1, 2]  # reported from the job's process
     assert len(submitit_jobs(tmp_path / "sweep")) == 2
     assert "| 2 | 0 | 0 | 0 | 0 | 0 |" in (tmp_path / "reports/launched/report.md").read_text()
+
+
+# --- what a SLURM requeue does to a job's other processes (tests/test_slurm.py: on SLURM) -----
+
+
+def worker_pids() -> list[int]:
+    """The pids of this process's running DataLoader workers (multiprocessing children)."""
+    return [child.pid for child in multiprocessing.active_children()]
+
+
+def received(path: Path) -> list[int]:
+    """The pids that ran the test's signal handler."""
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("signum", "parent"),
+    [(signal.SIGUSR2, "handler"), (signal.SIGUSR2, "default"), (signal.SIGTERM, "handler")],
+    ids=["SIGUSR2-handled", "SIGUSR2-default", "SIGTERM"],
+)
+def test_a_loader_worker_signalled_by_slurm_keeps_loading_and_leaves_the_signal_to_the_trainer(
+    small_store, tmp_path, signum, parent
+):
+    """SLURM signals every process of the job, forked workers included: SIGUSR2 before the time
+    limit, SIGTERM when it requeues or cancels the job. A worker must neither run the handler it
+    inherits from the training process (submitit's: checkpoint and requeue the job; here one
+    that records its pid) nor die (SIGUSR2's default action, torch's worker SIGTERM handler)."""
+    handled = tmp_path / "handled"
+
+    def record(signum, frame):
+        with open(handled, "a") as out:
+            out.write(f"{os.getpid()}\n")
+
+    previous = signal.signal(signum, record if parent == "handler" else signal.SIG_DFL)
+    try:
+        dataset, selected = make_batches(small_store)
+        epoch = {"now": 0}
+        loader = EpochLoader(
+            dataset,
+            epoch_of=lambda: epoch["now"],
+            slot_bytes=1 << 20,
+            num_workers=1,
+            persistent_workers=True,
+        )
+        others = set(worker_pids())
+        batches = iter(loader)
+        cells = [cell_ids(densify(next(batches), 60))]
+        (worker,) = set(worker_pids()) - others
+        subprocess.run(["kill", f"-{signum.name[3:]}", str(worker)], check=True)  # not its parent
+        cells += [cell_ids(densify(b, 60)) for b in batches]
+        epoch["now"] = 1  # a whole epoch more from the signalled worker
+        later = [cell_ids(densify(b, 60)) for b in loader]
+        for delivered in (cells, later):
+            assert np.array_equal(np.sort(np.concatenate(delivered)), np.flatnonzero(selected))
+        assert worker in worker_pids()
+        assert received(handled) == []
+        if parent == "handler":  # the training process still handles it
+            signal.raise_signal(signum)
+            assert received(handled) == [os.getpid()]
+    finally:
+        signal.signal(signum, previous)
+
+
+def wandb_service_pids() -> list[int]:
+    """The pids of this process's live W&B service (wandb-core) children."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            child = fields["PPid"].strip() == str(os.getpid()) and fields["State"][0] != "Z"
+            if child and fields["Name"].strip() == "wandb-core":
+                pids.append(int(status.parent.name))
+    return pids
+
+
+def test_finishing_a_wandb_run_whose_service_died_warns_and_keeps_the_jobs_own_exit(
+    tmp_path, caplog
+):
+    """A requeue SIGTERMs every process of the job, wandb-core too: tracking.finish, called in
+    train.py's ``finally``, then warns instead of replacing submitit's SystemExit with W&B's
+    ConnectionResetError, and the next run of the process gets a new service."""
+    logger = WandbLogger(project="t", save_dir=str(tmp_path), mode="offline")
+    logger.experiment.log({"a": 1})
+    for pid in wandb_service_pids():
+        os.kill(pid, signal.SIGTERM)
+    while wandb_service_pids():  # until it has exited
+        time.sleep(0.1)
+    with pytest.raises(SystemExit), caplog.at_level(logging.WARNING, logger="sweep.tracking"):
+        try:
+            raise SystemExit(-1)  # what submitit raises once it has requeued the job
+        finally:
+            tracking.finish(logger, exit_code=1)
+    assert "could not be finished (ConnectionResetError" in caplog.text
+    caplog.clear()
+    again = WandbLogger(project="t", save_dir=str(tmp_path / "again"), mode="offline")
+    again.experiment.log({"a": 2})
+    tracking.finish(again, exit_code=0)
+    assert "could not be finished" not in caplog.text
+
+
+def test_a_requeued_job_resumes_its_own_folder_before_a_newer_one_of_the_same_overrides(
+    tmp_path,
+):
+    """SLURM starts a requeued job again in its run folder: it continues that folder's
+    checkpoint, even where another sweep's folder with the same overrides is newer."""
+    folders = [tmp_path / "sweep_a" / "0", tmp_path / "sweep_b" / "0"]
+    for folder in folders:  # sweep_b/0 written last: the newer
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("- seed=1\n- resume=true\n")
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert previous_run(folders[0], ["seed=1", "resume=true"], multirun=True) == folders[0]
+    shutil.rmtree(folders[0] / "checkpoints")  # nothing of its own: the newest sibling
+    assert previous_run(folders[0], ["seed=1"], multirun=True) == folders[1]

@@ -4,7 +4,8 @@ The job looks among the siblings of its folder (``outputs/<task>/runs/*`` for a 
 job of every sweep, ``outputs/<task>/multiruns/*/*``, for a sweep job) for the newest folder made
 by the same overrides (``resume`` aside) that finished (``metrics.json``) or holds a checkpoint.
 That folder's files are copied into the job's own folder, so the new folder, and the new
-sweep's report, hold the whole run; the old folder stays as it was. Then:
+sweep's report, hold the whole run; the old folder stays as it was. A job whose own folder holds
+progress (SLURM requeued it: it starts again in the same folder) continues that. Then:
 
 - finished: nothing is trained again; the job returns the metrics it had;
 - unfinished: training continues from the checkpoint (sweep.checkpoint).
@@ -62,14 +63,17 @@ def _progress(run_dir: Path) -> Path | None:
 
 
 def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | None:
-    """The newest folder beside ``run_dir`` (or ``run_dir`` itself) made by ``overrides`` that
-    finished or holds a checkpoint; None if there is none."""
+    """The folder made by ``overrides`` that finished or holds a checkpoint: ``run_dir`` itself
+    if it does (a job started again in its own folder, as SLURM requeues one), else the newest
+    such folder beside it; None if there is none."""
     run_dir = Path(run_dir)
     wanted = sorted(o for o in overrides if not _is_resume(o))
+    if _progress(run_dir) is not None and _overrides(run_dir) == wanted:
+        return run_dir  # its own progress, whatever a sibling's mtime (clocks of other nodes)
     root, pattern = (run_dir.parent.parent, "*/*") if multirun else (run_dir.parent, "*")
     found = [
         folder
-        for folder in {run_dir, *root.glob(pattern)}
+        for folder in root.glob(pattern)
         if _progress(folder) is not None and _overrides(folder) == wanted
     ]
     return max(found, key=lambda f: _progress(f).stat().st_mtime, default=None)

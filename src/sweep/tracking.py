@@ -2,11 +2,14 @@
 
 One W&B run per job: it is finished when the job ends, so no two jobs of one process share a run.
 The group is the sweep's name (an Optuna trial's: its study's), so one multirun's jobs group
-together on the dashboard.
+together on the dashboard. A job that continues in its own folder from a checkpoint (``resume=true``
+after a SLURM requeue) continues its W&B run: same id, a second ``offline-run-*-<id>`` folder
+that ``wandb sync`` uploads into the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -14,6 +17,9 @@ from pathlib import Path
 import wandb
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import OmegaConf
+from wandb.sdk.lib import module as wandb_module
+
+from sweep.checkpoint import CHECKPOINT_DIR, LAST
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,8 @@ GROUPS = (
     "evaluation",
     "experiment",
 )
+#: the run folder's record of its W&B run
+RUN_RECORD = "wandb_run.json"
 
 
 def job_identity(cfg) -> dict:
@@ -53,6 +61,17 @@ def job_identity(cfg) -> dict:
     return {"name": name, "group": group, "overrides": overrides, "choices": choices}
 
 
+def continued_run_id(cfg, run_dir: Path) -> str | None:
+    """The id of the W&B run this job continues, or None for a new run: with ``resume=true``, a
+    job resuming from a checkpoint in the folder whose ``wandb/`` holds its run (a requeued
+    job). A folder resumed from another one's copy has no ``wandb/`` (sweep.resume): new run."""
+    record = run_dir / RUN_RECORD
+    if not (cfg.resume and (run_dir / CHECKPOINT_DIR / LAST).is_file() and record.is_file()):
+        return None
+    run_id = json.loads(record.read_text())["id"]
+    return run_id if any((run_dir / "wandb").glob(f"*-{run_id}")) else None
+
+
 def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
     """A WandbLogger writing into ``run_dir/wandb``, or None for ``logger=none``.
 
@@ -61,6 +80,9 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
     """
     if cfg.logger.kind == "none":
         return None
+    run_id = continued_run_id(cfg, Path(run_dir))
+    if run_id is not None:
+        log.info("continuing W&B run %s", run_id)
     config = {
         **identity["choices"],
         "overrides": identity["overrides"],
@@ -78,6 +100,7 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         config=config,
         log_model=False,
         settings=wandb.Settings(silent=True),
+        id=run_id,  # Lightning asks W&B for resume="allow": the same id continues the run
     )
     run = logger.experiment  # start the run now, so its folder exists even if training fails
     record = {
@@ -89,14 +112,36 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         "mode": cfg.logger.mode,
         "dir": run.settings.sync_dir,
     }
-    (run_dir / "wandb_run.json").write_text(json.dumps(record, indent=1))
+    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
     return logger
 
 
 def finish(logger: Logger | None, exit_code: int) -> None:
-    """End the job's W&B run (also on failure, marked with the exit code)."""
-    if isinstance(logger, WandbLogger):
-        run = logger.experiment
+    """End the job's W&B run (also on failure, marked with the exit code). Never raises.
+
+    It runs in a ``finally``: an error here would replace the job's own outcome, e.g. the
+    ``SystemExit`` submitit raises to requeue a job, whose requeue SIGTERMs every process of the
+    job, the W&B service (wandb-core) too. A run that cannot be finished is logged, and W&B is
+    torn down and the run dropped, so that a later job of this process starts a new service
+    and a new run.
+    """
+    if not isinstance(logger, WandbLogger):
+        return
+    run = logger.experiment
+    try:
         run.finish(exit_code=exit_code)
-        if run.settings.mode == "offline":
-            log.info("W&B offline run: upload it with `wandb sync %s`", run.settings.sync_dir)
+    except Exception as error:
+        log.warning(
+            "W&B run %s could not be finished (%s: %s); its files in %s hold what was logged",
+            run.id,
+            type(error).__name__,
+            error,
+            run.settings.sync_dir,
+        )
+        with contextlib.suppress(Exception):  # the same dead connection; it is dropped anyway
+            wandb.teardown()
+        if wandb.run is run:  # it failed before unsetting itself; a WandbLogger would reuse it
+            wandb_module.unset_globals()
+        return
+    if run.settings.mode == "offline":
+        log.info("W&B offline run: upload it with `wandb sync %s`", run.settings.sync_dir)

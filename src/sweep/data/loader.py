@@ -19,6 +19,7 @@ import functools
 import itertools
 import multiprocessing
 import queue
+import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -40,6 +41,10 @@ X_DATA, X_INDICES, X_INDPTR = "X_data", "X_indices", "X_indptr"
 #: the triple's place in a worker's shared-memory slot, and the call that frees the slot
 X_SLOT, X_RELEASE = "X_slot", "X_release"
 INT16_MAX = np.iinfo(np.int16).max
+#: what SLURM sends every process of a job: the signal to checkpoint and requeue it (submitit:
+#: SIGUSR2, Lightning's SLURM auto-requeue: SIGUSR1) and SIGTERM (the requeue itself, scancel, the
+#: time limit). Loader workers ignore them: the training process acts and shuts them down.
+JOB_SIGNALS = frozenset({signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM})
 
 
 @dataclass(frozen=True)
@@ -649,6 +654,32 @@ def read_ahead(batches: Iterator, depth: int) -> Iterator:
         thread.join()
 
 
+@contextlib.contextmanager
+def job_signals_held() -> Iterator[None]:
+    """Hold the job signals back in this thread while DataLoader forks its workers, so that none
+    reaches a worker before :func:`ignore_job_signals`; one that arrives meanwhile is handled
+    here once the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores the job signals, then lets them in.
+
+    SLURM signals every process of a job step, forked workers included. A worker that ran the
+    requeue handler it inherited (submitit's) would checkpoint and requeue the job a second
+    time; one that died of the signal, or of the SIGTERM the requeue sends next (torch's worker
+    handler dies of a SIGTERM not sent by its parent), makes the training process raise "DataLoader
+    worker ... killed by signal" in place of its own exit: either way the job fails.
+    """
+    for signum in JOB_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
+
+
 class EpochLoader(DataLoader):
     """A DataLoader over :class:`ShardBatches`: tells the dataset the epoch before each pass and
     hands batches from workers through a :class:`SlotRing`.
@@ -672,7 +703,13 @@ class EpochLoader(DataLoader):
         batches_per_handoff: int = 1,
         **kwargs,
     ):
-        super().__init__(dataset, batch_size=None, collate_fn=_as_is, **kwargs)
+        super().__init__(
+            dataset,
+            batch_size=None,
+            collate_fn=_as_is,
+            worker_init_fn=ignore_job_signals,
+            **kwargs,
+        )
         self.epoch_of = epoch_of
         self.reader_thread = reader_thread and not self.num_workers
         # no process boundary and no device copy to keep small: read straight into dense X
@@ -688,7 +725,8 @@ class EpochLoader(DataLoader):
         if self.reader_thread:  # the dataset itself: DataLoader's per-batch machinery costs more
             batches = read_ahead(iter(self.dataset), depth=2)  # than the read (see read_ahead)
         else:
-            batches = super().__iter__()
+            with job_signals_held():  # workers start (are forked) here
+                batches = super().__iter__()
         for item in batches:  # a batch, or a worker's handoff of several
             for batch in item if isinstance(item, list) else [item]:
                 yield self._receive(batch)
