@@ -102,6 +102,8 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         settings=wandb.Settings(silent=True),
         id=run_id,  # Lightning asks W&B for resume="allow": the same id continues the run
     )
+    # Lightning always passes W&B an `anonymous` setting, which W&B 0.2x+ ignores with a warning
+    logger._wandb_init.pop("anonymous", None)
     run = logger.experiment  # start the run now, so its folder exists even if training fails
     record = {
         "id": run.id,
