@@ -57,7 +57,7 @@ def test_the_suggestion_is_the_nearest_valid_key():
     ],
 )
 def test_valid_command_lines_pass(arguments):
-    check_command_line(arguments, CONF_DIR)
+    assert check_command_line(arguments, CONF_DIR) is None  # raises ConfigError when refused
 
 
 def test_schema_keys_follow_the_dataclasses():
