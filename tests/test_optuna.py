@@ -489,6 +489,24 @@ def test_the_ready_searches_compose_into_valid_studies(search):
         assert cfg.evaluation.enabled and sweeper_cfg.pruner is None
 
 
+def test_a_trial_read_while_another_process_claims_it_is_left_alone(tmp_path):
+    """Another sweep process may list the running trials between two writes of ``claim``."""
+    storage = open_storage(str(tmp_path / "s.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    write = storage.set_trial_system_attr
+    seen = []
+
+    def write_then_look(trial_id, key, value):
+        write(trial_id, key, value)
+        seen.append(liveness.fail_stale(study, storage, interval=60))
+
+    storage.set_trial_system_attr = write_then_look
+    liveness.claim(storage, trial._trial_id)
+    assert seen == [[], [], []]  # before: KeyError 'sweep:pid' after the first write
+    assert study.trials[0].state == TrialState.RUNNING
+
+
 def test_a_trial_left_running_by_a_dead_process_is_failed_void_and_queued_again(tmp_path):
     storage = open_storage(str(tmp_path / "s.journal"))
     study = optuna.create_study(study_name="s", storage=storage)

@@ -30,10 +30,14 @@ STALE_AFTER = 3  # heartbeat intervals
 
 
 def claim(storage, trial_id: int) -> None:
-    """Stamp a trial with this process (host, pid) and a first heartbeat."""
-    storage.set_trial_system_attr(trial_id, HOST, socket.gethostname())
-    storage.set_trial_system_attr(trial_id, PID, os.getpid())
+    """Stamp a trial with a first heartbeat and this process (pid, host).
+
+    The attrs are written one at a time and another sweep process may read the trial between two
+    writes; ``HOST`` goes last, so a trial that has it has the others too (``is_stale``).
+    """
     storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+    storage.set_trial_system_attr(trial_id, PID, os.getpid())
+    storage.set_trial_system_attr(trial_id, HOST, socket.gethostname())
 
 
 class Heartbeat:
@@ -80,7 +84,7 @@ def is_stale(trial: FrozenTrial, interval: float) -> bool:
     """A running trial whose sweep process is gone."""
     attrs = trial.system_attrs
     if HOST not in attrs:
-        return False  # not asked by this sweeper: leave it alone
+        return False  # not (yet fully) claimed by this sweeper: leave it alone
     alive = process_alive(attrs[HOST], attrs[PID])
     if alive is not None:
         return not alive
