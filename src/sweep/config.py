@@ -293,14 +293,15 @@ def check_overrides_against_schema(overrides: list[str], groups: set[str]) -> No
 
 def check_command_line(argv: list[str], conf_dir) -> None:
     """Check the overrides of a ``train.py`` command line (flags such as ``-m`` or ``--cfg job``
-    aside) before Hydra composes or writes anything: first for secrets
-    (:func:`sweep.secrets.check_overrides` raises ``SecretInOverride``), then against the schema
-    (:func:`check_overrides_against_schema`); the config groups are the folders of ``conf_dir``."""
+    aside) before Hydra composes or writes anything: first for secrets (raising
+    ``SecretInOverride``, :func:`sweep.secret_overrides.check_overrides`), then against the
+    schema (:func:`check_overrides_against_schema`); the config groups are the folders of
+    ``conf_dir``."""
     from pathlib import Path
 
     from hydra._internal.utils import get_args_parser
 
-    from sweep.secrets import check_overrides
+    from sweep.secret_overrides import check_overrides
 
     overrides = get_args_parser().parse_known_args(argv)[0].overrides
     check_overrides(overrides)

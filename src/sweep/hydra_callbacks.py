@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError, validate
-from sweep.secrets import SecretInOverride, check_overrides
+from sweep.secret_overrides import SecretInOverride, check_overrides
 from sweep.study.storage import read_record
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class MultirunReport(Callback):
 
 class RefuseBadConfig(Callback):
     """Stops a run or sweep before Hydra writes anything (no run folder) when an override carries
-    a secret (:mod:`sweep.secrets`) or the composed config has a value out of range
+    a secret (:mod:`sweep.secret_overrides`) or the composed config has a value out of range
     (``sweep.config.validate``): one line naming the key, no traceback. ``train.py`` checks its
     command line the same way before Hydra composes; this also covers values that only the
     composed config shows (interpolations, option files). Hydra turns a callback's exceptions

@@ -1,5 +1,5 @@
-"""sweep.inspect on saved SCVI models, built only or trained by train.py: keys read from weights
-and init params, config matching, and refusal of model files that would run code."""
+"""sweep.inspect_model on saved SCVI models, built only or trained by train.py: keys read from
+weights and init params, config matching, and refusal of model files that would run code."""
 
 import os
 import pickle
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from sweep.config import register_schema
 from sweep.data.store import read_manifest
-from sweep.inspect import (
+from sweep.inspect_model import (
     UnsafeModelFile,
     differences,
     format_report,
@@ -230,7 +230,9 @@ def test_a_trained_model_reads_with_its_history(trained, store):
 def test_cli_on_a_trained_run(trained):
     model_dir = trained[0] / "model"
     done = subprocess.run(
-        [sys.executable, "-m", "sweep.inspect", str(model_dir)], capture_output=True, text=True
+        [sys.executable, "-m", "sweep.inspect_model", str(model_dir)],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"SCVI model {model_dir / 'model.pt'} ")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweep.paths import REPO_ROOT
-from sweep.secrets import SecretInOverride, check_overrides
+from sweep.secret_overrides import SecretInOverride, check_overrides
 
 SECRETS = {
     "WANDB_API_KEY": "sk-test-0123456789abcdef0123456789abcdef01234567",

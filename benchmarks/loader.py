@@ -1,4 +1,4 @@
-"""Benchmarks (never timed tests): ``python -m sweep.bench loader STORE [options]``.
+"""The loader benchmark: ``python -m benchmarks.loader STORE [options]`` (from the checkout).
 
 Measured side by side in one run on the same store, batch 1024 unless told otherwise:
 
@@ -7,7 +7,7 @@ Measured side by side in one run on the same store, batch 1024 unless told other
 2. the ceiling: plain contiguous reads of the same CSR shards, no shuffling, one core (read only,
    and read + densify), best of 3 passes;
 3. the anchor (``--anchor``): cellarium-ml's own loader on the same shard files, through
-   ``shared/anchors/cellarium_loader_bench.sh`` (it lives in its own venv);
+   ``../shared/anchors/cellarium_loader_bench.sh`` (it lives in its own venv);
 4. end to end (``--train``): ``model=czi_128`` training throughput with this loader vs the same
    model fed batches already materialised in memory (the model-only ceiling), 3 epochs each,
    alternated twice, best epoch of the better run;
@@ -21,10 +21,6 @@ Results print as a table and go into ``docs/benchmarks.md`` between markers (``-
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,6 +33,14 @@ import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from benchmarks.record import (
+    REPO_ROOT,
+    machine,
+    measure_in_subprocess,
+    peak_rss_mb,
+    serve_measurement,
+    write_section,
+)
 from sweep.data.store import (
     CODED_COLUMNS,
     IS_PRIMARY,
@@ -48,10 +52,8 @@ from sweep.data.store import (
     write_manifest,
     write_shard,
 )
-from sweep.paths import REPO_ROOT
 
 ANCHOR_SCRIPT = REPO_ROOT.parent / "shared" / "anchors" / "cellarium_loader_bench.sh"
-DOC = REPO_ROOT / "docs" / "benchmarks.md"
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def make_store(
             vocab,
             shards,
             shard_size,
-            provenance={"made_by": "sweep.bench make_store"},
+            provenance={"made_by": "benchmarks.loader make_store"},
         ),
     )
     return folder
@@ -111,13 +113,6 @@ def make_store(
 
 # --------------------------------------------------------------------------------------------
 # measurements (each returns a dict row)
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process plus that of its largest finished child (workers), MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + child) / 1024
 
 
 def _datamodule(store: Path, workers: int, batch_size: int, run_size: int | None = None):
@@ -163,7 +158,7 @@ def loader_rate(
         "cells_per_s": max(per_epoch),
         "first_epoch_cells_per_s": per_epoch[0],
         "cells_per_epoch": cells,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -205,7 +200,7 @@ def ceiling_rate(store: Path, batch_size: int, densify_too: bool, passes: int = 
         "what": what,
         "cells_per_s": max(rates),
         "cells_per_epoch": cells,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -273,7 +268,7 @@ def train_rate(store: Path, workers: int, batch_size: int, epochs: int, in_memor
         "what": what,
         "cells_per_s": max(stats.epoch_rates),
         "cells_per_epoch": dm.n_train,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -306,49 +301,13 @@ def _same(batch: dict) -> dict:
 # orchestration: each measurement in its own process, then one table
 
 
+MODULE = "benchmarks.loader"
 MEASURES = {
     "loader": loader_rate,
     "ceiling": ceiling_rate,
     "anchor": anchor_rate,
     "train": train_rate,
 }
-
-
-def measure_in_subprocess(kind: str, **kwargs) -> dict:
-    """Run one measurement in a fresh interpreter (its own peak RSS); its result row."""
-    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
-    out = subprocess.run(
-        [sys.executable, "-m", "sweep.bench", "_measure", kind, args],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"bench {kind} {kwargs} failed:\n{out.stderr[-3000:]}")
-    row = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {row['what']:<45} {row['cells_per_s']:>10,.0f} cells/s", flush=True)
-    return row
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    model_name = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            cpu,
-        )
-        if Path("/proc/cpuinfo").exists()
-        else cpu
-    )
-    return (
-        f"{os.cpu_count()} cores ({model_name}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
 
 
 def store_shape(store: Path) -> str:
@@ -369,6 +328,7 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
     for workers in args.workers:
         rows.append(
             measure_in_subprocess(
+                MODULE,
                 "loader",
                 store=store,
                 workers=workers,
@@ -378,6 +338,7 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
         )
     rows.append(  # what runs of consecutive cells (loader.run_size) buy
         measure_in_subprocess(
+            MODULE,
             "loader",
             store=store,
             workers=max(args.workers),
@@ -389,14 +350,14 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
     for densify_too in (False, True):
         rows.append(
             measure_in_subprocess(
-                "ceiling", store=store, batch_size=args.batch_size, densify_too=densify_too
+                MODULE, "ceiling", store=store, batch_size=args.batch_size, densify_too=densify_too
             )
         )
     if args.anchor:
         for workers in args.workers:
             rows.append(
                 measure_in_subprocess(
-                    "anchor", store=store, workers=workers, batch_size=args.batch_size
+                    MODULE, "anchor", store=store, workers=workers, batch_size=args.batch_size
                 )
             )
     if args.train:  # alternated twice, best of each: training speed on a shared VM drifts
@@ -404,6 +365,7 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
         for in_memory in (True, False, True, False):
             trained[in_memory].append(
                 measure_in_subprocess(
+                    MODULE,
                     "train",
                     store=store,
                     workers=args.train_workers,
@@ -423,7 +385,12 @@ def run_loader_bench(args: argparse.Namespace) -> list[dict]:
             n_genes=manifest.n_genes,
         )
         row = measure_in_subprocess(
-            "loader", store=big, workers=max(args.workers), batch_size=args.batch_size, epochs=1
+            MODULE,
+            "loader",
+            store=big,
+            workers=max(args.workers),
+            batch_size=args.batch_size,
+            epochs=1,
         )
         row["what"] += f", store x{args.rss_scale}"
         rows.append(row)
@@ -487,7 +454,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, label: str) -> str:
             f"{f'{first:,.0f}' if first else ''} | {r['cells_per_epoch']:,} | "
             f"{f'{rss:,.0f}' if rss else ''} |"
         )
-    command = "python -m sweep.bench " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.loader " + " ".join(sys.argv[1:])
     return "\n".join(
         [
             f"### Loader, {label} ({time.strftime('%Y-%m-%d')})",
@@ -505,51 +472,30 @@ def markdown(rows: list[dict], args: argparse.Namespace, label: str) -> str:
     )
 
 
-def write_section(doc: Path, key: str, text: str) -> None:
-    """Replace (or append) the section between ``<!-- bench:KEY -->`` markers in ``doc``."""
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in old:
-        head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_measure":  # internal: one measurement, one JSON line
-        kwargs = json.loads(argv[2])
-        if "store" in kwargs:
-            kwargs["store"] = Path(kwargs["store"])
-        print(json.dumps(MEASURES[argv[1]](**kwargs)))
+    if serve_measurement(argv, MEASURES):
         return
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep.bench", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="bench", required=True)
-    loader = sub.add_parser("loader", help="loader throughput, ceilings, anchor, RSS")
-    loader.add_argument("store", help="prepared store folder (made with --make-store if asked)")
-    loader.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    loader.add_argument("--batch-size", type=int, default=1024)
-    loader.add_argument("--epochs", type=int, default=3, help="epochs per loader measurement")
-    loader.add_argument("--make-store", action="store_true", help="write a seed-shaped store first")
-    loader.add_argument("--shards", type=int, default=8, help="shards of 10k cells (--make-store)")
-    loader.add_argument("--anchor", action="store_true", help="also run cellarium-ml's loader")
-    loader.add_argument("--train", action="store_true", help="also measure czi_128 training")
-    loader.add_argument("--train-workers", type=int, default=1)
-    loader.add_argument("--rss-scale", type=int, default=1, help="also run on a store N x larger")
-    loader.add_argument("--label", default="CPU", help="device name for docs/benchmarks.md")
-    loader.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
+    parser.add_argument("store", help="prepared store folder (made with --make-store if asked)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per loader measurement")
+    parser.add_argument("--make-store", action="store_true", help="write a seed-shaped store first")
+    parser.add_argument("--shards", type=int, default=8, help="shards of 10k cells (--make-store)")
+    parser.add_argument("--anchor", action="store_true", help="also run cellarium-ml's loader")
+    parser.add_argument("--train", action="store_true", help="also measure czi_128 training")
+    parser.add_argument("--train-workers", type=int, default=1)
+    parser.add_argument("--rss-scale", type=int, default=1, help="also run on a store N x larger")
+    parser.add_argument("--label", default="CPU", help="device name for docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args(argv)
     rows = run_loader_bench(args)
     text = markdown(rows, args, args.label)
     print("\n" + text)
     if args.write:
-        write_section(DOC, f"loader:{args.label.lower().replace(' ', '-')}", text)
-        print(f"\nwrote {DOC}")
+        write_section(f"loader:{args.label.lower().replace(' ', '-')}", text)
+        print("\nwrote docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Report the architecture of a saved scvi-tools SCVI model: ``python -m sweep.inspect PATH``.
+"""Report the architecture of a saved scvi-tools SCVI model: ``python -m sweep.inspect_model PATH``.
 
 Every model key is read twice where it can be: from the saved weights' shapes and from the
 constructor arguments scvi-tools records in ``model.pt`` (``attr_dict["init_params_"]``). The two
@@ -208,7 +208,7 @@ def _init_params(init_params: dict) -> dict:
 @cache
 def _scvi_defaults() -> tuple[str, dict]:
     """The installed scvi-tools' version and its VAE constructor defaults."""
-    from inspect import signature  # the standard library's
+    from inspect import signature
 
     import scvi
     from scvi.module import VAE
@@ -402,9 +402,9 @@ def format_report(report: ModelReport, against: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m sweep.inspect PATH [--against model=NAME]``: print the report."""
+    """``python -m sweep.inspect_model PATH [--against model=NAME]``: print the report."""
     parser = argparse.ArgumentParser(
-        prog="python -m sweep.inspect", description=__doc__.split("\n")[0]
+        prog="python -m sweep.inspect_model", description=__doc__.split("\n")[0]
     )
     parser.add_argument("path", help="an scvi-tools model folder or its model.pt")
     parser.add_argument(
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = inspect_model(args.path)
     except (UnsafeModelFile, FileNotFoundError) as err:
-        raise SystemExit(f"sweep.inspect: {err}") from None
+        raise SystemExit(f"sweep.inspect_model: {err}") from None
     print(format_report(report, args.against))
 
 
