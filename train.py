@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError, check_command_line, register_schema, validate
 from sweep.paths import CONF_DIR
 from sweep.quiet import quiet_known_harmless
-from sweep.secrets import SecretInOverride
+from sweep.secret_overrides import SecretInOverride
 
 register_schema()
 
