@@ -3,6 +3,12 @@
 Registered in Hydra's ConfigStore as ``train_schema`` and used as the first entry of the defaults
 list, so an ill-typed value (``model.n_hidden=abc``) or an unknown key fails at compose time,
 before any data is read. Each model/plan key is one scvi-tools constructor argument.
+
+The schema is the one home of every key's default and meaning: an option file of a group
+(``conf/model/czi_128.yaml``) holds only the keys that make it that option, and an option close
+to another names it in its defaults list (``conf/model/hidden_512.yaml``: ``czi_128`` with
+``n_hidden: 512``). The ``model`` and ``plan`` defaults are scvi-tools' own; the other groups'
+are their default option's (``conf/train.yaml``).
 """
 
 from __future__ import annotations
@@ -45,20 +51,21 @@ class BatchConfig:
 
 @dataclass
 class ModelConfig:
-    """scvi-tools ``SCVI`` / ``VAE`` constructor arguments (the ``model`` group)."""
+    """scvi-tools ``SCVI`` / ``VAE`` constructor arguments (the ``model`` group); defaults are
+    scvi-tools' own."""
 
     n_hidden: int = 128
     n_latent: int = 10
     n_layers: int = 1
-    dropout_rate: float = 0.1
+    dropout_rate: float = 0.1  # encoder only; the decoder has none
     dispersion: str = "gene"
     gene_likelihood: str = "zinb"
     latent_distribution: str = "normal"
-    encode_covariates: bool = False
-    deeply_inject_covariates: bool = True
+    encode_covariates: bool = False  # False: the encoder never sees the batch
+    deeply_inject_covariates: bool = True  # True: batch one-hot enters every decoder layer
     use_batch_norm: str = "both"
     use_layer_norm: str = "none"
-    use_observed_lib_size: bool = True
+    use_observed_lib_size: bool = True  # True: scvi-tools builds the l_encoder but leaves it unused
 
 
 @dataclass
@@ -102,7 +109,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     strategy: str = "auto"  # Lightning's; "ddp": one job over ``devices`` (gloo on the CPU)
-    max_epochs: int = 100
+    max_epochs: int = 100  # CZI's; the demo data set sets 10
     precision: Any = "32-true"
     enable_progress_bar: bool = True
     log_every_n_steps: int = 10

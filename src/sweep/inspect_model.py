@@ -147,13 +147,14 @@ def load_model_file(path: str | Path) -> dict:
         raise UnsafeModelFile(f"{path}: refused: {err}") from None
 
 
-@dataclass
-class ModelReport:
-    """What a saved SCVI model is, with the model keys resolved weights-first.
+@dataclass(kw_only=True)
+class ModelReport(ModelConfig):
+    """What a saved SCVI model is: the ``model`` keys (``ModelConfig``'s fields) resolved
+    weights-first, and what the file says besides.
 
     ``sources[key]`` says where each model key's value came from: ``weights``, ``init params``
     or the scvi-tools default; ``disagreements`` lists where weights and init params (or the
-    registry) contradict each other.
+    registry) contradict each other. :func:`inspect_model` sets every model key.
     """
 
     path: Path  # the model.pt read
@@ -161,18 +162,6 @@ class ModelReport:
     model_name: str
     scvi_version: str
     genes: list[str]  # var names, in model order
-    n_hidden: int
-    n_latent: int
-    n_layers: int
-    dropout_rate: float
-    dispersion: str
-    gene_likelihood: str
-    latent_distribution: str
-    encode_covariates: bool
-    deeply_inject_covariates: bool
-    use_batch_norm: str
-    use_layer_norm: str
-    use_observed_lib_size: bool
     batch_categories: list[str]
     covariates: dict[str, int]  # categorical covariate -> number of categories
     n_parameters: int  # trainable parameters (buffers excluded)
