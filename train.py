@@ -21,7 +21,11 @@ register_schema()
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    validate(cfg)  # each job of a sweep (an Optuna trial's values too), before the heavy imports
+    # Each job's one check (sweep.train trusts it), before the heavy imports. A single run's
+    # config was checked already by RefuseBadConfig, before Hydra wrote its folder; the second
+    # check stays because in a multirun that callback sees only the base config, not each job's
+    # values (sweeps, an Optuna trial's parameters).
+    validate(cfg)
     quiet_known_harmless()
     from sweep.train import run
 

@@ -17,9 +17,12 @@ import pytest
 import torch
 import yaml
 
-from sweep.checkpoint import CHECKPOINT_DIR, LAST, LAST_INFO, rng_state, set_rng_state
+from sweep.checkpoint import rng_state, set_rng_state
 from sweep.paths import REPO_ROOT
 from sweep.resume import previous_run
+from sweep.run_folder import CHECKPOINT_DIR
+from sweep.run_folder import CHECKPOINT_FILE as LAST
+from sweep.run_folder import CHECKPOINT_INFO_FILE as LAST_INFO
 from sweep.train import fit
 from test_train import compose_train
 

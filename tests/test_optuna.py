@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from sweep.config import register_schema
 from sweep.paths import CONF_DIR, REPO_ROOT
 from sweep.report import main as report_main
-from sweep.study import liveness
+from sweep.study import attrs, liveness
 from sweep.study.search_space import grid, parse
 from sweep.study.storage import open_storage
 from sweep.study.sweeper import StudySweeper
@@ -197,10 +197,10 @@ def test_a_killed_sweep_resumes_to_exactly_n_trials_without_duplicate_grid_point
     assert len(complete) == 4
     points = {(t.params["model.n_hidden"], t.params["model.n_latent"]) for t in complete}
     assert points == {(16, 5), (16, 10), (32, 5), (32, 10)}  # every grid point once
-    void = [t for t in everything if liveness.VOID in t.system_attrs]
+    void = [t for t in everything if attrs.VOID in t.system_attrs]
     assert [t.number for t in void] == [killed.number]
-    assert void[0].state == TrialState.FAIL and "stale" in void[0].system_attrs[liveness.VOID]
-    retry = [t for t in complete if t.user_attrs.get(liveness.RETRY_OF) == killed.number]
+    assert void[0].state == TrialState.FAIL and "stale" in void[0].system_attrs[attrs.VOID]
+    retry = [t for t in complete if t.user_attrs.get(attrs.RETRY_OF) == killed.number]
     assert len(retry) == 1 and retry[0].params == killed.params
     assert len(everything) == 5
     report = (tmp_path / "reports" / name / "report.md").read_text()
@@ -233,9 +233,9 @@ def two_sweeps_share_one_study(store, tmp_path, storage: str, name: str, n_trial
     everything = trials(storage, name)
     counted = [t for t in everything if liveness.counts_toward_total(t)]
     assert [t.state for t in counted] == [TrialState.COMPLETE] * n_trials
-    assert all(t.system_attrs[liveness.VOID] == "surplus" for t in everything if t not in counted)
+    assert all(t.system_attrs[attrs.VOID] == "surplus" for t in everything if t not in counted)
     assert len({t.params["plan.lr"] for t in counted}) == n_trials  # no duplicate draw
-    assert len({t.system_attrs[liveness.PID] for t in counted}) == 2  # both processes ran trials
+    assert len({t.system_attrs[attrs.PID] for t in counted}) == 2  # both processes ran trials
     for t in counted:  # one run folder per trial, named by its number
         assert t.user_attrs["run_dir"] == str(tmp_path / "sweep" / str(t.number))
         assert metrics_of(t)["elbo_validation"] == t.value
@@ -515,21 +515,21 @@ def test_a_trial_left_running_by_a_dead_process_is_failed_void_and_queued_again(
     orphan = study.ask()
     orphan.suggest_int("x", 0, 9)
     liveness.claim(storage, orphan._trial_id)
-    storage.set_trial_system_attr(orphan._trial_id, liveness.PID, dead.pid)
+    storage.set_trial_system_attr(orphan._trial_id, attrs.PID, dead.pid)
     elsewhere = study.ask()  # another machine: judged by its heartbeat
     liveness.claim(storage, elsewhere._trial_id)
-    storage.set_trial_system_attr(elsewhere._trial_id, liveness.HOST, "another-host")
+    storage.set_trial_system_attr(elsewhere._trial_id, attrs.HOST, "another-host")
     mine = study.ask()  # this process: alive
     liveness.claim(storage, mine._trial_id)
 
     assert liveness.fail_stale(study, storage, interval=60) == [orphan.number]
-    storage.set_trial_system_attr(elsewhere._trial_id, liveness.HEARTBEAT, time.time() - 200)
+    storage.set_trial_system_attr(elsewhere._trial_id, attrs.HEARTBEAT, time.time() - 200)
     assert liveness.fail_stale(study, storage, interval=60) == [elsewhere.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[orphan.number] == states[elsewhere.number] == TrialState.FAIL
     assert states[mine.number] == TrialState.RUNNING
     queued = study.get_trials(states=(TrialState.WAITING,))
-    assert [t.user_attrs[liveness.RETRY_OF] for t in queued] == [orphan.number]  # had params
+    assert [t.user_attrs[attrs.RETRY_OF] for t in queued] == [orphan.number]  # had params
     assert study.ask().suggest_int("x", 0, 9) == orphan.params["x"]  # the retry: same params
     assert sum(liveness.counts_toward_total(t) for t in study.get_trials()) == 2
 

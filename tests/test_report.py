@@ -16,17 +16,10 @@ from omegaconf import OmegaConf
 
 from sweep.hydra_callbacks import MultirunReport
 from sweep.paths import REPO_ROOT
-from sweep.report import (
-    BASELINE,
-    HEADLINE,
-    build_report,
-    change,
-    default_out,
-    exception_line,
-    load_sweep,
-    main,
-    matched_pairs,
-)
+from sweep.report import build_report, default_out, main, write_report
+from sweep.report.sweep_folder import exception_line, load_sweep
+from sweep.report.verdicts import HEADLINE, change, matched_pairs
+from sweep.run_folder import BASELINE_PREFIX as BASELINE
 
 #: validation ELBO of the complete jobs, by (model, seed)
 ELBO = {
@@ -202,7 +195,8 @@ def test_integration_scores_are_judged_higher_is_better(tmp_path):
 
 
 def test_headline_scores_are_the_ones_evaluate_writes():
-    from sweep.evaluate import AGGREGATES, BASELINE_PREFIX
+    from sweep.evaluate import AGGREGATES
+    from sweep.run_folder import BASELINE_PREFIX
 
     assert set(AGGREGATES.values()) <= {m.key for m in HEADLINE}
     assert BASELINE_PREFIX == BASELINE
@@ -252,6 +246,24 @@ def test_command_line_and_default_folder(sweep_dir, tmp_path):
     main([str(sweep_dir), "--out", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "report.md").is_file()
     assert default_out(sweep_dir) == REPO_ROOT / "multirun_reports" / sweep_dir.name
+
+
+def test_the_command_line_asks_for_a_sweep_folder_or_a_study_with_its_storage(capsys):
+    for argv, message in (
+        ([], "give a sweep folder, or --study NAME --storage STORAGE"),
+        (["--study", "s"], "--study needs --storage"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_one_entry_point_reports_a_sweep_folder_for_the_callback_and_the_command(
+    sweep_dir, tmp_path
+):
+    report = write_report(sweep_dir, out_root=tmp_path / "root")
+    assert report == tmp_path / "root" / sweep_dir.name / "report.md"
+    assert write_report(sweep_dir, out_dir=tmp_path / "here") == tmp_path / "here" / "report.md"
 
 
 def test_callback_writes_the_report_under_out_root(sweep_dir, tmp_path):

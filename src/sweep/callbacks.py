@@ -10,7 +10,12 @@ import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
+from sweep.run_folder import TRAIN_CELLS_PER_S
+
 log = logging.getLogger(__name__)
+
+#: the KL weight as EpochStats logs it (history.csv names it ``kl_weight``: sweep.train)
+KL_WEIGHT_LOGGED = "kl_weight_epoch"
 
 
 class EpochStats(Callback):
@@ -48,9 +53,9 @@ class EpochStats(Callback):
         self.train_time_s += elapsed
         self.epoch_rates.append(self._epoch_cells / max(elapsed, 1e-9))
         pl_module.log("epoch_time_s", elapsed, on_epoch=True)
-        pl_module.log("train_cells_per_s", self.epoch_rates[-1], on_epoch=True)
+        pl_module.log(TRAIN_CELLS_PER_S, self.epoch_rates[-1], on_epoch=True)
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
-        pl_module.log("kl_weight_epoch", self._kl_weight, on_epoch=True)
+        pl_module.log(KL_WEIGHT_LOGGED, self._kl_weight, on_epoch=True)
         pl_module.log("lr", self._lr, on_epoch=True)
 
     def state_dict(self) -> dict:

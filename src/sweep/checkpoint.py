@@ -12,7 +12,6 @@ Finding a run to continue is :mod:`sweep.resume`'s job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,26 +27,33 @@ from lightning.pytorch.callbacks import EarlyStopping
 from scvi.train._logger import SimpleLogger
 
 from sweep.distributed import is_rank_zero
+from sweep.run_folder import (
+    CHECKPOINT_FILE,
+    ELBO_VALIDATION,
+    checkpoint_file,
+    write_checkpoint_info,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-LAST_INFO = "last.json"
-
 
 class EpochCheckpoint(EarlyStopping):
-    """Writes ``folder/last.ckpt`` every ``every_n_epochs`` epochs, atomically (tmp + rename).
+    """Writes ``run_dir/checkpoints/last.ckpt`` (and ``last.json``, sweep.run_folder) every
+    ``every_n_epochs`` epochs, atomically (tmp + rename). ``history_of`` is the run's in-memory
+    scvi-tools logger. (Other callbacks with a ``state_dict``, e.g. EpochStats, are saved and
+    restored by Lightning itself.)
 
-    It subclasses EarlyStopping only to be called where Lightning calls monitoring callbacks:
-    after the LightningModule's epoch-end hook, once the epoch's training metrics exist. It never
-    stops training. ``history_of`` is the run's in-memory scvi-tools logger. (Other callbacks
-    with a ``state_dict``, e.g. EpochStats, are saved and restored by Lightning itself.)
+    Why an EarlyStopping that never stops: Lightning runs a plain callback's
+    ``on_train_epoch_end`` before the LightningModule's, which logs the epoch's training metrics,
+    and the ``on_train_epoch_end`` of its *monitoring* callbacks (EarlyStopping, ModelCheckpoint
+    instances) after it. A checkpoint taken before would miss the epoch's metrics. Subclassing
+    EarlyStopping is the only public way to that slot; ModelCheckpoint would bring its own saving
+    and file naming, EarlyStopping's checks are switched off below.
     """
 
-    def __init__(self, folder: Path, every_n_epochs: int, history_of: SimpleLogger):
-        super().__init__(monitor="elbo_validation", check_on_train_epoch_end=False)
-        self.folder = Path(folder)
+    def __init__(self, run_dir: Path, every_n_epochs: int, history_of: SimpleLogger):
+        super().__init__(monitor=ELBO_VALIDATION, check_on_train_epoch_end=False)
+        self.run_dir = Path(run_dir)
         self.every_n_epochs = every_n_epochs
         self.history_logger = history_of
         self._pending_epoch = -1
@@ -70,15 +76,14 @@ class EpochCheckpoint(EarlyStopping):
         if trainer.is_global_zero:  # DDP ranks > 0 keep no history
             self._pending_epoch = epoch
             self._pending_metrics = epoch_metrics(logged, self.history_logger)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / (LAST + ".partial")
+        last = checkpoint_file(self.run_dir)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        partial = last.with_name(CHECKPOINT_FILE + ".partial")
         trainer.save_checkpoint(partial)  # every DDP rank takes part; rank 0 writes
         if not trainer.is_global_zero:
             return
-        os.replace(partial, self.folder / LAST)
-        (self.folder / LAST_INFO).write_text(
-            json.dumps({"epoch": epoch + 1, "step": trainer.global_step})
-        )
+        os.replace(partial, last)
+        write_checkpoint_info(self.run_dir, epoch=epoch + 1, step=trainer.global_step)
 
     def state_dict(self) -> dict:
         if not is_rank_zero():  # DDP ranks > 0 keep no history; rank 0's checkpoint is the one

@@ -29,16 +29,12 @@ from scvi import REGISTRY_KEYS
 
 from sweep.checkpoint import rng_untouched
 from sweep.data.datamodule import StoreDataModule
+from sweep.run_folder import BASELINE_PREFIX, BATCH, BIO, EPOCH, TOTAL
 
 log = logging.getLogger(__name__)
 
-#: the aggregate scores' names in metrics.json / history.csv (scib's Total = 0.4 batch + 0.6 bio)
-AGGREGATES = {
-    "Bio conservation": "bio_conservation",
-    "Batch correction": "batch_correction",
-    "Total": "integration_total",
-}
-BASELINE_PREFIX = "pca_"
+#: scib-metrics' aggregate scores -> their names in metrics.json / history.csv (sweep.run_folder)
+AGGREGATES = {"Bio conservation": BIO, "Batch correction": BATCH, "Total": TOTAL}
 EVAL_BATCH, LABEL = "eval_batch", "cell_type"
 #: the largest neighbourhood scib-metrics' Benchmarker uses (cells, self included; LISI)
 NEIGHBORS = 90
@@ -69,11 +65,13 @@ def choose_cells(
     n_cells: int,
     seed: int,
     batch_keys: list[str],
+    separator: str,
     label_key: str = LABEL,
     min_genes: int = 0,
 ) -> EvaluationCells:
     """Draw ``n_cells`` validation cells (seeded) with at least ``min_genes`` expressed genes and
-    read what scoring needs about them."""
+    read what scoring needs about them; their evaluation batch is the values of ``batch_keys``
+    joined with ``separator`` (``batch.separator``, as the model's batch labels are)."""
     validation = np.flatnonzero(dm.split.validation & (dm.n_genes_all >= min_genes))
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(validation, size=min(n_cells, len(validation)), replace=False))
@@ -81,7 +79,7 @@ def choose_cells(
     table = dm.obs_strings(rows, [*batch_keys, label_key])
     obs = pd.DataFrame(
         {
-            EVAL_BATCH: table[batch_keys].astype(str).agg("|".join, axis=1).to_numpy(),
+            EVAL_BATCH: table[batch_keys].astype(str).agg(separator.join, axis=1).to_numpy(),
             LABEL: table[label_key].astype(str).to_numpy(),
         }
     )
@@ -228,7 +226,7 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
     return scores
 
 
-class IntegrationCheckpoints(Callback):
+class IntegrationScoring(Callback):
     """Scores the latent space at the end of the listed epochs (1-based) and of the last one.
 
     Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``,
@@ -250,6 +248,12 @@ class IntegrationCheckpoints(Callback):
                 NEIGHBORS,
                 f"; skipped {self.skipped}" if self.skipped else "",
             )
+
+    @property
+    def state_key(self) -> str:
+        """Its key in a checkpoint: its name before it was renamed, so a checkpoint written then
+        still restores its scores."""
+        return "IntegrationCheckpoints"
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch + 1
@@ -277,7 +281,7 @@ class IntegrationCheckpoints(Callback):
                 }
         self.records.append(
             {
-                "epoch": epoch,
+                EPOCH: epoch,
                 **scores,
                 "evaluation_neighbors": self.neighbors,
                 "evaluation_skipped": self.skipped,
@@ -288,17 +292,17 @@ class IntegrationCheckpoints(Callback):
         log.info(
             "epoch %d: bio conservation %.3f, batch correction %.3f (baseline %.3f, %.3f), %.1f s",
             epoch,
-            scores["bio_conservation"],
-            scores["batch_correction"],
-            scores[BASELINE_PREFIX + "bio_conservation"],
-            scores[BASELINE_PREFIX + "batch_correction"],
+            scores[BIO],
+            scores[BATCH],
+            scores[BASELINE_PREFIX + BIO],
+            scores[BASELINE_PREFIX + BATCH],
             time.perf_counter() - started,
         )
 
     @property
     def final(self) -> dict:
         """The last evaluation's record, without its epoch (for metrics.json)."""
-        return {k: v for k, v in self.records[-1].items() if k != "epoch"} if self.records else {}
+        return {k: v for k, v in self.records[-1].items() if k != EPOCH} if self.records else {}
 
     def state_dict(self) -> dict:
         """What a resumed run needs (see sweep.checkpoint): the scores so far."""

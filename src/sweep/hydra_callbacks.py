@@ -19,14 +19,13 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError, validate
 from sweep.secret_overrides import SecretInOverride, check_overrides
-from sweep.study.storage import read_record
 
 log = logging.getLogger(__name__)
 
 
 class MultirunReport(Callback):
     """Builds ``<out_root>/<sweep folder name>/report.md`` at the end of a multirun
-    (``<out_root>/<study name>/`` for the Optuna sweeper: sweep.study.report).
+    (``<out_root>/<study name>/`` for the Optuna sweeper) through ``sweep.report.write_report``.
 
     ``out_root`` defaults to ``multirun_reports/`` under the repository root; override it with
     ``hydra.callbacks.report.out_root=DIR``.
@@ -59,17 +58,9 @@ class MultirunReport(Callback):
             log.info("no multirun report: the sweep stopped before its first job")
             return
         try:
-            from sweep.report import REPORTS_DIR, build_report  # matplotlib: only when needed
+            from sweep.report import write_report  # matplotlib: only when needed
 
-            study = read_record(sweep_dir)  # an Optuna sweep: report the study, not the folder
-            name = study["study_name"] if study else sweep_dir.name
-            out = Path(self.out_root) / name if self.out_root else REPORTS_DIR / name
-            if study:
-                from sweep.study.report import build_study_report
-
-                report = build_study_report(name, study["storage"], out)
-            else:
-                report = build_report(sweep_dir, out)
+            report = write_report(sweep_dir, out_root=self.out_root)
             log.info("multirun report: %s", report)
         except Exception:
             log.exception(
@@ -83,7 +74,8 @@ class RefuseBadConfig(Callback):
     (``sweep.config.validate``): one line naming the key, no traceback. ``train.py`` checks its
     command line the same way before Hydra composes; this also covers values that only the
     composed config shows (interpolations, option files). Hydra turns a callback's exceptions
-    into warnings, so it exits."""
+    into warnings, so it exits. In a multirun it checks the base config; ``train.py`` checks each
+    job's own values."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)

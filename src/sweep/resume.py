@@ -13,25 +13,26 @@ progress (SLURM requeued it: it starts again in the same folder) continues that.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from sweep.checkpoint import CHECKPOINT_DIR, LAST, LAST_INFO
+from sweep import run_folder
 from sweep.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
 #: the override that asks for resuming; left out when matching a run folder's overrides
 RESUME_KEY = "resume"
-METRICS = "metrics.json"
 #: not copied from the previous folder: Hydra's and the logs of the job that made it, its W&B
 #: run files (the continued run gets its own W&B run)
-NOT_COPIED = (".hydra", "*.log", "wandb", ".pl_ddp_hydra_*")
+NOT_COPIED = (
+    run_folder.HYDRA_DIR,
+    run_folder.LOG_FILES,
+    run_folder.WANDB_DIR,
+    run_folder.DDP_HYDRA_DIRS,
+)
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,20 @@ class Resume:
     metrics: dict | None = None
 
 
-def _is_resume(override: str) -> bool:
-    return override.lstrip("+~").split("=", 1)[0] == RESUME_KEY
+def without_resume(overrides: list[str]) -> list[str]:
+    """``overrides`` but ``resume``, sorted: what must match between a job and its previous run."""
+    return sorted(o for o in overrides if run_folder.parse_override(o)[0] != RESUME_KEY)
 
 
 def _overrides(run_dir: Path) -> list[str] | None:
     """The task overrides that made ``run_dir`` (``resume`` aside), sorted; None if unknown."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    return sorted(o for o in yaml.safe_load(path.read_text()) or [] if not _is_resume(o))
+    overrides = run_folder.read_overrides(run_dir)
+    return None if overrides is None else without_resume(overrides)
 
 
 def _progress(run_dir: Path) -> Path | None:
     """The file that shows how far ``run_dir`` got: its metrics, else its checkpoint."""
-    for path in (run_dir / METRICS, run_dir / CHECKPOINT_DIR / LAST):
+    for path in (run_dir / run_folder.METRICS_FILE, run_folder.checkpoint_file(run_dir)):
         if path.is_file():
             return path
     return None
@@ -67,7 +67,7 @@ def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | 
     if it does (a job started again in its own folder, as SLURM requeues one), else the newest
     such folder beside it; None if there is none."""
     run_dir = Path(run_dir)
-    wanted = sorted(o for o in overrides if not _is_resume(o))
+    wanted = without_resume(overrides)
     if _progress(run_dir) is not None and _overrides(run_dir) == wanted:
         return run_dir  # its own progress, whatever a sibling's mtime (clocks of other nodes)
     root, pattern = (run_dir.parent.parent, "*/*") if multirun else (run_dir.parent, "*")
@@ -89,7 +89,7 @@ def prepare_resume(cfg, run_dir: Path) -> Resume:
     if not cfg.resume:
         return Resume()
     if not is_rank_zero():  # a DDP process started by rank 0, which prepared the folder
-        checkpoint = run_dir / CHECKPOINT_DIR / LAST
+        checkpoint = run_folder.checkpoint_file(run_dir)
         return Resume(checkpoint=checkpoint if checkpoint.is_file() else None)
     if HydraConfig.initialized():
         hc = HydraConfig.get()
@@ -104,9 +104,10 @@ def prepare_resume(cfg, run_dir: Path) -> Resume:
         shutil.copytree(
             found, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED)
         )
-    if (run_dir / METRICS).is_file():
+    metrics = run_folder.read_metrics(run_dir)
+    if metrics is not None:
         log.info("resume=true: %s finished this run already; its results are reused", found)
-        return Resume(metrics=json.loads((run_dir / METRICS).read_text()))
-    info = json.loads((run_dir / CHECKPOINT_DIR / LAST_INFO).read_text())
+        return Resume(metrics=metrics)
+    info = run_folder.read_checkpoint_info(run_dir)
     log.info("resuming %s after epoch %d (step %d)", found, info["epoch"], info["step"])
-    return Resume(checkpoint=run_dir / CHECKPOINT_DIR / LAST)
+    return Resume(checkpoint=run_folder.checkpoint_file(run_dir))

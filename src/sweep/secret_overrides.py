@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import re
 
+from sweep.run_folder import parse_override
+
 #: names (of config keys and environment variables) that hold secrets
 SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
 #: scheme://user:password@host
@@ -41,8 +43,7 @@ def check_overrides(overrides: list[str]) -> None:
     """Raise :class:`SecretInOverride` naming the first override that carries a secret."""
     secrets = environment_secrets()
     for override in overrides:
-        key, _, value = override.partition("=")
-        key = key.lstrip("+~")
+        key, value = parse_override(override)
         interpolated = [n for n in ENV_INTERPOLATION.findall(value) if SECRET_NAME.search(n)]
         if SECRET_NAME.search(key) and value:
             problem = f"the key {key} names a secret"

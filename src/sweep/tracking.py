@@ -10,7 +10,6 @@ that ``wandb sync`` uploads into the same run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import OmegaConf
 from wandb.sdk.lib import module as wandb_module
 
-from sweep.checkpoint import CHECKPOINT_DIR, LAST
+from sweep import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,6 @@ GROUPS = (
     "evaluation",
     "experiment",
 )
-#: the run folder's record of its W&B run
-RUN_RECORD = "wandb_run.json"
 
 
 def job_identity(cfg) -> dict:
@@ -65,11 +62,13 @@ def continued_run_id(cfg, run_dir: Path) -> str | None:
     """The id of the W&B run this job continues, or None for a new run: with ``resume=true``, a
     job resuming from a checkpoint in the folder whose ``wandb/`` holds its run (a requeued
     job). A folder resumed from another one's copy has no ``wandb/`` (sweep.resume): new run."""
-    record = run_dir / RUN_RECORD
-    if not (cfg.resume and (run_dir / CHECKPOINT_DIR / LAST).is_file() and record.is_file()):
+    if not (cfg.resume and run_folder.checkpoint_file(run_dir).is_file()):
         return None
-    run_id = json.loads(record.read_text())["id"]
-    return run_id if any((run_dir / "wandb").glob(f"*-{run_id}")) else None
+    record = run_folder.read_wandb_record(run_dir)
+    if record is None:
+        return None
+    run_id = record["id"]
+    return run_id if any((run_dir / run_folder.WANDB_DIR).glob(f"*-{run_id}")) else None
 
 
 def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
@@ -114,7 +113,7 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         "mode": cfg.logger.mode,
         "dir": run.settings.sync_dir,
     }
-    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1))
+    run_folder.write_wandb_record(run_dir, record)
     return logger
 
 

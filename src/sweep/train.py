@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import time
@@ -17,16 +16,15 @@ import scvi
 from omegaconf import OmegaConf
 from scvi.train._logger import SimpleLogger
 
-from sweep import tracking
-from sweep.callbacks import EpochStats, KlWarmupWatch
-from sweep.checkpoint import CHECKPOINT_DIR, EpochCheckpoint, StopOnNonFiniteLoss
-from sweep.config import validate
+from sweep import run_folder, tracking
+from sweep.callbacks import KL_WEIGHT_LOGGED, EpochStats, KlWarmupWatch
+from sweep.checkpoint import EpochCheckpoint, StopOnNonFiniteLoss
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
 from sweep.distributed import check_launch, is_rank_zero
 from sweep.evaluate import (
     AGGREGATES,
-    IntegrationCheckpoints,
+    IntegrationScoring,
     check_scorable,
     choose_cells,
     epochs_to_within,
@@ -42,10 +40,10 @@ FINAL_METRICS = (
     "elbo_train",
     "reconstruction_loss_train",
     "kl_local_train",
-    "elbo_validation",
-    "reconstruction_loss_validation",
+    run_folder.ELBO_VALIDATION,
+    run_folder.RECONSTRUCTION_VALIDATION,
     "kl_local_validation",
-    "kl_weight",
+    run_folder.KL_WEIGHT,
 )
 
 
@@ -59,12 +57,12 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     columns = {
         name: frame.iloc[:, 0]
         for name, frame in history.items()
-        if len(frame) and frame.index.name == "epoch"
+        if len(frame) and frame.index.name == "epoch"  # scvi-tools' per-epoch frames, 0-based
     }
-    columns["kl_weight"] = columns.pop("kl_weight_epoch")  # see EpochStats
+    columns[run_folder.KL_WEIGHT] = columns.pop(KL_WEIGHT_LOGGED)  # see EpochStats
     table = pd.DataFrame(columns)
     table.index = table.index + 1
-    table.index.name = "epoch"
+    table.index.name = run_folder.EPOCH
     return table.reset_index()
 
 
@@ -77,8 +75,10 @@ def peak_rss_mb() -> float:
 
 def run(cfg, run_dir: str | Path) -> float | list[float]:
     """Train as ``cfg`` says into the run folder ``run_dir``; return the optimized metric (a list
-    of values when ``optimized_metric`` is a list of keys: multi-objective sweeps)."""
-    validate(cfg)  # before anything else: a bad value costs nothing
+    of values when ``optimized_metric`` is a list of keys: multi-objective sweeps).
+
+    ``cfg`` has passed ``sweep.config.validate``: train.py validates each job before it imports
+    this module."""
     check_launch(cfg)
     previous = prepare_resume(cfg, Path(run_dir))
     if previous.metrics is not None:  # resume=true found this run finished
@@ -101,12 +101,12 @@ def run(cfg, run_dir: str | Path) -> float | list[float]:
 def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi.model.SCVI, dict]:
     """Train one scVI model as ``cfg`` says and write the run folder; (trained model, metrics).
 
-    ``resume_from``: a checkpoint of this run (sweep.checkpoint) to continue from.
+    ``resume_from``: a checkpoint of this run (sweep.checkpoint) to continue from. ``cfg`` has
+    passed ``sweep.config.validate`` (as :func:`run`'s).
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    validate(cfg)
     store = resolve_store(cfg.dataset)
     datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
     scvi.settings.seed = cfg.seed
@@ -119,11 +119,11 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
     identity = tracking.job_identity(cfg)
     writer = is_rank_zero()  # with DDP, only rank 0 writes the run folder and the W&B run
     if writer:
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        run_folder.write_config(run_dir, cfg)
     wandb_logger = tracking.make_wandb_logger(cfg, run_dir, identity) if writer else None
     epoch_stats = EpochStats()
     warmup = KlWarmupWatch()
-    checkpoints = None
+    scoring = None
     pruning = pruning_callback(cfg)  # None unless the job is an Optuna trial
     if cfg.evaluation.enabled:
         cells = choose_cells(
@@ -131,16 +131,17 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             cfg.evaluation.n_cells,
             cfg.evaluation.seed,
             list(cfg.evaluation.batch_keys),
+            cfg.batch.separator,
             cfg.evaluation.label_key,
             cfg.evaluation.min_genes,
         )
         check_scorable(cells.obs, cfg.evaluation, cfg.data)  # before training: fail at no cost
-        checkpoints = IntegrationCheckpoints(cells, list(cfg.evaluation.epochs))
+        scoring = IntegrationScoring(cells, list(cfg.evaluation.epochs))
     history_logger = SimpleLogger(save_dir=None)
     loggers = [history_logger] + ([wandb_logger] if wandb_logger else [])
     stop_on_nan = StopOnNonFiniteLoss()
     epoch_checkpoint = EpochCheckpoint(
-        run_dir / CHECKPOINT_DIR, cfg.trainer.checkpoint_every_n_epochs, history_logger
+        run_dir, cfg.trainer.checkpoint_every_n_epochs, history_logger
     )
     exit_code = 1
     try:
@@ -164,7 +165,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             logger=loggers,
             callbacks=[
                 c
-                for c in (epoch_stats, warmup, checkpoints, pruning, stop_on_nan, epoch_checkpoint)
+                for c in (epoch_stats, warmup, scoring, pruning, stop_on_nan, epoch_checkpoint)
                 if c is not None
             ],
             ckpt_path=str(resume_from) if resume_from else None,
@@ -174,16 +175,16 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
         if not writer:
             return model, {}
         history = history_frame(model.history)
-        history.to_csv(run_dir / "history.csv", index=False)
+        run_folder.write_table(run_dir, run_folder.HISTORY_FILE, history)
         if cfg.save_model:
-            model.save(str(run_dir / "model"), overwrite=True, save_anndata=False)
+            model.save(str(run_dir / run_folder.MODEL_DIR), overwrite=True, save_anndata=False)
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
-        if checkpoints is not None:
-            metrics.update(integration_summary(checkpoints, history, cfg.evaluation, run_dir))
+        if scoring is not None:
+            metrics.update(integration_summary(scoring, history, cfg.evaluation, run_dir))
         metrics["kl_warmup_complete"] = warmup.complete
         if pruning is not None:
             metrics.update(pruning.summary())
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        run_folder.write_metrics(run_dir, metrics)
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(
                 {k: v for k, v in metrics.items() if isinstance(v, int | float)}
@@ -195,21 +196,21 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
 
 
 def integration_summary(
-    checkpoints: IntegrationCheckpoints, history: pd.DataFrame, evaluation_cfg, run_dir: Path
+    scoring: IntegrationScoring, history: pd.DataFrame, evaluation_cfg, run_dir: Path
 ) -> dict:
     """Final integration scores, their baseline, and epochs until each headline value is within
-    ``convergence_tolerance`` of its final value; every checkpoint goes to integration.csv."""
-    records = pd.DataFrame(checkpoints.records)
-    records.to_csv(run_dir / "integration.csv", index=False)
+    ``convergence_tolerance`` of its final value; every evaluation goes to integration.csv."""
+    records = pd.DataFrame(scoring.records)
+    run_folder.write_table(run_dir, run_folder.INTEGRATION_FILE, records)
     tolerance = evaluation_cfg.convergence_tolerance
     percent = f"{tolerance:.0%}".replace("%", "pct")
     convergence = {}
-    for name in ("elbo_validation", *AGGREGATES.values()):
-        table = history if name == "elbo_validation" else records
-        convergence[f"epochs_to_{percent}_{name}"] = epochs_to_within(
-            table[name], table["epoch"], tolerance
+    for name in (run_folder.ELBO_VALIDATION, *AGGREGATES.values()):
+        table = history if name == run_folder.ELBO_VALIDATION else records
+        convergence[f"{run_folder.CONVERGENCE_PREFIX}{percent}_{name}"] = epochs_to_within(
+            table[name], table[run_folder.EPOCH], tolerance
         )
-    return {**checkpoints.final, **convergence, "evaluation_cells": len(checkpoints.cells.rows)}
+    return {**scoring.final, **convergence, "evaluation_cells": len(scoring.cells.rows)}
 
 
 def summarize(
@@ -225,10 +226,10 @@ def summarize(
     final = {name: float(history[name].iloc[-1]) for name in FINAL_METRICS if name in history}
     return {
         **final,
-        "epochs": int(len(history)),
+        run_folder.EPOCHS: int(len(history)),
         "cells_seen": epoch_stats.cells_seen,
-        "train_cells_per_s": epoch_stats.cells_per_s,
-        "train_time_s": epoch_stats.train_time_s,
+        run_folder.TRAIN_CELLS_PER_S: epoch_stats.cells_per_s,
+        run_folder.TRAIN_TIME: epoch_stats.train_time_s,
         "wall_time_s": time.perf_counter() - started,
         "peak_rss_mb": peak_rss_mb(),
         **datamodule.split.counts,
@@ -237,6 +238,6 @@ def summarize(
         "n_genes": datamodule.n_vars,
         "store": str(store),
         "job_name": identity["name"],
-        "overrides": identity["overrides"],
-        "choices": identity["choices"],
+        run_folder.OVERRIDES: identity["overrides"],
+        run_folder.CHOICES: identity["choices"],
     }

@@ -19,13 +19,10 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.study.attrs import HEARTBEAT, HOST, PID, RETRY_OF, SYSTEM_PREFIX, VOID
+
 log = logging.getLogger(__name__)
 
-HOST, PID, HEARTBEAT = "sweep:host", "sweep:pid", "sweep:heartbeat"
-#: system attr of a trial that does not count toward n_trials: why (stale, surplus)
-VOID = "sweep:void"
-#: user attr of a queued retry: the number of the stale trial it repeats
-RETRY_OF = "retry_of"
 STALE_AFTER = 3  # heartbeat intervals
 
 
@@ -120,7 +117,7 @@ def fail_stale(study: optuna.Study, storage, interval: float) -> list[int]:
 
 def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Queue a trial's parameters again, with the sampler's own attrs (the grid point)."""
-    system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith("sweep:")}
+    system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith(SYSTEM_PREFIX)}
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,

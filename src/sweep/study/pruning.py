@@ -13,12 +13,9 @@ import logging
 
 from lightning.pytorch import Callback
 
-log = logging.getLogger(__name__)
+from sweep.study.attrs import PRUNED_AT, PRUNER
 
-#: trial user attr: the epoch (counted from 1) after which the trial was pruned
-PRUNED_AT = "pruned_at_epoch"
-#: study user attr: the pruner config (``_target_`` + arguments) the trials build
-PRUNER = "pruner"
+log = logging.getLogger(__name__)
 
 
 class TrialPruning(Callback):

@@ -34,7 +34,7 @@ from optuna.distributions import (
 from optuna.trial import Trial, TrialState
 
 from sweep.study import liveness
-from sweep.study.pruning import PRUNED_AT, PRUNER
+from sweep.study.attrs import COMMAND, ERROR, OVERRIDES, PRUNED_AT, PRUNER, RUN_DIR, VOID
 from sweep.study.search_space import SearchSpace, grid, override, parse
 from sweep.study.storage import (
     dashboard_command,
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 GRID_SAMPLER = "optuna.samplers.GridSampler"
-#: user attrs of each trial: its job overrides, the command to re-run it, run folder, failure
-OVERRIDES, COMMAND, RUN_DIR, ERROR = "overrides", "command", "run_dir", "error"
 #: drop-in for hydra-optuna-sweeper: best params / Pareto solutions in the sweep folder
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -259,7 +257,7 @@ class StudySweeper:
                 1 for t in before if t.number < trial.number and liveness.counts_toward_total(t)
             )
             if used >= n_trials:  # another process asked for the last trial at the same time
-                storage.set_trial_system_attr(trial._trial_id, liveness.VOID, "surplus")
+                storage.set_trial_system_attr(trial._trial_id, VOID, "surplus")
                 tell_quietly(study, trial, TrialState.FAIL)
                 break
             self.reseed(study, trial.number)

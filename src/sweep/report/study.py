@@ -1,8 +1,9 @@
 """Study report: an Optuna study -> ``multirun_reports/<study>/`` (report.md, trials.csv, PNGs).
 
-``python -m sweep.report --study NAME --storage STORAGE`` or ``python -m sweep.report SWEEP_DIR``
-(a sweep folder of the Optuna sweeper), and the end-of-sweep callback. It reads only the storage,
-so it works while the study runs, after a sweep that stopped, and across processes and machines.
+``build_study_report``; ``python -m sweep.report --study NAME --storage STORAGE`` or
+``python -m sweep.report SWEEP_DIR`` (a sweep folder of the Optuna sweeper) and the end-of-sweep
+callback reach it through sweep.report.entry. It reads only the storage, so it works while the
+study runs, after a sweep that stopped, and across processes and machines.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.figure import Figure
@@ -19,15 +19,20 @@ from matplotlib.ticker import NullFormatter
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.report import DPI, FIGSIZE, markdown_table
-from sweep.study.liveness import RETRY_OF, VOID
-from sweep.study.pruning import PRUNED_AT
+from sweep.report.render import (
+    PlannedFigure,
+    figure_lines,
+    grid_figure,
+    markdown_table,
+    write_figures,
+)
+from sweep.study.attrs import COMMAND, ERROR, PRUNED_AT, RETRY_OF, RUN_DIR, VOID
 from sweep.study.storage import dashboard_command, open_storage, resolve
-from sweep.study.sweeper import COMMAND, ERROR, RUN_DIR
 
 log = logging.getLogger(__name__)
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "VOID")
+TRIALS_FILE, REPORT_FILE = "trials.csv", "report.md"
 
 
 def load(study_name: str, storage: str) -> optuna.Study:
@@ -99,12 +104,6 @@ def importances(study: optuna.Study) -> tuple[pd.DataFrame | None, str]:
 
 
 # --- figures -------------------------------------------------------------------------------------
-
-
-def grid_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(FIGSIZE[0] * min(cols, 3) * 0.75, FIGSIZE[1] * rows * 0.75), dpi=DPI)
-    axes = np.array(fig.subplots(rows, cols, squeeze=False))
-    return fig, axes
 
 
 def plot_history(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
@@ -187,6 +186,7 @@ def plot_intermediate(study: optuna.Study) -> Figure | None:
 
 
 def plot_importances(frame: pd.DataFrame) -> Figure:
+    """Parameter importances (:func:`importances`), a panel per objective."""
     fig, axes = grid_figure(1, len(frame.columns))
     for ax, name in zip(axes[0], frame.columns, strict=True):
         ax.barh(frame.index[::-1], frame[name][::-1])
@@ -228,6 +228,7 @@ def plot_pareto(study: optuna.Study, front: list[FrozenTrial]) -> Figure | None:
 
 
 def best_section(study: optuna.Study, front: list[FrozenTrial]) -> list[str]:
+    """Markdown: the best trial or the Pareto front, and the command re-running each."""
     names = objectives(study)
     if not front:
         return ["No trial has completed yet.", ""]
@@ -249,6 +250,7 @@ def best_section(study: optuna.Study, front: list[FrozenTrial]) -> list[str]:
 
 
 def report_text(study, storage: str, table, front, imp, imp_note, figures) -> str:
+    """The text of report.md: trial counts, best trials, importances, figures, failures."""
     names = objectives(study)
     counts = table.state.value_counts() if not table.empty else pd.Series(dtype=int)
     count_row = {s.lower(): int(counts.get(s, 0)) for s in STATES}
@@ -276,11 +278,10 @@ def report_text(study, storage: str, table, front, imp, imp_note, figures) -> st
         lines += [f"Not computed: {imp_note}.", ""]
     else:
         lines += [markdown_table(imp.reset_index(names="parameter")), ""]
-    lines += ["## Figures", ""]
-    lines += [f"![{title}]({file})" for file, title in figures]
+    lines += ["## Figures", "", *figure_lines(figures)]
     failed = table[table.state == "FAIL"] if not table.empty else table
     if not failed.empty:
-        lines += ["", "## Failed trials", ""]
+        lines += ["## Failed trials", ""]
         lines += [f"- trial {r.trial}: {r.error}" for r in failed.itertuples()]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -292,24 +293,21 @@ def build_study_report(study_name: str, storage: str, out_dir: str | Path) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = trials_table(study)
-    table.to_csv(out / "trials.csv", index=False)
+    table.to_csv(out / TRIALS_FILE, index=False)
     front = best_trials(study)
     imp, imp_note = importances(study)
-    plots = {
-        "history.png": ("optimisation history", plot_history(study, table)),
-        "slices.png": ("objective by parameter", plot_slices(study, table)),
-        "intermediate.png": ("metric per epoch", plot_intermediate(study)),
-        "importances.png": (
+    planned: list[PlannedFigure] = [
+        ("history.png", "optimisation history", lambda: plot_history(study, table)),
+        ("slices.png", "objective by parameter", lambda: plot_slices(study, table)),
+        ("intermediate.png", "metric per epoch", lambda: plot_intermediate(study)),
+        (
+            "importances.png",
             "parameter importances",
-            plot_importances(imp) if imp is not None else None,
+            lambda: plot_importances(imp) if imp is not None else None,
         ),
-        "pareto.png": ("Pareto front", plot_pareto(study, front) if len(front) else None),
-    }
-    figures = []
-    for file, (title, fig) in plots.items():
-        if fig is not None:
-            fig.savefig(out / file)
-            figures.append((file, title))
-    report = out / "report.md"
+        ("pareto.png", "Pareto front", lambda: plot_pareto(study, front) if front else None),
+    ]
+    figures = write_figures(planned, out)
+    report = out / REPORT_FILE
     report.write_text(report_text(study, storage, table, front, imp, imp_note, figures))
     return report

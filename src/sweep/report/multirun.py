@@ -1,0 +1,271 @@
+"""Multirun report: one Hydra sweep folder -> ``results.csv``, figures and ``report.md`` with
+verdicts (``build_report``; ``python -m sweep.report SWEEP_DIR`` through sweep.report.entry).
+
+It works after a sweep that raised and on a sweep still running (sweep.report.sweep_folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sweep.report.render import (
+    PlannedFigure,
+    figure_lines,
+    markdown_table,
+    panel_figure,
+    write_figures,
+)
+from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, load_sweep
+from sweep.report.verdicts import SEED, levels, present_metrics, verdicts
+from sweep.run_folder import (
+    BASELINE_PREFIX,
+    BATCH,
+    BIO,
+    CONVERGENCE_PREFIX,
+    ELBO_VALIDATION,
+    EPOCH,
+    EPOCHS,
+    KL_WEIGHT,
+    TOTAL,
+    TRAIN_TIME,
+)
+
+RESULTS_FILE, REPORT_FILE = "results.csv", "report.md"
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def job_labels(sweep: Sweep) -> dict[int, str]:
+    """Job number -> its swept values (``model=hidden_512 seed=1``), or ``job N`` without any."""
+    return {
+        row["job"]: " ".join(f"{f}={row[f]}" for f in sweep.factors) or f"job {row['job']}"
+        for _, row in sweep.results.iterrows()
+    }
+
+
+def plot_histories(sweep: Sweep, columns: list[str], title: str) -> Figure | None:
+    """``columns`` of history.csv per epoch, a panel each, one line per job (None without data)."""
+    columns = [c for c in columns if any(c in h for h in sweep.histories.values())]
+    if not columns:
+        return None
+    labels = job_labels(sweep)
+    fig, axes = panel_figure(len(columns))
+    for ax, column in zip(axes, columns, strict=True):
+        for number, history in sweep.histories.items():
+            if column in history:
+                points = history[[EPOCH, column]].dropna()  # scores exist at some epochs only
+                ax.plot(points[EPOCH], points[column], marker=".", label=labels[number])
+        ax.set_xlabel(EPOCH)
+        ax.set_ylabel(column, fontsize="small")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize="x-small")
+    fig.suptitle(title)
+    return fig
+
+
+def padded_range(values: pd.Series) -> tuple[float, float]:
+    """Axis limits around ``values`` with a 20% margin (so that small differences show)."""
+    low, high = float(values.min()), float(values.max())
+    margin = 0.2 * (high - low) or 0.05 * abs(high) or 1.0
+    return low - margin, high + margin
+
+
+def seed_spread(data: pd.DataFrame, factor: str, column: str) -> pd.Series:
+    """Per level of ``factor``: the sd across seeds of the seed means of ``column``."""
+    return data.groupby([factor, SEED])[column].mean().groupby(level=0).std()
+
+
+def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
+    """Headline metrics by level of ``factor``: mean bars, seed sd as error bars, jobs as dots."""
+    complete = sweep.complete
+    metrics = present_metrics(complete)
+    if not metrics:
+        return None
+    order = levels(complete, factor)
+    position = {level: i for i, level in enumerate(order)}
+    fig, axes = panel_figure(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
+        data = complete.dropna(subset=[metric.key])
+        means = data.groupby(factor)[metric.key].mean().reindex(order)
+        seeded = SEED in sweep.factors and factor != SEED
+        errors = seed_spread(data, factor, metric.key).reindex(order) if seeded else None
+        ax.bar(range(len(order)), means, yerr=errors, capsize=3, color="lightsteelblue")
+        ax.scatter(data[factor].map(position), data[metric.key], s=10, color="black", zorder=3)
+        ax.set_xticks(range(len(order)), order, rotation=30, fontsize="small")
+        ax.set_ylim(*padded_range(data[metric.key]))
+        ax.set_title(metric.label, fontsize="small")
+    fig.suptitle(f"headline metrics by {factor}")
+    return fig
+
+
+def plot_bio_vs_batch(sweep: Sweep) -> Figure | None:
+    """Bio conservation against batch correction, a dot per job and a cross per job's PCA
+    baseline where metrics.json has one (None without the scores)."""
+    if not {BATCH, BIO} <= set(sweep.complete):
+        return None
+    data = sweep.complete.dropna(subset=[BATCH, BIO])
+    if data.empty:
+        return None
+    labels = job_labels(sweep)
+    fig, (ax,) = panel_figure()
+    ax.scatter(data[BATCH], data[BIO], label="scVI")
+    for _, row in data.iterrows():
+        ax.annotate(labels[row["job"]], (row[BATCH], row[BIO]), fontsize="x-small")
+    if {BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO} <= set(data):
+        baseline = data[[BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO]].dropna()
+        ax.scatter(*baseline.T.values, marker="x", color="grey", label="PCA baseline")
+    ax.legend(fontsize="x-small")
+    ax.set_xlabel("batch correction (higher is better)")
+    ax.set_ylabel("bio conservation (higher is better)")
+    return fig
+
+
+def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
+    """Every figure of the report: per-epoch histories, a panel per factor, bio vs batch."""
+    return [
+        (
+            "elbo_validation.png",
+            "validation ELBO per epoch (lower is better)",
+            lambda: plot_histories(sweep, [ELBO_VALIDATION], "validation ELBO"),
+        ),
+        (
+            "kl_weight.png",
+            "KL weight per epoch",
+            lambda: plot_histories(sweep, [KL_WEIGHT], "KL weight"),
+        ),
+        (
+            "convergence.png",
+            "integration scores per evaluated epoch (higher is better)",
+            lambda: plot_histories(sweep, [BIO, BATCH, TOTAL], "integration scores per epoch"),
+        ),
+        *[
+            (
+                f"by_{factor.replace('/', '_')}.png",
+                f"headline metrics by `{factor}`",
+                lambda factor=factor: plot_factor(sweep, factor),
+            )
+            for factor in sweep.factors
+        ],
+        (
+            "bio_vs_batch.png",
+            "bio conservation vs batch correction",
+            lambda: plot_bio_vs_batch(sweep),
+        ),
+    ]
+
+
+# --- report.md ---------------------------------------------------------------------------------
+
+
+def jobs_table(sweep: Sweep) -> str:
+    """Every job with its swept values, headline metrics and training time."""
+    metrics = {m.key: m.label for m in present_metrics(sweep.results)}
+    times = {TRAIN_TIME: "training time (s)"} if TRAIN_TIME in sweep.results else {}
+    columns = ["job", "status", *sweep.factors, *metrics, *times]
+    return markdown_table(sweep.results[columns].rename(columns={**metrics, **times}))
+
+
+def job_list(sweep: Sweep, status: str) -> list[str]:
+    """A markdown list item per job of ``status``: its overrides and error."""
+    rows = sweep.results[sweep.results["status"] == status]
+    return [
+        f"- job {row['job']} (`{row['overrides']}`)" + (f": {row['error']}" if row["error"] else "")
+        for _, row in rows.iterrows()
+    ]
+
+
+def convergence_lines(sweep: Sweep) -> list[str]:
+    """A "Convergence" section from the ``epochs_to_*`` metrics: their range over complete jobs."""
+    columns = [c for c in sweep.results.columns if c.startswith(CONVERGENCE_PREFIX)]
+    complete = sweep.results[sweep.results["status"] == COMPLETE]
+    if not columns or complete.empty:
+        return []
+    lines = [
+        "## Convergence",
+        "",
+        "Epochs until a value stays within the tolerance of its value at the last epoch "
+        "(checked at the evaluated epochs for integration scores), over complete jobs:",
+        "",
+    ]
+    for column in columns:
+        values = complete[column].dropna()
+        if len(values):
+            lines.append(
+                f"- `{column}`: median {values.median():g} "
+                f"(range {values.min():g}-{values.max():g}, of {complete[EPOCHS].max():g})"
+            )
+    return [*lines, ""]
+
+
+def data_note(sweep: Sweep) -> list[str]:
+    """Which data set the jobs trained on; a warning when it is the synthetic demo."""
+    if "dataset" not in sweep.results:
+        return []
+    datasets = sorted(map(str, sweep.results["dataset"].dropna().unique()))
+    lines = [f"Data set: {', '.join(f'`{d}`' for d in datasets)}.", ""]
+    if "demo" in datasets:
+        lines += [
+            "**Demo data**: a small synthetic data set trained for a few epochs on a CPU. "
+            "These numbers show what a report looks like; they do not answer the question "
+            "for real (Census-scale) data.",
+            "",
+        ]
+    return lines
+
+
+def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
+    """The text of report.md."""
+    folder = sweep.folder.resolve()
+    counts = sweep.results["status"].value_counts()
+    swept = "; ".join(
+        f"`{f}` ({', '.join(map(str, levels(sweep.results, f)))})" for f in sweep.factors
+    )
+    lines = [
+        f"# Multirun report: {folder.name}",
+        "",
+        f"Sweep folder: `{folder}`",
+        "",
+        f"Jobs: {counts.get(COMPLETE, 0)} complete, {counts.get(FAILED, 0)} failed, "
+        f"{counts.get(RUNNING, 0)} running / unfinished.",
+        "",
+        f"Swept: {swept or 'nothing (every job has the same overrides)'}.",
+        "",
+        *data_note(sweep),
+        "## Verdicts",
+        "",
+        "Each level against the reference level (the first in sweep order), averaged over the "
+        "complete jobs that differ only in that factor (other factors and seeds matched). "
+        "`±` is the standard deviation across seeds of the per-seed change. Lower is better for "
+        "ELBO and reconstruction loss, higher for cells/s and integration scores.",
+        "",
+        *(verdicts(sweep) or ["Nothing to compare: no factor but the seed was swept."]),
+        "",
+        *convergence_lines(sweep),
+        "## Jobs",
+        "",
+        jobs_table(sweep),
+        "",
+        "## Figures",
+        "",
+        *figure_lines(figures),
+    ]
+    for status, title in ((FAILED, "Failed jobs"), (RUNNING, "Running / unfinished jobs")):
+        if status in counts:
+            lines += [f"## {title}", "", *job_list(sweep, status), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write results.csv, figures and report.md of a sweep into ``out_dir``; return report.md."""
+    sweep = load_sweep(sweep_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep.results.to_csv(out / RESULTS_FILE, index=False)
+    figures = write_figures(planned_figures(sweep), out)
+    report = out / REPORT_FILE
+    report.write_text(report_text(sweep, figures))
+    return report
