@@ -43,12 +43,12 @@ class EpochCheckpoint(EarlyStopping):
     scvi-tools logger. (Other callbacks with a ``state_dict``, e.g. EpochStats, are saved and
     restored by Lightning itself.)
 
-    Why an EarlyStopping that never stops: Lightning runs a plain callback's
-    ``on_train_epoch_end`` before the LightningModule's, which logs the epoch's training metrics,
-    and the ``on_train_epoch_end`` of its *monitoring* callbacks (EarlyStopping, ModelCheckpoint
-    instances) after it. A checkpoint taken before would miss the epoch's metrics. Subclassing
-    EarlyStopping is the only public way to that slot; ModelCheckpoint would bring its own saving
-    and file naming, EarlyStopping's checks are switched off below.
+    Why an EarlyStopping that never stops (its checks are switched off below): Lightning runs a
+    plain callback's ``on_train_epoch_end`` before the LightningModule's, which logs the epoch's
+    training metrics, and that of its *monitoring* callbacks, instances of EarlyStopping or
+    Checkpoint, after it; a checkpoint taken before would miss the epoch's metrics. Lightning's
+    Checkpoint base class would say better what this is, but a Checkpoint needs
+    ``enable_checkpointing=True``, with which scvi-tools adds its own SaveCheckpoint callback.
     """
 
     def __init__(self, run_dir: Path, every_n_epochs: int, history_of: SimpleLogger):

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweep.report.render import (
+    REPORT_FILE,
     PlannedFigure,
     figure_lines,
     markdown_table,
@@ -33,7 +34,7 @@ from sweep.run_folder import (
     TRAIN_TIME,
 )
 
-RESULTS_FILE, REPORT_FILE = "results.csv", "report.md"
+RESULTS_FILE = "results.csv"
 
 
 # --- figures -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.report.render import (
+    REPORT_FILE,
     PlannedFigure,
     figure_lines,
     grid_figure,
@@ -32,7 +33,7 @@ from sweep.study.storage import dashboard_command, open_storage, resolve
 log = logging.getLogger(__name__)
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "VOID")
-TRIALS_FILE, REPORT_FILE = "trials.csv", "report.md"
+TRIALS_FILE = "trials.csv"
 
 
 def load(study_name: str, storage: str) -> optuna.Study:

@@ -1,5 +1,5 @@
-"""Optuna studies for train.py: the ``hydra/sweeper=optuna`` plugin's logic, the trial-side pruning
-callback and the study report.
+"""Optuna studies for train.py: the ``hydra/sweeper=optuna`` plugin's logic and the trial-side
+pruning callback (the study report is sweep.report.study).
 
 - ``config``: the sweeper's config schema (hydra-optuna-sweeper's keys, plus pruner, heartbeat)
 - ``search_space``: ``hydra.sweeper.params`` syntax -> Optuna distributions and job overrides
@@ -7,5 +7,5 @@ callback and the study report.
 - ``liveness``: heartbeats of running trials; trials of dead processes marked failed and retried
 - ``sweeper``: the ask -> launch -> tell loop shared by any number of processes
 - ``pruning``: the Lightning callback a trial reports its validation ELBO through
-- ``report``: ``multirun_reports/<study>/`` (best trials, Pareto front, importances, figures)
+- ``attrs``: the names of the attrs the sweep stores on trials and studies
 """
