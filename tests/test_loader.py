@@ -1,7 +1,10 @@
 """The block loader: each selected cell once per epoch, shuffled, sparse until densified."""
 
 import shutil
+import subprocess
+import sys
 import threading
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -10,20 +13,18 @@ import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 
-from sweep.data.loader import (
+from sweep.data.densify import (
     X_DATA,
     X_INDICES,
     X_INDPTR,
     X_RELEASE,
-    Blocks,
-    EpochLoader,
-    Fetch,
-    ShardBatches,
     dense_counts,
     densify,
-    read_ahead,
     scatter_counts,
 )
+from sweep.data.epoch_plan import Blocks, EpochPlan, Reader
+from sweep.data.fetch import Fetch, StoreCells
+from sweep.data.loader import EpochLoader, ShardBatches, read_ahead
 from sweep.data.selection import CellTable
 from sweep.data.store import CODED_COLUMNS, Shard, StoreError, read_manifest
 
@@ -34,7 +35,7 @@ def make_batches(store, selected=None, shuffle=True, **overrides):
     n = table.n_cells
     if selected is None:
         selected = np.random.default_rng(1).random(n) < 0.8
-    kwargs = dict(
+    keys = dict(
         batch_size=64,
         shuffle=shuffle,
         seed=3,
@@ -42,22 +43,22 @@ def make_batches(store, selected=None, shuffle=True, **overrides):
         fetch_size=200,
         run_size=4,
         max_cache_size=2,
-        cache_size_strictly_enforced=True,
         drop_last=False,
     )
-    kwargs.update(overrides)
+    keys.update(overrides)
+    strict = keys.pop("cache_size_strictly_enforced", True)
     batch_codes = np.arange(n) % 7  # code = global row % 7, checkable per cell
     covariates = np.stack([np.arange(n) % 2, np.arange(n) % 3], axis=1)
-    return ShardBatches(
-        store,
-        [s["file"] for s in manifest.shards],
+    cells = StoreCells(
+        [store / s["file"] for s in manifest.shards],
         table.offsets,
         manifest.n_genes,
         selected,
         batch_codes,
         covariates,
-        **kwargs,
-    ), selected
+    )
+    plan = EpochPlan.cover(table.offsets, selected, **keys)
+    return ShardBatches.over(plan, cells, strict), selected
 
 
 def cell_ids(batch) -> np.ndarray:
@@ -72,8 +73,7 @@ def dense(batch, n_genes):
 
 def epoch_cells(dataset, n_genes, epoch, rank=0, world_size=1):
     dataset.epoch.value = epoch
-    dataset.rank, dataset.world_size = rank, world_size
-    return [dense(b, n_genes) for b in dataset]
+    return [dense(b, n_genes) for b in replace(dataset, rank=rank, world_size=world_size)]
 
 
 def test_blocks_cover_exactly_the_selected_cells():
@@ -85,13 +85,110 @@ def test_blocks_cover_exactly_the_selected_cells():
     assert ranges == [(0, 0, 4), (1, 0, 4), (1, 12, 15)]
 
 
+def plan_of(offsets, selected, **overrides) -> EpochPlan:
+    keys = dict(
+        block_size=32,
+        seed=3,
+        shuffle=True,
+        batch_size=64,
+        fetch_size=200,
+        run_size=4,
+        max_cache_size=2,
+        drop_last=False,
+    )
+    return EpochPlan.cover(offsets, selected, **(keys | overrides))
+
+
+#: the small store's shards (global first rows) and a training split of its cells
+OFFSETS = np.array([0, 500, 1000, 1500, 2000, 2130])
+SELECTED = np.random.default_rng(1).random(2130) < 0.8
+
+
+def planned_cells(plan, epoch, reader) -> list[np.ndarray]:
+    """The global rows of ``reader``'s batches (of OFFSETS' cells), from its requests alone."""
+    blocks = plan.blocks
+    rows = [
+        np.arange(start, stop) + OFFSETS[shard]
+        for shard, start, stop in zip(blocks.shard, blocks.start, blocks.stop, strict=True)
+    ]
+    batches, carried = [], np.zeros(0, dtype=np.int64)
+    for request in plan.requests(epoch, reader):
+        cells = np.concatenate([carried, *(rows[b][SELECTED[rows[b]]] for b in request.blocks)])
+        batches += [cells[positions] for positions in request.batches]
+        carried = cells[request.carry]
+    assert not len(carried)
+    return batches
+
+
+@pytest.mark.parametrize("world_size, workers", [(1, 1), (1, 3), (2, 2), (3, 1), (3, 2)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_plan_reads_every_training_cell_once_per_epoch_in_step_without_files(
+    world_size, workers, drop_last
+):
+    plan = plan_of(OFFSETS, SELECTED, drop_last=drop_last)
+    for epoch in (0, 1):
+        per_rank, seen = [], []
+        for rank in range(world_size):
+            readers = [Reader(rank, world_size, w, workers) for w in range(workers)]
+            batches = [b for r in readers for b in planned_cells(plan, epoch, r)]
+            per_rank.append(len(batches))
+            assert {len(b) for b in batches} <= {64, 32} or not drop_last
+            seen += batches
+        assert len(set(per_rank)) == 1  # DDP steps in lockstep
+        everything = np.concatenate(seen)
+        assert len(everything) == len(np.unique(everything))  # none repeated
+        if not drop_last:
+            assert np.array_equal(np.sort(everything), np.flatnonzero(SELECTED))
+
+
+def test_the_plan_pins_the_worked_example_of_its_docstring():
+    plan = plan_of(
+        np.array([0, 4, 8, 12, 16]),
+        np.ones(16, bool),
+        block_size=2,
+        seed=0,
+        batch_size=3,
+        fetch_size=4,
+        run_size=1,
+    )
+    deal = {
+        (epoch, rank): [g.tolist() for g in plan.reader_groups(epoch, Reader(rank, 2))]
+        for epoch in (0, 1)
+        for rank in (0, 1)
+    }
+    assert [g.tolist() for g in plan.groups(0)] == [[5, 4, 1, 0], [3, 7, 2, 6]]
+    assert deal == {
+        (0, 0): [[5, 1], [3, 2]],
+        (0, 1): [[4, 0], [7, 6]],
+        (1, 0): [[1, 6], [3, 2]],
+        (1, 1): [[7, 0], [5, 4]],
+    }
+    assert deal[0, 1] == [g.tolist() for g in plan.reader_groups(0, Reader(0, 1, 1, 2))]
+    requests = list(plan.requests(0, Reader(0, 2)))
+    assert [
+        (r.blocks.tolist(), [b.tolist() for b in r.batches], r.carry.tolist()) for r in requests
+    ] == [
+        ([5, 1], [[2, 0, 3]], [1]),
+        ([3, 2], [[0, 4, 1], [3, 2]], []),
+    ]
+
+
+def test_the_plan_module_needs_no_file_reader_or_torch():
+    code = (
+        "import sys, sweep.data.epoch_plan; "
+        "print(sorted(m for m in ('h5py', 'torch', 'numba', 'scipy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_every_selected_cell_once_per_epoch_across_ranks_in_step(small_store, world_size, epoch):
     """Ranks are disjoint, cover every cell, and yield the same number of batches (DDP steps in
     lockstep): a rank short of batches sends some full ones as two halves."""
     dataset, selected = make_batches(small_store)
-    n_genes = dataset.n_genes
+    n_genes = dataset.cells.n_genes
     seen, counts = [], []
     for rank in range(world_size):
         batches = epoch_cells(dataset, n_genes, epoch, rank=rank, world_size=world_size)
@@ -100,7 +197,9 @@ def test_every_selected_cell_once_per_epoch_across_ranks_in_step(small_store, wo
         counts.append(len(batches))
         seen.append(np.concatenate([cell_ids(b) for b in batches]))
     assert len(set(counts)) == 1
-    natural = dataset.reader_cells(epoch).sum(axis=1)  # cells per rank, before levelling
+    natural = dataset.reader_cells(epoch, world_size, workers=1).sum(
+        axis=1
+    )  # cells per rank, before levelling
     assert len(set(-(-natural // 64))) > 1  # the ranks needed levelling
     everything = np.concatenate(seen)
     assert len(everything) == selected.sum()  # none repeated
@@ -202,6 +301,7 @@ def test_two_workers_deliver_every_cell_once_each_epoch(
         persistent_workers=persistent,
         batches_per_handoff=handoff,
     )
+    dataset = loader.dataset  # as this loader delivers: with its ring
     orders = []
     for e in range(2):
         epoch["now"] = e
@@ -221,8 +321,8 @@ def test_ranks_times_workers_cover_each_cell_once(small_store):
     dataset, selected = make_batches(small_store)
     seen, counts = [], []
     for rank in range(2):
-        dataset.rank, dataset.world_size = rank, 2
-        loader = EpochLoader(dataset, epoch_of=lambda: 3, slot_bytes=1 << 20, num_workers=2)
+        reader = replace(dataset, rank=rank, world_size=2)
+        loader = EpochLoader(reader, epoch_of=lambda: 3, slot_bytes=1 << 20, num_workers=2)
         batches = [cell_ids(densify(b, 60)) for b in loader]
         counts.append(len(batches))
         seen.append(np.concatenate(batches))
@@ -245,7 +345,9 @@ def test_cache_bound_guard(small_store, monkeypatch, strict):
         small_store, max_cache_size=2, cache_size_strictly_enforced=strict, fetch_size=10_000
     )
     everything = np.arange(len(dataset.blocks))
-    monkeypatch.setattr(dataset, "groups", lambda epoch: [everything])  # one group, 5 shards
+    monkeypatch.setattr(
+        ShardBatches, "groups", lambda self, epoch: [everything]
+    )  # one group, 5 shards
     if strict:
         with pytest.raises(RuntimeError, match="max_cache_size=2"):
             epoch_cells(dataset, 60, epoch=0)
@@ -305,17 +407,17 @@ def test_damaged_shard_data_is_refused_naming_the_shard_before_densifying(
             f["X/data"][5] = -2 if damage == "negative count" else np.nan
     dataset, _ = make_batches(store)
     with pytest.raises(StoreError, match=rf"shard {shard}: the data of rows 0\.\.\d+ .*damaged"):
-        epoch_cells(dataset, dataset.n_genes, epoch=0)
+        epoch_cells(dataset, dataset.cells.n_genes, epoch=0)
     assert sum(dataset.checked) < len(dataset.blocks)  # it stopped at the damaged block
     clean, _ = make_batches(small_store)
-    epoch_cells(clean, clean.n_genes, epoch=0)
+    epoch_cells(clean, clean.cells.n_genes, epoch=0)
     assert all(clean.checked)  # every block checked in the first epoch
 
 
 def test_a_fetch_is_shuffled_in_runs_cut_at_a_new_phase_each_time(small_store):
     dataset, _ = make_batches(small_store, run_size=8)
     rng = np.random.default_rng(0)
-    orders = [dataset._order(100, rng) for _ in range(6)]
+    orders = [dataset.fetch_order(100, rng) for _ in range(6)]
     for order in orders:
         assert np.array_equal(np.sort(order), np.arange(100))  # every cell once
         steps = np.diff(order)
@@ -324,7 +426,7 @@ def test_a_fetch_is_shuffled_in_runs_cut_at_a_new_phase_each_time(small_store):
     first_runs = {int(np.flatnonzero(np.diff(order) != 1)[0]) + 1 for order in orders}
     assert len(first_runs) > 1  # the run boundaries move, so neighbours pair up differently
     cell_by_cell, _ = make_batches(small_store, run_size=1)
-    assert (np.diff(cell_by_cell._order(100, rng)) == 1).mean() < 0.2
+    assert (np.diff(cell_by_cell.fetch_order(100, rng)) == 1).mean() < 0.2
 
 
 @pytest.mark.parametrize("reader_thread", [False, True])
@@ -352,4 +454,5 @@ def test_read_dense_for_a_cpu_trainer_equals_sparse_then_densified(small_store, 
     workers = EpochLoader(
         dataset, epoch_of=lambda: 1, slot_bytes=0, num_workers=1, trains_on_cpu=True
     )
+    dataset = workers.dataset  # as this loader delivers
     assert not dataset.dense and X_DATA in next(iter(workers))  # workers always send sparse

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ import scipy.sparse as sp
 from lightning.pytorch import LightningDataModule
 
 from sweep.data.batches import BatchEncoding, check_columns, encode_batches
+from sweep.data.densify import densify
+from sweep.data.epoch_plan import EpochPlan
+from sweep.data.fetch import Fetch, StoreCells
 from sweep.data.heap import retain_freed_blocks
-from sweep.data.loader import EpochLoader, Fetch, ShardBatches, densify
+from sweep.data.loader import EpochLoader, ShardBatches
 from sweep.data.selection import CellTable, Split, split_cells
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
 
@@ -137,29 +141,35 @@ class StoreDataModule(LightningDataModule):
         return pd.concat(parts, ignore_index=True)
 
     def _dataset(self, selected: np.ndarray, shuffle: bool) -> ShardBatches:
+        """The reader of the cells ``selected`` (n_cells,) bool, as rank 0 of 1."""
         cfg = self.loader_cfg
-        return ShardBatches(
-            self.store,
-            [entry["file"] for entry in self.manifest.shards],
+        plan = EpochPlan.cover(
+            self.offsets,
+            selected,
+            block_size=cfg.block_size,
+            seed=self.seed,
+            shuffle=shuffle,
+            batch_size=cfg.batch_size,
+            fetch_size=cfg.fetch_size,
+            run_size=cfg.run_size,
+            max_cache_size=cfg.max_cache_size,
+            drop_last=cfg.drop_last and shuffle,
+        )
+        cells = StoreCells(
+            [self.store / entry["file"] for entry in self.manifest.shards],
             self.offsets,
             self.n_vars,
             selected,
             self.encoding.batch_codes,
             self.encoding.covariate_codes,
-            batch_size=cfg.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            block_size=cfg.block_size,
-            fetch_size=cfg.fetch_size,
-            run_size=cfg.run_size,
-            max_cache_size=cfg.max_cache_size,
-            cache_size_strictly_enforced=cfg.cache_size_strictly_enforced,
-            drop_last=cfg.drop_last and shuffle,
         )
+        return ShardBatches.over(plan, cells, strict=cfg.cache_size_strictly_enforced)
 
     def _loader(self, dataset: ShardBatches) -> EpochLoader:
         if self.trainer is not None:
-            dataset.rank, dataset.world_size = self.trainer.global_rank, self.trainer.world_size
+            dataset = replace(
+                dataset, rank=self.trainer.global_rank, world_size=self.trainer.world_size
+            )
         workers = self.num_workers
         return EpochLoader(
             dataset,
