@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from sweep.config import register_schema
 from sweep.paths import CONF_DIR
+from sweep.tracking import job_identity
 
 FIXTURE = Path(__file__).parent / "data" / "composed_options_before_deltas.json"
 
@@ -52,6 +54,20 @@ def test_every_group_option_has_a_recorded_config():
 def test_an_option_composes_to_what_it_composed_before_option_files_became_deltas(name):
     before = json.loads(FIXTURE.read_text())[name]
     assert composed(None if name == "defaults" else name) == before
+
+
+def test_every_group_of_the_config_but_hydras_own_is_tracked():
+    register_schema()
+    overrides = ["experiment=architecture", "hparams_search=scvi", "hydra.job.num=0"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # a multirun job with no group left at null
+    try:
+        tracked = set(job_identity(cfg)["choices"])
+    finally:
+        HydraConfig.instance().cfg = None
+    groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir() and path.name != "hydra"}
+    assert tracked == groups
 
 
 if __name__ == "__main__":

@@ -22,18 +22,9 @@ from sweep import run_folder
 
 log = logging.getLogger(__name__)
 
-#: config groups whose chosen option is logged as a top-level W&B config key
-GROUPS = (
-    "dataset",
-    "data",
-    "batch",
-    "model",
-    "plan",
-    "loader",
-    "trainer",
-    "evaluation",
-    "experiment",
-)
+#: the prefix of Hydra's own config groups (``hydra/launcher``...); every other group's chosen
+#: option is logged as a top-level W&B config key, so a new group in ``conf/`` is tracked as is
+HYDRA_GROUP_PREFIX = "hydra/"
 
 
 def job_identity(cfg) -> dict:
@@ -48,7 +39,11 @@ def job_identity(cfg) -> dict:
         return {"name": "run", "group": None, "overrides": [], "choices": {}}
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    choices = {g: hc.runtime.choices[g] for g in GROUPS if hc.runtime.choices.get(g) is not None}
+    choices = {
+        group: option
+        for group, option in hc.runtime.choices.items()
+        if option is not None and not group.startswith(HYDRA_GROUP_PREFIX)
+    }
     multirun = hc.mode == RunMode.MULTIRUN
     group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else None
     group = OmegaConf.select(cfg, "optuna.study_name") or group  # an Optuna trial: its study
