@@ -95,3 +95,9 @@ def test_the_installed_package_finds_its_configs_from_another_folder(wheel_venv,
     assert found["repo_root"] is None
     assert found["reports_dir"] == str(tmp_path / "multirun_reports")
     assert found["model"] == {"n_hidden": 512, "n_latent": 50}
+    # the package's own Hydra entry point (python -m) composes its config there too
+    prepare = run(
+        [str(wheel_venv), "-m", "sweep.prepare", "--cfg", "job", "source=a", "output=b"], tmp_path
+    )
+    assert prepare.returncode == 0, prepare.stderr
+    assert "n_top_genes: 8000" in prepare.stdout
