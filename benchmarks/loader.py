@@ -45,12 +45,9 @@ from sweep.data.store import (
     CODED_COLUMNS,
     IS_PRIMARY,
     N_GENES_ALL,
-    Manifest,
     Shard,
+    StoreWriter,
     read_manifest,
-    shard_name,
-    write_manifest,
-    write_shard,
 )
 
 ANCHOR_SCRIPT = REPO_ROOT.parent / "shared" / "anchors" / "cellarium_loader_bench.sh"
@@ -73,10 +70,9 @@ def make_store(
     obs codes are random (5 values per column), every cell primary with n_genes_all = 2 x nnz.
     """
     rng = np.random.default_rng(seed)
-    folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    writer = StoreWriter(folder, genes, genes)
     shards = []
     for s in range(n_shards):
         parts = []
@@ -94,21 +90,10 @@ def make_store(
         )
         obs[N_GENES_ALL] = (2 * np.diff(X.indptr)).astype(np.int32)
         obs[IS_PRIMARY] = True
-        nnz = write_shard(folder / shard_name(s), X, obs, genes, genes)
-        shards.append({"file": shard_name(s), "n_cells": shard_size, "nnz": nnz})
+        shards.append(writer.write_shard(s, X, obs))
     vocab = {c: [f"{c}-{i}" for i in range(5)] for c in CODED_COLUMNS}
-    write_manifest(
-        folder,
-        Manifest(
-            genes,
-            genes,
-            vocab,
-            shards,
-            shard_size,
-            provenance={"made_by": "benchmarks.loader make_store"},
-        ),
-    )
-    return folder
+    writer.finish(shards, vocab, shard_size, provenance={"made_by": "benchmarks.loader make_store"})
+    return writer.folder
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Shared fixtures: small stores written directly with the store module (unit tests), and real
+"""Shared fixtures: small stores written directly with the store writer (unit tests), and real
 synthetic sources prepared into a store (end-to-end tests), in pytest's tmp folders."""
 
 from __future__ import annotations
@@ -12,15 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from sweep.data.prepare import prepare_store
-from sweep.data.store import (
-    CODED_COLUMNS,
-    IS_PRIMARY,
-    N_GENES_ALL,
-    Manifest,
-    shard_name,
-    write_manifest,
-    write_shard,
-)
+from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, StoreWriter
 from sweep.data.synthetic import SyntheticConfig, generate
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -35,8 +27,9 @@ def make_store(
     obs codes are random in [0, n_codes); n_genes_all uniform in [0, 1000).
     """
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    genes = [f"ENSG{i:011d}" for i in range(n_genes)]
+    writer = StoreWriter(
+        folder, [f"ENSG{i:011d}" for i in range(n_genes)], [f"G{i}" for i in range(n_genes)]
+    )
     shards, first = [], 0
     for s, n in enumerate(shard_sizes):
         X = sp.random(n, n_genes, density=0.2, format="csr", random_state=rng, dtype=np.float32)
@@ -50,13 +43,10 @@ def make_store(
         )
         obs[N_GENES_ALL] = rng.integers(0, 1000, n).astype(np.int32)
         obs[IS_PRIMARY] = rng.random(n) > 0.1
-        nnz = write_shard(folder / shard_name(s), X, obs, genes, [f"G{i}" for i in range(n_genes)])
-        shards.append({"file": shard_name(s), "n_cells": n, "nnz": nnz})
+        shards.append(writer.write_shard(s, X, obs))
         first += n
     vocab = {c: [f"{c}-{i}" for i in range(n_codes)] for c in CODED_COLUMNS}
-    write_manifest(
-        folder, Manifest(genes, [f"G{i}" for i in range(n_genes)], vocab, shards, max(shard_sizes))
-    )
+    writer.finish(shards, vocab, max(shard_sizes))
     return folder
 
 

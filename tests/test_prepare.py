@@ -17,8 +17,9 @@ import scipy.sparse as sp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import sweep.data.prepare as prepare_module
-from sweep.data.prepare import PrepareConfig, PrepareError, prepare_store
+from sweep.data.prepare import PrepareConfig, PrepareError, checks, pipeline, prepare_store
+from sweep.data.prepare.genes import HVG_MIN_BATCH_CELLS
+from sweep.data.prepare.output import LOG_NAME, TMP_DIR
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store, read_manifest
 from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.paths import CONF_DIR
@@ -99,8 +100,8 @@ def test_round_trip_with_gene_list(list_store, source_data, gene_list):
         assert entry["n_cells"] == src.n_obs
         assert entry["n_non_primary"] == int((~src.obs["is_primary_data"]).sum())
     assert manifest.provenance["counts"]["n_cells"] == store.n_obs
-    assert not (out / prepare_module.TMP_DIR).exists()
-    assert "store genes present" in (out / prepare_module.LOG_NAME).read_text()
+    assert not (out / TMP_DIR).exists()
+    assert "store genes present" in (out / LOG_NAME).read_text()
 
 
 def test_shards_equal_size_and_shuffled_across_sources(list_store, source_data):
@@ -143,7 +144,7 @@ def test_hvg_matches_scanpy_in_source_order(sources, source_data, tmp_path):
         cells.obs["suspension_type"].astype(str) + "_" + cells.obs["assay"].astype(str)
     )
     sizes = cells.obs["batch"].value_counts()
-    small = list(sizes.index[sizes < prepare_module.HVG_MIN_BATCH_CELLS])  # left out, logged
+    small = list(sizes.index[sizes < HVG_MIN_BATCH_CELLS])  # left out, logged
     assert small and manifest.provenance["hvg"]["left_out_batches"] == sizes[small].to_dict()
     cells = cells[~cells.obs["batch"].isin(small)].copy()
     sc.pp.highly_variable_genes(cells, flavor="seurat_v3", n_top_genes=50, batch_key="batch")
@@ -223,10 +224,10 @@ def test_interrupted_run_reuses_pieces(sources, tmp_path, caplog, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_module, "write_store_shard", crash)
+        patch.setattr(pipeline, "write_store_shard", crash)
         with pytest.raises(KeyboardInterrupt):
             prepare_store(cfg)
-    assert len(list((out / prepare_module.TMP_DIR).glob("piece_*.h5"))) == len(sources)
+    assert len(list((out / TMP_DIR).glob("piece_*.h5"))) == len(sources)
     caplog.set_level(logging.INFO, logger="sweep.data.prepare")
     resumed = prepare_store(cfg)
     assert f"reusing {len(sources)} source pieces" in caplog.text
@@ -321,7 +322,7 @@ def test_bad_source_is_rejected_before_the_scan(case, source_data, tmp_path, mon
         modify(adata)
         adata.write_h5ad(bad)
         match = "bad.h5ad: .*" + match
-    monkeypatch.setattr(prepare_module, "scan_source", _no_scan)  # forked workers inherit it
+    monkeypatch.setattr(pipeline, "scan_source", _no_scan)  # forked workers inherit it
     with pytest.raises(PrepareError, match=match + r".*\(or pass skip_bad_sources=true"):
         prepare_store(config([bad], tmp_path / "store", genes=genes, workers=2))
     assert not (tmp_path / "store").exists()  # nothing written, not even the folder
@@ -333,7 +334,7 @@ def test_counts_bad_after_the_first_rows_are_found_by_the_scan(source_data, tmp_
     adata = source_data[0][:40].copy()
     adata.X[30, adata.X[30].indices[0]] = 2.5
     adata.write_h5ad(folder / "late.h5ad")
-    monkeypatch.setattr(prepare_module, "HEADER_ROWS", 10)  # rows 0-9 pass the check pass
+    monkeypatch.setattr(checks, "HEADER_ROWS", 10)  # rows 0-9 pass the check pass
     with pytest.raises(
         PrepareError, match=r"late.h5ad: X has non-integer values \(e.g. 2.5 in row 30"
     ):
@@ -375,7 +376,7 @@ def test_skip_bad_sources_goes_on_without_them_and_lists_them(source_data, tmp_p
     truncated = folder / "truncated.h5ad"
     source_data[1][80:120].copy().write_h5ad(truncated)
     truncated.write_bytes(truncated.read_bytes()[:4000])
-    monkeypatch.setattr(prepare_module, "HEADER_ROWS", 10)
+    monkeypatch.setattr(checks, "HEADER_ROWS", 10)
 
     out = tmp_path / "store"
     manifest = prepare_store(config([truncated], out, genes="hvg", skip_bad_sources=True))
@@ -396,7 +397,7 @@ def test_skip_bad_sources_goes_on_without_them_and_lists_them(source_data, tmp_p
     for adata in good:  # each source's counts, in the store's gene order
         expected = adata[:, manifest.genes].X.toarray()
         assert np.array_equal(store[adata.obs_names].X.toarray(), expected)
-    log_text = (out / prepare_module.LOG_NAME).read_text()
+    log_text = (out / LOG_NAME).read_text()
     assert all(f"skipping {folder / name}" in log_text for name in reasons)
     assert "left out 5 bad sources" in log_text
     assert "1 gene ids have different feature_name values" in log_text

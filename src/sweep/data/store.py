@@ -18,15 +18,20 @@ The manifest holds the gene list, one global vocabulary per coded column, the sh
 cell and non-zero counts, how the store was made (``provenance``, with the command that rebuilds
 it) and, optionally, the sources prepare left out (``skipped_sources``: file and reason; absent
 in manifests written before it existed).
+
+Every store is written by :class:`StoreWriter` (prepare, the test fixtures, the benchmark) and
+read through :func:`read_manifest`, :func:`check_store` and :class:`Shard`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anndata
 import h5py
@@ -45,6 +50,7 @@ N_GENES_ALL = "n_genes_all"
 IS_PRIMARY = "is_primary_data"
 
 CODE_DTYPE = np.int32
+N_GENES_DTYPE = np.int32
 INDEX_DTYPE = np.int32
 INDPTR_DTYPE = np.int64
 VALUE_DTYPE = np.float32
@@ -110,15 +116,6 @@ class Manifest:
         )
 
 
-def write_manifest(store: str | Path, manifest: Manifest) -> Path:
-    """Write the manifest atomically (temp file + rename): after this the store is complete."""
-    path = Path(store) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=1))
-    os.replace(tmp, path)
-    return path
-
-
 def rebuild_hint(store: str | Path, manifest: Manifest | None = None) -> str:
     """How to rebuild ``store``: the prepare command, with the arguments that made it when the
     manifest recorded them (``provenance["prepare_overrides"]``)."""
@@ -164,32 +161,87 @@ def read_manifest(store: str | Path) -> Manifest:
         ) from err
 
 
-def write_shard(
-    path: str | Path,
-    X: sp.csr_matrix,
-    obs: pd.DataFrame,
-    genes: list[str],
-    gene_names: list[str],
-) -> int:
-    """Write one shard: obs/var through anndata, X as contiguous uncompressed CSR through h5py.
+def is_store_file(name: str) -> bool:
+    """True for the names :class:`StoreWriter` writes into a store folder, temp files included."""
+    return name in (MANIFEST_NAME, MANIFEST_NAME + ".tmp") or bool(
+        re.fullmatch(r"shard_\d+(\.tmp)?\.h5ad", name)
+    )
 
-    ``X`` (cells, genes) counts; ``obs`` indexed by cell id with the code and flag columns.
-    Returns the number of non-zeros written.
+
+@dataclass(frozen=True)
+class StoreWriter:
+    """Writes one store into ``folder`` (created): the one place where shards are encoded.
+
+    Shards first, each with :meth:`write_shard`, in any order and in any process (the writer is
+    picklable); then :meth:`finish` writes the manifest, last. Every file is written under a temp
+    name and renamed, so a folder holds only whole shards and a manifest only once it is complete.
     """
-    path = Path(path)
-    X = sp.csr_matrix(X)
-    X.sort_indices()
-    var = pd.DataFrame({"feature_name": gene_names}, index=pd.Index(genes))
-    anndata.AnnData(obs=obs, var=var).write_h5ad(path)
-    with h5py.File(path, "a") as f:
-        group = f.create_group("X")
-        group.attrs["encoding-type"] = "csr_matrix"
-        group.attrs["encoding-version"] = "0.1.0"
-        group.attrs["shape"] = np.array(X.shape, dtype=np.int64)
-        group.create_dataset("data", data=X.data.astype(VALUE_DTYPE, copy=False), chunks=None)
-        group.create_dataset("indices", data=X.indices.astype(INDEX_DTYPE, copy=False), chunks=None)
-        group.create_dataset("indptr", data=X.indptr.astype(INDPTR_DTYPE, copy=False), chunks=None)
-    return int(X.nnz)
+
+    folder: Path
+    genes: list[str]  # Ensembl ids, the store's gene order
+    gene_names: list[str]  # their feature names
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write_shard(self, index: int, X: sp.spmatrix, obs: pd.DataFrame) -> dict:
+        """Write shard ``index``; return its manifest entry {"file", "n_cells", "nnz"}.
+
+        ``X`` (cells, genes) raw counts, any sparse format; ``obs`` indexed by cell id with the
+        :data:`CODED_COLUMNS` codes, :data:`N_GENES_ALL` and :data:`IS_PRIMARY` (cast to the
+        format's dtypes). obs and var go through anndata, X as contiguous uncompressed CSR
+        through h5py.
+        """
+        X = sp.csr_matrix(X)
+        X.sort_indices()
+        name = shard_name(index)
+        partial = self.folder / name.replace(".h5ad", ".tmp.h5ad")
+        var = pd.DataFrame({"feature_name": self.gene_names}, index=pd.Index(self.genes))
+        anndata.AnnData(obs=_encode_obs(obs), var=var).write_h5ad(partial)
+        with h5py.File(partial, "a") as f:
+            group = f.create_group("X")
+            group.attrs["encoding-type"] = "csr_matrix"
+            group.attrs["encoding-version"] = "0.1.0"
+            group.attrs["shape"] = np.array(X.shape, dtype=np.int64)
+            for key, values, dtype in (
+                ("data", X.data, VALUE_DTYPE),
+                ("indices", X.indices, INDEX_DTYPE),
+                ("indptr", X.indptr, INDPTR_DTYPE),
+            ):
+                group.create_dataset(key, data=values.astype(dtype, copy=False), chunks=None)
+        os.replace(partial, self.folder / name)
+        return {"file": name, "n_cells": int(X.shape[0]), "nnz": int(X.nnz)}
+
+    def finish(
+        self,
+        shards: list[dict],
+        vocab: dict[str, list[str]],
+        shard_size: int,
+        **extra: Any,
+    ) -> Manifest:
+        """Write the manifest (after this the store is complete) and return it.
+
+        ``shards``: :meth:`write_shard`'s entries in shard order; ``vocab``: per coded column the
+        values its codes index; ``extra``: the other :class:`Manifest` fields (``sources``,
+        ``provenance``, ``skipped_sources``).
+        """
+        manifest = Manifest(self.genes, self.gene_names, vocab, shards, shard_size, **extra)
+        path = self.folder / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest.to_json(), indent=1))
+        os.replace(tmp, path)
+        return manifest
+
+
+def _encode_obs(obs: pd.DataFrame) -> pd.DataFrame:
+    """A shard's obs: the coded, count and flag columns in the format's dtypes, same index."""
+    encoded = pd.DataFrame(
+        {column: obs[column].to_numpy(CODE_DTYPE) for column in CODED_COLUMNS}, index=obs.index
+    )
+    encoded[N_GENES_ALL] = obs[N_GENES_ALL].to_numpy(N_GENES_DTYPE)
+    encoded[IS_PRIMARY] = obs[IS_PRIMARY].to_numpy(bool)
+    return encoded
 
 
 class Shard:
@@ -198,7 +250,7 @@ class Shard:
     ``indptr`` is read whole on first use (8 bytes per cell). :meth:`arrays` gives X's values and
     gene indices memory-mapped (no copy: a reader touches only the pages of the rows it reads)
     when they are stored contiguous, uncompressed and in this format's dtypes, as
-    :func:`write_shard` writes them; otherwise it reads them whole.
+    :class:`StoreWriter` writes them; otherwise it reads them whole.
     """
 
     def __init__(self, path: str | Path):

@@ -1,0 +1,203 @@
+"""Reading one source h5ad: genes and obs at once, counts streamed in row chunks and checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import read_elem
+
+from sweep.data.prepare.config import PrepareError
+from sweep.data.store import IS_PRIMARY
+
+MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabulary
+DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values at a time
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn low-level read failures of ``path`` into a PrepareError naming the file."""
+    try:
+        yield
+    except (OSError, KeyError) as err:
+        raise PrepareError(
+            f"{path}: cannot be read ({type(err).__name__}: {err}): the file is truncated, "
+            "still downloading or not an h5ad file; download or write it again"
+        ) from err
+
+
+def _as_str(values: Any) -> np.ndarray:
+    """An obs column as a str array, shape (cells,); missing values become MISSING_LABEL."""
+    series = pd.Series(values, copy=False).astype(object)
+    return series.where(series.notna(), MISSING_LABEL).astype(str).to_numpy()
+
+
+def _as_flags(values: Any, path: Path, column: str) -> np.ndarray:
+    """A boolean obs column (bool or 0/1 values), shape (cells,)."""
+    array = np.asarray(values)
+    if array.dtype == bool:
+        return array
+    distinct = set(pd.unique(pd.Series(array)))
+    if distinct <= {0, 1}:
+        return array.astype(bool)
+    raise PrepareError(
+        f"{path}: obs column {column!r} must be boolean, got values such as "
+        f"{sorted(map(str, distinct))[:3]}: write it as True/False"
+    )
+
+
+class SourceReader:
+    """One source h5ad opened for streaming: genes and obs read at once, counts in row chunks.
+
+    Counts come from ``raw/X`` (with ``raw/var``) when the file has them, as CELLxGENE downloads
+    keep raw counts there and normalised values in ``X``; otherwise from ``X``. ``X`` may be CSR
+    or dense; it is never loaded whole. Every problem raises PrepareError naming the file.
+    """
+
+    def __init__(self, path: Path, obs_columns: tuple[str, ...]):
+        self.path = path
+        with _reading(path):
+            self.file = h5py.File(path, "r")
+            try:
+                self._read_header(obs_columns)
+            except BaseException:
+                self.file.close()
+                raise
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def _read_header(self, obs_columns: tuple[str, ...]) -> None:
+        f, path = self.file, self.path
+        self.matrix_key, var_key = ("raw/X", "raw/var") if "raw/X" in f else ("X", "var")
+        if self.matrix_key not in f or var_key not in f or "obs" not in f:
+            raise PrepareError(f"{path}: not an h5ad file with X, obs and var")
+        self.matrix = f[self.matrix_key]
+        self.n_cells, self.n_genes = self._shape()
+        self.gene_ids, self.gene_names = self._read_genes(f[var_key], var_key)
+        self.cell_ids, self.obs = self._read_obs(f["obs"], obs_columns)
+
+    def _shape(self) -> tuple[int, int]:
+        if isinstance(self.matrix, h5py.Dataset):
+            n_cells, n_genes = self.matrix.shape
+            return int(n_cells), int(n_genes)
+        encoding = self.matrix.attrs.get("encoding-type")
+        if encoding != "csr_matrix":
+            raise PrepareError(
+                f"{self.path}: {self.matrix_key} is stored as {encoding}; prepare streams rows "
+                "and needs CSR or dense: rewrite it (adata.X = adata.X.tocsr(); write_h5ad)"
+            )
+        n_cells, n_genes = self.matrix.attrs["shape"]
+        return int(n_cells), int(n_genes)
+
+    def _read_genes(self, var: h5py.Group, var_key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Gene ids (the var index) and names (``feature_name`` or the ids), shape (genes,)."""
+        ids = _as_str(read_elem(var[var.attrs["_index"]]))
+        names = _as_str(read_elem(var["feature_name"])) if "feature_name" in var else ids
+        problem = None
+        if len(ids) != self.n_genes:
+            problem = f"{len(ids)} ids for {self.n_genes} matrix columns"
+        elif len(ids) == 0 or (ids == "").any():
+            problem = "the index is empty or holds empty strings"
+        elif pd.Index(ids).has_duplicates:
+            dups = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+            problem = f"{len(dups)} duplicated ids such as {list(dups[:3])}"
+        if problem:
+            raise PrepareError(
+                f"{self.path}: {var_key} has no usable gene ids ({problem}): the var index must "
+                "hold unique Ensembl feature ids (CELLxGENE's feature_id)"
+            )
+        return ids, names
+
+    def _read_obs(
+        self, obs: h5py.Group, columns: tuple[str, ...]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Cell ids (cells,) str and the requested columns (str arrays; IS_PRIMARY as bool)."""
+        index_name = obs.attrs["_index"]
+        have = [c for c in obs if c != index_name and not c.startswith("__")]
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise PrepareError(
+                f"{self.path}: obs lacks the columns {missing} (it has {sorted(have)}): "
+                "prepare needs the CELLxGENE columns; add or rename them"
+            )
+        cell_ids = _as_str(read_elem(obs[index_name]))
+        if len(cell_ids) != self.n_cells:
+            raise PrepareError(
+                f"{self.path}: obs has {len(cell_ids)} rows for {self.n_cells} matrix rows"
+            )
+        values = {}
+        for column in columns:
+            raw = read_elem(obs[column])
+            if column == IS_PRIMARY:
+                values[column] = _as_flags(raw, self.path, column)
+            else:
+                values[column] = _as_str(raw)
+        return cell_ids, values
+
+    def chunks(self, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """Yield (first row, counts CSR (rows, source genes) float32, explicit zeros removed)."""
+        with _reading(self.path):
+            dense = isinstance(self.matrix, h5py.Dataset)
+            indptr = None if dense else self.matrix["indptr"][:]
+            if dense:
+                chunk_rows = max(1, min(chunk_rows, DENSE_CHUNK_VALUES // max(1, self.n_genes)))
+            for start in range(0, self.n_cells, chunk_rows):
+                stop = min(start + chunk_rows, self.n_cells)
+                if dense:
+                    chunk = sp.csr_matrix(self.matrix[start:stop].astype(np.float32))
+                else:
+                    lo, hi = int(indptr[start]), int(indptr[stop])
+                    chunk = sp.csr_matrix(
+                        (
+                            self.matrix["data"][lo:hi].astype(np.float32),
+                            self.matrix["indices"][lo:hi],
+                            indptr[start : stop + 1] - lo,
+                        ),
+                        shape=(stop - start, self.n_genes),
+                    )
+                self._check_counts(chunk, start)
+                chunk.eliminate_zeros()
+                yield start, chunk
+
+    def _check_counts(self, chunk: sp.csr_matrix, start: int) -> None:
+        """Raise unless every value is a finite non-negative integer."""
+        data = chunk.data
+        bad = ~np.isfinite(data) | (data != np.floor(data)) | (data < 0)
+        if not bad.any():
+            return
+        first = int(np.flatnonzero(bad)[0])
+        row = start + int(np.searchsorted(chunk.indptr, first, side="right")) - 1
+        kind = "negative" if data[first] < 0 else "non-integer"
+        where = "raw.X" if self.matrix_key == "raw/X" else "X"
+        raise PrepareError(
+            f"{self.path}: {where} has {kind} values (e.g. {data[first]} in row {row}): "
+            f"{where} looks normalised; prepare needs raw counts (raw.X): use the file's raw "
+            "counts (CELLxGENE keeps them in raw.X) or download the original h5ad"
+        )
+
+
+def expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
+    """Non-zero genes per row of a chunk without explicit zeros, shape (rows,) int32."""
+    return np.diff(chunk.indptr).astype(np.int32)
+
+
+def select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
+    """Re-index columns: source gene j -> ``columns[j]`` (-1 = dropped); CSR (rows, n_genes)."""
+    keep = columns[chunk.indices] >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    out = sp.csr_matrix(
+        (chunk.data[keep], columns[chunk.indices[keep]], kept_before[chunk.indptr]),
+        shape=(chunk.shape[0], n_genes),
+    )
+    out.sort_indices()
+    return out
