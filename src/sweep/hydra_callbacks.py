@@ -27,7 +27,7 @@ class MultirunReport(Callback):
     """Builds ``<out_root>/<sweep folder name>/report.md`` at the end of a multirun
     (``<out_root>/<study name>/`` for the Optuna sweeper) through ``sweep.report.write_report``.
 
-    ``out_root`` defaults to ``multirun_reports/`` under the repository root; override it with
+    ``out_root`` defaults to ``sweep.paths.reports_dir()`` (``multirun_reports/``); override it with
     ``hydra.callbacks.report.out_root=DIR``.
     """
 

@@ -11,12 +11,11 @@
 Imports go one way: entry -> multirun, study -> render (and sweep_folder, verdicts).
 """
 
-from sweep.report.entry import REPORTS_DIR, default_out, main, write_report
+from sweep.report.entry import default_out, main, write_report
 from sweep.report.multirun import build_report
 from sweep.report.study import build_study_report
 
 __all__ = [
-    "REPORTS_DIR",
     "build_report",
     "build_study_report",
     "default_out",

@@ -1,6 +1,7 @@
 """The one way in to the reports, for the command line (``python -m sweep.report``) and the
 end-of-sweep Hydra callback (sweep.hydra_callbacks): a sweep folder, or an Optuna study, to its
-report folder (``multirun_reports/<sweep folder or study name>/`` unless told otherwise)."""
+report folder (``<sweep.paths.reports_dir()>/<sweep folder or study name>/`` unless told
+otherwise)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from sweep.paths import REPO_ROOT
+from sweep.paths import reports_dir
 from sweep.report.multirun import build_report
 from sweep.report.study import build_study_report
 from sweep.study.storage import read_record
 
 log = logging.getLogger(__name__)
 
-#: where reports go unless told otherwise (the one place outside run folders we write to)
-REPORTS_DIR = REPO_ROOT / "multirun_reports"
-
 
 class NothingToReport(ValueError):
     """Neither a sweep folder nor a study (with its storage) was named."""
 
 
-def default_out(sweep_dir: str | Path) -> Path:
-    """``multirun_reports/<sweep folder name>`` under the repository root."""
-    return REPORTS_DIR / Path(sweep_dir).resolve().name
+def default_out(sweep_dir: str | Path, out_root: Path | None = None) -> Path:
+    """``<out_root>/<sweep folder name>``; ``out_root`` by default ``sweep.paths.reports_dir()``
+    (``multirun_reports/``, the one place outside run folders we write to)."""
+    return (out_root or reports_dir()) / Path(sweep_dir).resolve().name
 
 
 def write_report(
@@ -41,21 +40,21 @@ def write_report(
     ``sweep_dir``: a Hydra sweep folder; the Optuna sweeper's stands for its study (the folder
     records study and storage: sweep.study.storage). ``study``, ``storage``: a study by name and
     its journal file or database URL. ``out_dir``: the report folder; by default
-    ``<out_root>/<study name or sweep folder name>``, ``out_root`` by default ``REPORTS_DIR``.
+    ``<out_root>/<study name or sweep folder name>`` (:func:`default_out`).
     """
     record = read_record(Path(sweep_dir)) if sweep_dir is not None else None
     if record:
         study, storage = record["study_name"], record["storage"]
-    root = Path(out_root) if out_root is not None else REPORTS_DIR
+    out_root = Path(out_root) if out_root is not None else None
     if study is not None:
         if not storage:
             raise NothingToReport(
                 "--study needs --storage (the study's journal file or database URL)"
             )
-        return build_study_report(study, storage, out_dir or root / study)
+        return build_study_report(study, storage, out_dir or (out_root or reports_dir()) / study)
     if sweep_dir is None:
         raise NothingToReport("give a sweep folder, or --study NAME --storage STORAGE")
-    return build_report(sweep_dir, out_dir or root / Path(sweep_dir).resolve().name)
+    return build_report(sweep_dir, out_dir or default_out(sweep_dir, out_root))
 
 
 def main(argv: list[str] | None = None) -> None:
