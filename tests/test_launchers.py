@@ -42,7 +42,8 @@ from optuna.trial import TrialState
 import sweep.distributed as distributed
 from sweep import tracking
 from sweep.config import register_schema
-from sweep.data.loader import EpochLoader, densify
+from sweep.data.densify import densify
+from sweep.data.loader import EpochLoader
 from sweep.paths import REPO_ROOT
 from sweep.resume import previous_run
 from sweep.study.storage import open_storage
