@@ -123,7 +123,7 @@ def loader_rate(
     ``run_size``: the loader key (None: its default)."""
     import torch
 
-    from sweep.data.loader import densify
+    from sweep.data.densify import densify
 
     dm = _datamodule(store, workers, batch_size, run_size)
     loader = dm.train_dataloader()
@@ -151,8 +151,8 @@ def ceiling_rate(store: Path, batch_size: int, densify_too: bool, passes: int = 
     """Contiguous ``batch_size``-row reads of every shard in order, one core, as CSR or (with
     ``densify_too``) straight into dense float32 rows, the loader's fastest way; best of
     ``passes`` passes (as the loader's best epoch)."""
+    from sweep.data.fetch import Fetch
     from sweep.data.heap import retain_freed_blocks
-    from sweep.data.loader import Fetch
 
     manifest = read_manifest(store)
     retain_freed_blocks(4 * batch_size * manifest.n_genes)  # as the datamodule does
@@ -220,7 +220,7 @@ def train_rate(store: Path, workers: int, batch_size: int, epochs: int, in_memor
 
     from sweep.callbacks import EpochStats
     from sweep.config import register_schema
-    from sweep.data.loader import densify
+    from sweep.data.densify import densify
     from sweep.model import build_scvi
     from sweep.paths import CONF_DIR
 
