@@ -32,7 +32,7 @@ def store_as_anndata(store) -> anndata.AnnData:
 
 
 def epoch_batches(dm, loader):
-    from sweep.data.loader import densify
+    from sweep.data.densify import densify
 
     return [densify(b, dm.n_vars) for b in loader]
 
