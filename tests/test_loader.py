@@ -157,6 +157,7 @@ def test_the_plan_pins_the_worked_example_of_its_docstring():
         for rank in (0, 1)
     }
     assert [g.tolist() for g in plan.groups(0)] == [[5, 4, 1, 0], [3, 7, 2, 6]]
+    assert [g.tolist() for g in plan.groups(1)] == [[1, 7, 6, 0], [3, 5, 2, 4]]
     assert deal == {
         (0, 0): [[5, 1], [3, 2]],
         (0, 1): [[4, 0], [7, 6]],

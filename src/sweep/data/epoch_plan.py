@@ -12,14 +12,22 @@ order. A reader then reads its blocks of one group about ``fetch_size`` rows at 
 batches are full but its last.
 
 Worked example: 4 shards of 4 rows, ``block_size=2`` (block b: global rows 2b and 2b + 1),
-every cell selected, ``max_cache_size=2``, seed 0, 2 ranks x 1 worker (readers 0 and 1):
+every cell selected, ``max_cache_size=2``, seed 0, 2 ranks x 1 worker (readers 0 and 1),
+``batch_size=3``, ``fetch_size=4``, ``run_size=1`` (pinned by tests/test_loader.py).
 
-===== ============= ====================== =============================== ==============
-blocks cells (carried | read) batches: positions -> cells     carry
-====== ====================== =============================== ==============
-[5, 1] 10 11 2 3              [2 0 3] -> 2 10 3               [1] -> 11
-[3, 2] 11 | 6 7 4 5           [0 4 1] -> 11 5 6; [3 2] -> 4 7 none: the last
-====== ====================== =============================== ==============
+The deal: each group's blocks, permuted, go to the readers in turn::
+
+    epoch  group (blocks, permuted)  reader 0  reader 1
+    0      5 4 1 0                   5 1       4 0
+    0      3 7 2 6                   3 2       7 6
+    1      1 7 6 0                   1 6       7 0
+    1      3 5 2 4                   3 2       5 4
+
+Reader 0's fetch requests in epoch 0 (positions index the carried cells, then the read ones)::
+
+    blocks  cells (carried | read)  batches: positions -> cells        carry
+    5 1     10 11 2 3               [2 0 3] -> 2 10 3                  [1] -> 11
+    3 2     11 | 6 7 4 5            [0 4 1] -> 11 5 6; [3 2] -> 4 7    none (its last batch)
 
 Ranks that would yield different numbers of batches are levelled (DDP steps in lockstep): a
 rank short of batches sends some full ones as two halves (:meth:`EpochPlan.halved_batches`).
