@@ -1,5 +1,6 @@
 """A non-editable install finds its configs (issue 11): the wheel, installed into a fresh venv,
-runs ``train.py`` from the checkout and composes ``train`` from another folder.
+runs the main job (``train.py`` from the checkout, ``scvi-sweep-train`` from another folder) and
+composes ``train`` from another folder.
 
 The fresh venv gets its dependencies from this one's site-packages (a ``.pth`` line, which does
 not run that folder's own ``.pth`` files, so the editable install of scvi-sweep stays out); the
@@ -17,9 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from sweep import run_folder
 from sweep.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
+
+#: a short run of the main job on the demo data: one epoch, metrics files only, no scoring
+SHORT_RUN = ["trainer.max_epochs=1", "logger=none", "evaluation=none"]
 
 #: run in the fresh venv from another folder: where sweep and its configs are, and a composed model
 COMPOSE_FROM_PACKAGE = """
@@ -42,10 +47,21 @@ print(json.dumps({
 """
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``command`` in ``cwd`` with no PYTHONPATH (nothing but the venv decides what imports)."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+def run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``command`` in ``cwd`` with no PYTHONPATH (nothing but the venv decides what imports),
+    and ``env`` added to the environment."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | env
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_trained(run_dir: Path) -> None:
+    """``run_dir`` holds what one finished epoch of the main job writes."""
+    metrics = run_folder.read_metrics(run_dir)
+    assert metrics is not None, f"no {run_folder.METRICS_FILE} in {run_dir}"
+    assert (run_dir / run_folder.LOG_FILE).is_file()
+    assert (run_dir / run_folder.MODEL_DIR / "model.pt").is_file()
+    history = run_folder.read_table(run_dir, run_folder.HISTORY_FILE)
+    assert list(history[run_folder.EPOCH]) == [1]
 
 
 def site_packages(python: Path) -> Path:
@@ -83,6 +99,34 @@ def test_train_py_from_the_checkout_composes_with_the_installed_wheel(wheel_venv
     assert "n_hidden: 512" in job.stdout and "n_latent: 50" in job.stdout
     searchpath = run([str(wheel_venv), "train.py", "--info", "searchpath"], REPO_ROOT)
     assert f"file://{conf_dir}" in searchpath.stdout, searchpath.stdout + searchpath.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> str:
+    """The demo data's cache for the runs of this module (built by the first, reused after)."""
+    return str(tmp_path_factory.mktemp("demo_cache"))
+
+
+def test_the_main_job_runs_from_the_checkout_with_the_installed_wheel(
+    wheel_venv, demo_cache, tmp_path
+):
+    command = [str(wheel_venv), "train.py", *SHORT_RUN, f"hydra.run.dir={tmp_path / 'run'}"]
+    job = run(command, REPO_ROOT, SCVI_SWEEP_CACHE=demo_cache)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert_trained(tmp_path / "run")
+
+
+def test_the_installed_command_runs_the_main_job_from_another_folder(
+    wheel_venv, demo_cache, tmp_path
+):
+    job = run(
+        [str(wheel_venv.parent / "scvi-sweep-train"), *SHORT_RUN],
+        tmp_path,
+        SCVI_SWEEP_CACHE=demo_cache,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs").glob("*/runs/*")  # Hydra's run folder, in this folder
+    assert_trained(run_dir)
 
 
 def test_the_installed_package_finds_its_configs_from_another_folder(wheel_venv, tmp_path):

@@ -6,7 +6,7 @@ A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multiru
 
     .hydra/overrides.yaml     Hydra: the job's task overrides, as on the command line
     .hydra/hydra.yaml         Hydra: its config, with the group choices (runtime.choices)
-    train.log                 Hydra's job log (``<hydra.job.name>.log``; conf/train.yaml names the job)
+    train.log                 Hydra's job log (``<hydra.job.name>.log``, named in train.yaml)
     config_resolved.yaml      the job's config, interpolations resolved
     history.csv               one row per finished epoch (EPOCH 1, 2, ...): losses, KL weight, ...
     integration.csv           one row per evaluated epoch: every integration score (sweep.evaluate)
