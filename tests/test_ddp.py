@@ -38,9 +38,7 @@ def test_ddp_inside_a_multirun_is_refused_unless_a_cluster_started_the_processes
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run_sees_every_cell_once_per_epoch_and_rank_zero_writes(
-    store, tmp_path
-):
+def test_two_process_ddp_run_sees_every_cell_once_per_epoch_and_rank_zero_writes(store, tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run(
         [
