@@ -28,6 +28,18 @@ from sweep.data.loader import EpochLoader, ShardBatches, read_ahead
 from sweep.data.selection import CellTable
 from sweep.data.store import CODED_COLUMNS, Shard, StoreError, read_manifest
 
+#: loader keys of the tests' epoch plans (each test overrides what it is about)
+PLAN_KEYS = dict(
+    block_size=32,
+    seed=3,
+    shuffle=True,
+    batch_size=64,
+    fetch_size=200,
+    run_size=4,
+    max_cache_size=2,
+    drop_last=False,
+)
+
 
 def make_batches(store, selected=None, shuffle=True, **overrides):
     manifest = read_manifest(store)
@@ -35,17 +47,7 @@ def make_batches(store, selected=None, shuffle=True, **overrides):
     n = table.n_cells
     if selected is None:
         selected = np.random.default_rng(1).random(n) < 0.8
-    keys = dict(
-        batch_size=64,
-        shuffle=shuffle,
-        seed=3,
-        block_size=32,
-        fetch_size=200,
-        run_size=4,
-        max_cache_size=2,
-        drop_last=False,
-    )
-    keys.update(overrides)
+    keys = PLAN_KEYS | {"shuffle": shuffle} | overrides
     strict = keys.pop("cache_size_strictly_enforced", True)
     batch_codes = np.arange(n) % 7  # code = global row % 7, checkable per cell
     covariates = np.stack([np.arange(n) % 2, np.arange(n) % 3], axis=1)
@@ -86,17 +88,7 @@ def test_blocks_cover_exactly_the_selected_cells():
 
 
 def plan_of(offsets, selected, **overrides) -> EpochPlan:
-    keys = dict(
-        block_size=32,
-        seed=3,
-        shuffle=True,
-        batch_size=64,
-        fetch_size=200,
-        run_size=4,
-        max_cache_size=2,
-        drop_last=False,
-    )
-    return EpochPlan.cover(offsets, selected, **(keys | overrides))
+    return EpochPlan.cover(offsets, selected, **(PLAN_KEYS | overrides))
 
 
 #: the small store's shards (global first rows) and a training split of its cells
