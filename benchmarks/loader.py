@@ -296,11 +296,15 @@ MEASURES = {
 
 
 def store_shape(store: Path) -> str:
+    """Cells, genes, shards, non-zeros per cell and bytes on disk (all the folder's files)."""
     manifest = read_manifest(store)
     nnz = sum(s["nnz"] for s in manifest.shards)
+    size = sum(path.stat().st_size for path in store.iterdir() if path.is_file())
     return (
         f"{manifest.n_cells:,} cells x {manifest.n_genes:,} genes in {len(manifest.shards)} "
-        f"shards of {manifest.shard_size:,}, {nnz / manifest.n_cells:,.0f} non-zeros per cell"
+        f"shards of {manifest.shard_size:,}, {nnz / manifest.n_cells:,.0f} non-zeros per cell, "
+        f"format v{manifest.version}: {size / manifest.n_cells:,.0f} bytes per cell "
+        f"({size / nnz:.2f} per non-zero)"
     )
 
 

@@ -3,9 +3,11 @@ synthetic sources prepared into a store (end-to-end tests), in pytest's tmp fold
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +50,20 @@ def make_store(
     vocab = {c: [f"{c}-{i}" for i in range(n_codes)] for c in CODED_COLUMNS}
     writer.finish(shards, vocab, max(shard_sizes))
     return folder
+
+
+def encode_as_version_1(store: Path) -> Path:
+    """Rewrite a store in place as format version 1 wrote it: X's counts float32, gene indices
+    int32 (contiguous, uncompressed), manifest version 1; the same cells and values."""
+    for shard in sorted(store.glob("shard_*.h5ad")):
+        with h5py.File(shard, "r+") as f:
+            for name, dtype in (("data", np.float32), ("indices", np.int32)):
+                values = f["X"][name][:]
+                del f["X"][name]
+                f["X"].create_dataset(name, data=values.astype(dtype), chunks=None)
+    path = store / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"version": 1}, indent=1))
+    return store
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_training_epoch_holds_exactly_the_training_rows(store):
     X = np.concatenate(
         [b[REGISTRY_KEYS.X_KEY].numpy() for b in epoch_batches(dm, dm.train_dataloader())]
     )
-    expected = adata.X[dm.split.train].toarray()
+    expected = adata.X[dm.split.train].toarray().astype(np.float32)  # stored as uint8/16/32
     as_rows = lambda M: sorted(map(bytes, np.ascontiguousarray(M)))  # noqa: E731
     assert X.shape == expected.shape
     assert as_rows(X) == as_rows(expected)

@@ -78,6 +78,9 @@ def test_round_trip_with_gene_list(list_store, source_data, gene_list):
     assert manifest.genes == listed
     assert manifest.gene_names[10:12] == ABSENT
     store = read_store(out, manifest)
+    for entry in manifest.shards:  # format v2: raw counts as unsigned integers, uint16 genes
+        with h5py.File(out / entry["file"]) as f:
+            assert f["X/data"].dtype.kind == "u" and f["X/indices"].dtype == np.uint16
     assert store.obs_names.is_unique
     assert store.n_obs == sum(a.n_obs for a in source_data)
     assert store.obs[list(CODED_COLUMNS)].dtypes.eq(np.int32).all()

@@ -80,6 +80,13 @@ def break_indptr(store: Path) -> None:
         f["X/indptr"][-1] -= 1
 
 
+def widen_counts(store: Path) -> None:
+    with h5py.File(store / SHARD, "r+") as f:
+        values = f["X/data"][:]
+        del f["X/data"]
+        f["X"].create_dataset("data", data=values.astype("float64"))
+
+
 def drop_obs_column(store: Path) -> None:
     with h5py.File(store / SHARD, "r+") as f:
         del f["obs/n_genes_all"]
@@ -98,6 +105,10 @@ FAULTS = {
     "cut_in_half": (cut_in_half, r"cannot be read \(OSError: .*truncated file"),
     "signature_overwritten": (overwrite_signature, r"cannot be read .*signature not found"),
     "indptr_broken": (break_indptr, "has an inconsistent CSR matrix"),
+    "counts_dtype": (
+        widen_counts,
+        r"has X/data of dtype float64, not one of uint8, uint16, uint32, float32",
+    ),
     "obs_column_missing": (drop_obs_column, r"lacks obs columns \['n_genes_all'\]"),
     "manifest_n_cells": (
         lambda s: edit_manifest(s, more_cells),
@@ -159,6 +170,16 @@ def test_unreadable_manifest_is_a_store_error(store):
     edit = {"format": "scvi-sweep-store", "version": 1, "shards": []}
     (store / "manifest.json").write_text(json.dumps(edit))
     with pytest.raises(StoreError, match=r"manifest.json is damaged \(KeyError: 'genes'\)"):
+        open_store(store)
+
+
+def test_a_format_version_this_code_does_not_know_is_refused(store):
+    edit_manifest(store, lambda manifest: manifest.update(version=3))
+    with pytest.raises(
+        StoreError,
+        match=r"is not a scvi-sweep-store v1/v2 manifest \(format, version: "
+        r"\('scvi-sweep-store', 3\)\); rebuild it with `python -m sweep.prepare ",
+    ):
         open_store(store)
 
 

@@ -22,7 +22,7 @@ from scvi import REGISTRY_KEYS
 from sweep.data.densify import X_DATA, X_INDICES, X_INDPTR
 from sweep.data.epoch_plan import Blocks
 from sweep.data.handoff import WorkerSlots
-from sweep.data.store import INDEX_DTYPE, VALUE_DTYPE, Shard, StoreError, rebuild_hint
+from sweep.data.store import Shard, StoreError, rebuild_hint
 
 #: key of a batch's ring slot descriptor (in place of the CSR triple), as a worker sends it
 X_SLOT = "X_slot"
@@ -155,7 +155,8 @@ class OpenShards:
 class Fetch:
     """Cells located but not copied: cell ``i``'s non-zeros are ``values[start[i] :
     start[i] + length[i]]`` (and the same gene indices) of ``sources[source[i]]``, a mapped
-    shard's arrays or a copy's. Codes: ``batch_codes`` (n,), ``covariate_codes`` (n, k).
+    shard's arrays or a copy's, in any of the store's dtypes (the kernels compile per dtype).
+    Codes: ``batch_codes`` (n,), ``covariate_codes`` (n, k).
     """
 
     sources: list[tuple[np.ndarray, np.ndarray]]
@@ -195,7 +196,7 @@ class Fetch:
 
     def csr(self) -> sp.csr_matrix:
         """All the cells copied out: counts (n, n_genes) float32 CSR."""
-        values, indices, indptr = self._gather(np.arange(self.n), VALUE_DTYPE, INDEX_DTYPE)[:3]
+        values, indices, indptr = self._gather(np.arange(self.n), np.float32, np.int32)[:3]
         return sp.csr_matrix((values, indices, indptr), shape=(self.n, self.n_genes))
 
     def copied(self) -> Fetch:
@@ -214,13 +215,17 @@ class Fetch:
     def batch(self, rows: np.ndarray, slots: WorkerSlots | None = None) -> dict[str, np.ndarray]:
         """Cells ``rows`` as one batch: compact CSR parts + codes shaped for scvi-tools.
 
-        Counts travel as int16 when they fit (else float32), gene indices as int16 when there are
-        at most 32768 genes: half the bytes of float32 + int32. The CSR parts are copied straight
+        Integer counts travel as int16 when they fit (the copy casts; a count above 32767,
+        stored uint16 or uint32, sends the batch again as float32), float counts (version 1
+        stores, non-integer data) as float32; gene indices as int16 when there are at most
+        32768 genes, else int32. The CSR parts are copied straight
         into a ring slot when ``slots`` has one free (see :class:`WorkerSlots`).
         """
         index_dtype = np.int16 if self.n_genes <= INT16_MAX + 1 else np.int32
-        values, indices, indptr, largest, slot = self._gather(rows, np.int16, index_dtype, slots)
-        if largest > INT16_MAX:  # a count too large for int16: copy again as float32
+        integral = all(np.issubdtype(values.dtype, np.integer) for values, _ in self.sources)
+        value_dtype = np.int16 if integral else np.float32
+        values, indices, indptr, largest, slot = self._gather(rows, value_dtype, index_dtype, slots)
+        if integral and largest > INT16_MAX:  # a count too large for int16: copy again as float32
             if slot is not None:
                 slots.release(slot)
             values, indices, indptr, _, slot = self._gather(rows, np.float32, index_dtype, slots)

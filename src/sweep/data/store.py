@@ -7,8 +7,13 @@ A store is a folder::
 
 Each shard is a valid h5ad file (``anndata.read_h5ad`` reads it) with
 
-- ``X``: raw counts, CSR, float32 values, int32 indices, int64 indptr, shape (cells, genes), written
-  contiguous and uncompressed so that a row range is one contiguous read (and can be memory-mapped);
+- ``X``: raw counts, CSR, shape (cells, genes): ``data`` in the narrowest of uint8 / uint16 /
+  uint32 that holds the shard's counts exactly (float32 for a shard whose values are not all
+  non-negative integers, or exceed uint32), ``indices`` uint16 when the store has at most 65,536
+  genes (else uint32), ``indptr`` int64. ``anndata.read_h5ad`` reads the counts back exactly, in
+  these dtypes. Written contiguous and uncompressed, so that a row range is one contiguous read
+  and a shard's arrays can be memory-mapped: compression needs chunked datasets and CPU to
+  decompress every read (worth it only if a cold-epoch benchmark says so; not measured yet);
 - ``obs``: index = source cell id; one int32 code column per :data:`CODED_COLUMNS` entry
   (codes index the manifest's vocabulary), ``n_genes_all`` (int32, expressed genes over ALL
   source genes) and ``is_primary_data`` (bool);
@@ -18,6 +23,11 @@ The manifest holds the gene list, one global vocabulary per coded column, the sh
 cell and non-zero counts, how the store was made (``provenance``, with the command that rebuilds
 it) and, optionally, the sources prepare left out (``skipped_sources``: file and reason; absent
 in manifests written before it existed).
+
+Version 2 narrowed X's ``data`` and ``indices``: version 1 stored float32 counts and int32 gene
+indices, 8 bytes per non-zero where seed-shaped data (uint8 counts, uint16 genes) now takes 3.
+Version 1 stores are read as before (the readers and the compiled gather kernels take either
+dtype; their float32 counts cross the worker hand-off as float32, not int16).
 
 Every store is written by :class:`StoreWriter` (prepare, the test fixtures, the benchmark) and
 read through :func:`read_manifest`, :func:`check_store` and :class:`Shard`.
@@ -40,7 +50,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 FORMAT_NAME = "scvi-sweep-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions the readers accept: 1 differs only in X's dtypes (float32 counts, int32 gene indices)
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 #: obs columns stored as integer codes into a global vocabulary (manifest["vocab"][column]).
@@ -51,13 +63,40 @@ IS_PRIMARY = "is_primary_data"
 
 CODE_DTYPE = np.int32
 N_GENES_DTYPE = np.int32
-INDEX_DTYPE = np.int32
 INDPTR_DTYPE = np.int64
-VALUE_DTYPE = np.float32
+#: X's counts: the narrowest of these that holds a shard's values exactly, else FLOAT_COUNT_DTYPE
+COUNT_DTYPES = (np.uint8, np.uint16, np.uint32)
+FLOAT_COUNT_DTYPE = np.float32
+#: X's gene indices: the narrowest of these that holds the store's largest gene index
+GENE_INDEX_DTYPES = (np.uint16, np.uint32)
+#: the dtypes a shard's X may have (version 1 wrote float32 counts and int32 gene indices)
+VALUE_DTYPES = tuple(map(np.dtype, (*COUNT_DTYPES, FLOAT_COUNT_DTYPE)))
+INDEX_DTYPES = tuple(map(np.dtype, (*GENE_INDEX_DTYPES, np.int32)))
 
 
 class StoreError(ValueError):
     """A store that is missing, incomplete or inconsistent; the message says how to rebuild it."""
+
+
+def count_dtype(values: np.ndarray) -> np.dtype:
+    """The dtype a shard stores counts ``values`` (nnz,) in: the narrowest of
+    :data:`COUNT_DTYPES` that holds them exactly when they are all non-negative integers, else
+    :data:`FLOAT_COUNT_DTYPE` (as version 1 stored every shard)."""
+    if values.size == 0:
+        return np.dtype(COUNT_DTYPES[0])
+    integral = np.issubdtype(values.dtype, np.integer) or bool((values == np.trunc(values)).all())
+    largest = values.max()
+    if integral and values.min() >= 0:  # NaN is not integral; inf exceeds every limit below
+        for dtype in COUNT_DTYPES:
+            if largest <= np.iinfo(dtype).max:
+                return np.dtype(dtype)
+    return np.dtype(FLOAT_COUNT_DTYPE)
+
+
+def gene_index_dtype(n_genes: int) -> np.dtype:
+    """The dtype of a store's gene indices: the narrowest of :data:`GENE_INDEX_DTYPES` that
+    holds ``n_genes - 1`` (uint16 up to 65,536 genes)."""
+    return next(np.dtype(d) for d in GENE_INDEX_DTYPES if n_genes - 1 <= np.iinfo(d).max)
 
 
 def shard_name(index: int) -> str:
@@ -68,7 +107,8 @@ def shard_name(index: int) -> str:
 @dataclass
 class Manifest:
     """What ``manifest.json`` holds. ``shards[i]`` = {"file", "n_cells", "nnz"};
-    ``skipped_sources[i]`` = {"file", "reason"}."""
+    ``skipped_sources[i]`` = {"file", "reason"}; ``version``: the format version it was written
+    in (one of :data:`READABLE_VERSIONS`)."""
 
     genes: list[str]
     gene_names: list[str]
@@ -78,6 +118,7 @@ class Manifest:
     sources: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     skipped_sources: list[dict] = field(default_factory=list)
+    version: int = FORMAT_VERSION
 
     @property
     def n_cells(self) -> int:
@@ -90,7 +131,7 @@ class Manifest:
     def to_json(self) -> dict:
         return {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": self.version,
             "n_cells": self.n_cells,
             "n_genes": self.n_genes,
             "shard_size": self.shard_size,
@@ -113,6 +154,7 @@ class Manifest:
             sources=list(obj.get("sources", [])),
             provenance=dict(obj.get("provenance", {})),
             skipped_sources=list(obj.get("skipped_sources", [])),
+            version=int(obj["version"]),
         )
 
 
@@ -144,13 +186,15 @@ def read_manifest(store: str | Path) -> Manifest:
         obj = json.loads(path.read_text())
     except (OSError, ValueError) as err:  # unreadable, truncated or not UTF-8 JSON
         raise StoreError(f"{path} cannot be read ({err}); " + rebuild_hint(store)) from err
-    if not isinstance(obj, dict) or (obj.get("format"), obj.get("version")) != (
-        FORMAT_NAME,
-        FORMAT_VERSION,
+    if (
+        not isinstance(obj, dict)
+        or obj.get("format") != FORMAT_NAME
+        or obj.get("version") not in READABLE_VERSIONS
     ):
         found = (obj.get("format"), obj.get("version")) if isinstance(obj, dict) else type(obj)
+        versions = "/".join(f"v{v}" for v in READABLE_VERSIONS)
         raise StoreError(
-            f"{path} is not a {FORMAT_NAME} v{FORMAT_VERSION} manifest (format, version: "
+            f"{path} is not a {FORMAT_NAME} {versions} manifest (format, version: "
             f"{found!r}); " + rebuild_hint(store)
         )
     try:
@@ -191,7 +235,7 @@ class StoreWriter:
         ``X`` (cells, genes) raw counts, any sparse format; ``obs`` indexed by cell id with the
         :data:`CODED_COLUMNS` codes, :data:`N_GENES_ALL` and :data:`IS_PRIMARY` (cast to the
         format's dtypes). obs and var go through anndata, X as contiguous uncompressed CSR
-        through h5py.
+        through h5py, counts in :func:`count_dtype`, gene indices in :func:`gene_index_dtype`.
         """
         X = sp.csr_matrix(X)
         X.sort_indices()
@@ -205,8 +249,8 @@ class StoreWriter:
             group.attrs["encoding-version"] = "0.1.0"
             group.attrs["shape"] = np.array(X.shape, dtype=np.int64)
             for key, values, dtype in (
-                ("data", X.data, VALUE_DTYPE),
-                ("indices", X.indices, INDEX_DTYPE),
+                ("data", X.data, count_dtype(X.data)),
+                ("indices", X.indices, gene_index_dtype(len(self.genes))),
                 ("indptr", X.indptr, INDPTR_DTYPE),
             ):
                 group.create_dataset(key, data=values.astype(dtype, copy=False), chunks=None)
@@ -248,8 +292,8 @@ class Shard:
     """Read access to one shard: obs columns and CSR rows, without pandas or anndata.
 
     ``indptr`` is read whole on first use (8 bytes per cell). :meth:`arrays` gives X's values and
-    gene indices memory-mapped (no copy: a reader touches only the pages of the rows it reads)
-    when they are stored contiguous, uncompressed and in this format's dtypes, as
+    gene indices in their stored dtypes, memory-mapped (no copy: a reader touches only the pages
+    of the rows it reads) when they are stored contiguous and uncompressed, as
     :class:`StoreWriter` writes them; otherwise it reads them whole.
     """
 
@@ -297,25 +341,21 @@ class Shard:
         return self.file["obs"][name][:]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """X's values (nnz,) float32 and gene indices (nnz,) int32."""
+        """X's values (nnz,), one of :data:`VALUE_DTYPES`, and gene indices (nnz,), one of
+        :data:`INDEX_DTYPES` (as :func:`shard_problem` checks)."""
         if self._arrays is None:
-            self._arrays = (self._array("data", VALUE_DTYPE), self._array("indices", INDEX_DTYPE))
+            self._arrays = (self._array("data"), self._array("indices"))
         return self._arrays
 
-    def _array(self, name: str, dtype: type) -> np.ndarray:
+    def _array(self, name: str) -> np.ndarray:
         dataset = self.file["X"][name]
-        mappable = (
-            dataset.chunks is None
-            and dataset.compression is None
-            and dataset.dtype == dtype
-            and dataset.shape[0] > 0
-        )
+        mappable = dataset.chunks is None and dataset.compression is None and dataset.shape[0] > 0
         if not mappable:
-            return dataset[:].astype(dtype, copy=False)
+            return dataset[:]
         try:
             return np.memmap(
                 self.path,
-                dtype=dtype,
+                dtype=dataset.dtype,
                 mode="r",
                 offset=dataset.id.get_offset(),
                 shape=dataset.shape,
@@ -338,7 +378,7 @@ def shard_problem(path: Path, n_cells: int, n_genes: int, nnz: int) -> str | Non
 
     Cheap: reads the HDF5 metadata (shapes, attrs) and two row pointers, never the counts, so a
     shard that is missing, truncated, damaged in its metadata or out of step with the manifest is
-    found; values overwritten inside X's data are not.
+    found (X's dtypes included); values overwritten inside X's data are not.
     """
     if not path.is_file():
         return "is missing"
@@ -347,6 +387,7 @@ def shard_problem(path: Path, n_cells: int, n_genes: int, nnz: int) -> str | Non
             X, obs = f["X"], f["obs"]
             shape = tuple(int(x) for x in X.attrs["shape"])
             lengths = {name: int(X[name].shape[0]) for name in ("data", "indices", "indptr")}
+            dtypes = {name: X[name].dtype for name in ("data", "indices")}
             indptr = X["indptr"]
             ends = (int(indptr[0]), int(indptr[lengths["indptr"] - 1])) if len(indptr) else ()
             needed = (*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY)
@@ -364,6 +405,11 @@ def shard_problem(path: Path, n_cells: int, n_genes: int, nnz: int) -> str | Non
             f"to {last}, X/indices: {lengths['indices']}; expected {n_cells + 1} entries from 0 "
             f"to {nnz}, and {nnz} indices)"
         )
+    for name, accepted in (("data", VALUE_DTYPES), ("indices", INDEX_DTYPES)):
+        if dtypes[name] not in accepted:
+            return (
+                f"has X/{name} of dtype {dtypes[name]}, not one of {', '.join(map(str, accepted))}"
+            )
     missing = [c for c in needed if c not in rows]
     if missing:
         return f"lacks obs columns {missing}"
