@@ -36,7 +36,14 @@ class MultirunReport(Callback):
         self._reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Make sure the report is written even when the sweep ends by raising."""
+        """Make sure the report is written even when the sweep ends by raising.
+
+        The report's modules (matplotlib, optuna) are imported now: at exit, an import that
+        registers its own exit hook (optuna imports ``concurrent.futures.thread``) fails with
+        "can't register atexit after shutdown".
+        """
+        import sweep.report  # noqa: F401
+
         atexit.register(self._report_unless_done, config)
 
     def _report_unless_done(self, config: DictConfig) -> None:
@@ -58,7 +65,7 @@ class MultirunReport(Callback):
             log.info("no multirun report: the sweep stopped before its first job")
             return
         try:
-            from sweep.report import write_report  # matplotlib: only when needed
+            from sweep.report import write_report  # imported by on_multirun_start
 
             report = write_report(sweep_dir, out_root=self.out_root)
             log.info("multirun report: %s", report)
