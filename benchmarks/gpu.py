@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import itertools
 import math
@@ -172,7 +173,8 @@ class GpuUtilisation:
         self.process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self.reader.start()
 
     def _read(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
@@ -184,6 +186,7 @@ class GpuUtilisation:
             return None
         self.process.terminate()
         self.process.wait()
+        self.reader.join()  # every line nvidia-smi printed is counted
         self.process = None
         return sum(self.samples) / len(self.samples) if self.samples else None
 
@@ -192,6 +195,7 @@ class GpuUtilisation:
 # measurements (each returns a dict row)
 
 
+@functools.cache
 def _configs(model: str):
     """The composed ``model`` and ``plan`` configs of ``model=<model>``."""
     from hydra import compose, initialize_config_dir
@@ -438,8 +442,8 @@ def table(rows: list[dict]) -> list[str]:
     """The rows as markdown table lines."""
     lines = [
         "| model | genes | precision | measurement | cells/s | first epoch cells/s "
-        "| GPU util. (%) | loader share | loader workers |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| store cached at start | GPU util. (%) | loader share | loader workers |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         measured = r.get("cells_per_s")
@@ -448,6 +452,7 @@ def table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['genes']:,} | {r['precision']} | {r['kind']} | {rate} | "
             f"{_number(r.get('first_epoch_cells_per_s'), ',.0f')} | "
+            f"{_number(r.get('resident_at_start'), '.0%')} | "
             f"{_number(r.get('gpu_util'), '.0f')} | {_number(share, '.0%')} | "
             f"{'' if r.get('workers') is None else r['workers']} |"
         )
@@ -462,13 +467,15 @@ def markdown(rows: list[dict], shapes: list[str], args: argparse.Namespace, comm
             f"- machine: {machine()}; device: {device_name(args.device)}",
             *(f"- store: {shape}" for shape in shapes),
             f"- batch {args.batch_size}; model-only: {args.steps} steps after {args.warmup}; "
-            f"end to end: {args.epochs} epochs, no validation",
+            f"end to end: {args.epochs} epoch{'s' * (args.epochs != 1)}, no validation",
             f"- command: `{command}`",
             "",
             *table(rows),
             "",
             "cells/s: model-only, timed steps; warm store, the best epoch; cold store, the first "
             "epoch (the only one read from disk: compare it with the warm row's first epoch). "
+            "Store cached at start: the share of the store's bytes in the page cache as training "
+            "starts (mincore). "
             "GPU util.: mean nvidia-smi utilization.gpu over the timed steps or the training. "
             "Loader share: 1 - end-to-end cells/s / model-only cells/s at the same model, genes "
             "and precision, the part of the training time the model does not account for "

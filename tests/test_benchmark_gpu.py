@@ -4,6 +4,8 @@ rows, and a whole ``--small`` run on the CPU written into a doc."""
 from __future__ import annotations
 
 import itertools
+import os
+import time
 
 import pytest
 import torch
@@ -18,8 +20,15 @@ def _row(kind: str, cells_per_s: float | None, precision: str = "32-true", **ext
 def test_loader_share_and_table_on_made_up_rows():
     rows = [
         _row(gpu.MODEL_ONLY, 1000.0, gpu_util=97.0),
-        _row(gpu.WARM, 800.0, first_epoch_cells_per_s=600.0, gpu_util=80.0, workers=3),
-        _row(gpu.COLD, 250.0, first_epoch_cells_per_s=250.0, workers=3),
+        _row(
+            gpu.WARM,
+            800.0,
+            first_epoch_cells_per_s=600.0,
+            resident_at_start=1.0,
+            gpu_util=80.0,
+            workers=3,
+        ),
+        _row(gpu.COLD, 250.0, first_epoch_cells_per_s=250.0, resident_at_start=0.0, workers=3),
         _row(gpu.COLD, None, precision="bf16-mixed", note="tmpfs"),
         _row(gpu.WARM, 900.0, precision="bf16-mixed", workers=3),  # no model-only row for bf16
     ]
@@ -27,13 +36,15 @@ def test_loader_share_and_table_on_made_up_rows():
     assert gpu.loader_share(rows[2], rows) == pytest.approx(0.75)
     assert [gpu.loader_share(r, rows) for r in (rows[0], rows[3], rows[4])] == [None] * 3
     header, rule, *lines = gpu.table(rows)
-    assert header.count("|") == rule.count("|") == lines[0].count("|") == 10
-    assert lines[0] == "| czi_128 | 3,241 | 32-true | model-only | 1,000 | n/a | 97 | n/a |  |"
-    assert lines[1] == (
-        "| czi_128 | 3,241 | 32-true | end-to-end, warm store | 800 | 600 | 80 | 20% | 3 |"
+    assert header.count("|") == rule.count("|") == lines[0].count("|") == 11
+    assert (
+        lines[0] == "| czi_128 | 3,241 | 32-true | model-only | 1,000 | n/a | n/a | 97 | n/a |  |"
     )
-    assert "| 250 | 250 | n/a | 75% | 3 |" in lines[2]
-    assert "| cold not possible: tmpfs | n/a | n/a | n/a |" in lines[3]
+    assert lines[1] == (
+        "| czi_128 | 3,241 | 32-true | end-to-end, warm store | 800 | 600 | 100% | 80 | 20% | 3 |"
+    )
+    assert "| 250 | 250 | 0% | n/a | 75% | 3 |" in lines[2]
+    assert "| cold not possible: tmpfs | n/a | n/a | n/a | n/a |" in lines[3]
 
 
 def test_evict_leaves_the_store_cold(tmp_path):
@@ -45,6 +56,19 @@ def test_evict_leaves_the_store_cold(tmp_path):
         assert gpu.resident_fraction(tmp_path) <= gpu.COLD_RESIDENT_MAX
     else:  # a file system whose pages cannot be evicted (tmpfs): the row says so
         assert "stayed in the page cache" in reason
+
+
+def test_gpu_utilisation_is_the_mean_of_nvidia_smi_samples(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"  # prints 40 then 60, then 50 every 20 ms (-lms), as the real one
+    fake.write_text("#!/bin/sh\necho 40\necho 60\nwhile true; do echo 50; sleep 0.02; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert gpu.GpuUtilisation("cpu").command is None
+    sampler = gpu.GpuUtilisation("cuda")
+    sampler.start()
+    time.sleep(0.3)
+    assert sampler.stop() == pytest.approx(50, abs=1)
+    assert len(sampler.samples) >= 3
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
@@ -71,11 +95,14 @@ def test_small_run_on_cpu_writes_every_row(tmp_path):
     kinds = (gpu.MODEL_ONLY, gpu.WARM, gpu.COLD)
     expected = itertools.product(gpu.MODELS, (64, 160), gpu.PRECISIONS, kinds)
     assert sorted(rows) == sorted(expected)
-    for (_, _, _, kind), (rate, _, util, share, workers) in rows.items():
+    for (_, _, _, kind), (rate, _, cached, util, share, workers) in rows.items():
         assert util == "n/a"  # no GPU
         if kind == gpu.COLD and rate.startswith("cold not possible: "):
             continue
         assert float(rate.replace(",", "")) > 0
+        if kind != gpu.MODEL_ONLY:  # the warm store's files were read; the cold one's evicted
+            cached = float(cached.rstrip("%")) / 100
+            assert cached >= 0.9 if kind == gpu.WARM else cached <= gpu.COLD_RESIDENT_MAX
         assert share == "n/a" if kind == gpu.MODEL_ONLY else share.endswith("%")
         assert workers == ("" if kind == gpu.MODEL_ONLY else "0")
     assert not any(stores.iterdir())  # the stores are deleted after
