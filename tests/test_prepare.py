@@ -219,7 +219,7 @@ def test_incomplete_store_is_rebuilt(sources, tmp_path, caplog):
         prepare_store(cfg)
 
 
-def test_interrupted_run_reuses_pieces(sources, tmp_path, caplog, monkeypatch):
+def test_interrupted_run_reuses_groups(sources, tmp_path, caplog, monkeypatch):
     out = tmp_path / "store"
     cfg = config(sources, out, genes="hvg", n_top_genes=40)
 
@@ -230,10 +230,11 @@ def test_interrupted_run_reuses_pieces(sources, tmp_path, caplog, monkeypatch):
         patch.setattr(pipeline, "write_store_shard", crash)
         with pytest.raises(KeyboardInterrupt):
             prepare_store(cfg)
-    assert len(list((out / TMP_DIR).glob("piece_*.h5"))) == len(sources)
+    assert len(list((out / TMP_DIR).glob("group_*.h5"))) == 1
     caplog.set_level(logging.INFO, logger="sweep.data.prepare")
     resumed = prepare_store(cfg)
-    assert f"reusing {len(sources)} source pieces" in caplog.text
+    assert "resuming an interrupted run" in caplog.text
+    assert "reusing 1 of 1 groups" in caplog.text
     fresh = prepare_store(config(sources, tmp_path / "fresh", genes="hvg", n_top_genes=40))
     assert resumed.shards == fresh.shards
     assert list(read_store(out, resumed).obs_names) == list(

@@ -51,6 +51,7 @@ class Scan(SourceInfo):
     values: dict[str, list[str]]  # distinct values per coded column
     n_non_primary: int
     n_below_min_genes: int
+    nnz: int  # non-zeros over all source genes
     sample: sp.csr_matrix | None = None  # HVG sample (sampled cells, source genes)
     sample_batches: list[str] | None = None  # HVG batch label per sampled cell
 
@@ -78,27 +79,31 @@ def check_source(path: Path, columns: tuple[str, ...]) -> Header:
             path=path,
             matrix_key=reader.matrix_key,
             n_cells=reader.n_cells,
-            gene_ids=tuple(reader.gene_ids),
-            gene_names=tuple(reader.gene_names),
+            gene_ids=reader.gene_ids,
+            gene_names=None,  # read once per gene list: name_genes
             cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
         )
 
 
-def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: float) -> Scan:
-    """The scan of source ``index``: check every count, count and (``sample_probability > 0``)
-    sample.
+def scan_source(cfg: PrepareConfig, index: int, header: Header, sample_probability: float) -> Scan:
+    """The scan of source ``index`` (checked: ``header``): check every count, count and
+    (``sample_probability > 0``) sample.
 
     Each eligible cell (primary, ``n_genes_all >= hvg_min_genes``) enters the HVG sample with
     ``sample_probability``, drawn from the stream (seed, index), independent of chunking.
     """
-    with SourceReader(path, obs_columns(cfg)) as reader:
+    path = header.path
+    with SourceReader(path, obs_columns(cfg), genes=False) as reader:
+        if (reader.n_cells, reader.n_genes) != (header.n_cells, len(header.gene_ids)):
+            raise PrepareError(f"{path}: the file changed since it was checked; prepare again")
         primary = reader.obs[IS_PRIMARY]
         draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
-        n_below, samples, sampled_rows = 0, [], []
+        n_below, nnz, samples, sampled_rows = 0, 0, [], []
         for start, chunk in reader.chunks(cfg.chunk_rows):
             rows = np.arange(start, start + chunk.shape[0])
             enough = expressed_genes(chunk) >= cfg.hvg_min_genes
             n_below += int((~enough).sum())
+            nnz += chunk.nnz
             take = enough & primary[rows] & (draws[rows] < sample_probability)
             if take.any():
                 samples.append(chunk[take])
@@ -107,9 +112,10 @@ def scan_source(cfg: PrepareConfig, index: int, path: Path, sample_probability: 
             path=path,
             matrix_key=reader.matrix_key,
             n_cells=reader.n_cells,
-            gene_ids=tuple(reader.gene_ids),
-            gene_names=tuple(reader.gene_names),
-            values={c: sorted(set(reader.obs[c])) for c in CODED_COLUMNS},
+            gene_ids=header.gene_ids,
+            gene_names=header.gene_names,
+            values={c: np.unique(reader.obs[c]).tolist() for c in CODED_COLUMNS},
+            nnz=nnz,
             n_non_primary=int((~primary).sum()),
             n_below_min_genes=n_below,
         )
@@ -176,6 +182,17 @@ class BadSources:
         return [{"file": file, "reason": reason} for file, reason in self.reasons.items()]
 
 
+def name_genes(headers: list[Header]) -> None:
+    """Fill in the gene names, read once per distinct gene list (from the first source holding
+    it, sorted by path): sources with the same gene ids share their names."""
+    names: dict[tuple, tuple] = {}
+    for header in headers:
+        if header.gene_ids not in names:
+            with SourceReader(header.path, (), genes=False) as reader:
+                names[header.gene_ids] = reader.read_gene_names()
+        header.gene_names = names[header.gene_ids]
+
+
 def dedupe_gene_tables(infos: list[SourceInfo]) -> None:
     """Let sources with the same gene list share one tuple (thousands of 60k-id lists otherwise)."""
     seen: dict[tuple, tuple] = {}
@@ -205,7 +222,7 @@ def repeated_cell_ids(headers: list[Header]) -> dict[Path, PrepareError]:
         hit = np.isin(header.cell_id_hashes, duplicated)
         if not hit.any():
             continue
-        with SourceReader(header.path, ()) as reader:
+        with SourceReader(header.path, (), genes=False) as reader:
             ids = reader.cell_ids[hit]
         earlier = [(cell, holder.setdefault(cell, header.path)) for cell in ids]
         earlier = [(cell, first) for cell, first in earlier if first != header.path]

@@ -46,6 +46,7 @@ class PrepareConfig:
     workers: int | None = None
     overwrite: bool = False
     skip_bad_sources: bool = False  # true: leave bad sources out (listed in the manifest, logged)
+    progress: bool = True  # progress bars (files or cells done, cells/s, ETA) on stderr
 
 
 def resolve_config(cfg: PrepareConfig | Mapping | Any) -> PrepareConfig:
@@ -98,7 +99,8 @@ def _sha256(path: Path) -> str:
 
 
 def config_identity(cfg: PrepareConfig, sources: list[Path]) -> dict:
-    """Everything that determines the store's content (not output, workers, chunking, overwrite)."""
+    """Everything that determines the store's content (not output, workers, chunking, overwrite,
+    progress)."""
     identity = {
         "format_version": FORMAT_VERSION,
         "sources": [[str(p), p.stat().st_size] for p in sources],

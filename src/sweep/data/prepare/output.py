@@ -1,15 +1,22 @@
-"""The output folder: a complete store (no-op), one with another config (error) or an
-incomplete one (cleaned); the run's log file ``prepare.log`` in it.
+"""The output folder: a complete store (no-op), one with another config (error), an interrupted
+run with the same config (resumed) or another incomplete one (cleaned); ``prepare.log`` in it.
+
+An interrupted run is resumed from what it left in ``.prepare_tmp``: pass 1's result
+(``plan.pkl``), the group files of pass 2 and the shards of pass 3, each written whole under a
+temporary name and renamed, so a kill at any point leaves only whole files.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from logging.handlers import MemoryHandler
 from pathlib import Path
+from typing import Any
 
 from sweep.data.prepare.config import PrepareError, identity_diff
 from sweep.data.store import (
@@ -25,7 +32,9 @@ log = logging.getLogger(__package__)  # the pipeline's one logger (see the packa
 
 LOG_NAME = "prepare.log"  # written into the store folder
 TMP_DIR = ".prepare_tmp"  # pieces of an unfinished run, inside the store folder
-FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config the pieces belong to
+FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config (and TMP_VERSION) it belongs to
+PLAN_FILE = "plan.pkl"  # in TMP_DIR: pass 1's result
+TMP_VERSION = 2  # what TMP_DIR holds: 2 = plan and group files (1 held a piece per source)
 
 
 def _is_ours(path: Path) -> bool:
@@ -70,22 +79,55 @@ def check_output_folder(out: Path) -> None:
         )
 
 
+def _same_run(out: Path, fp: str) -> bool:
+    """Whether ``out``'s TMP_DIR was left by a run with the config fingerprint ``fp``."""
+    tag = out / TMP_DIR / FINGERPRINT_FILE
+    return tag.is_file() and tag.read_text() == f"{fp} v{TMP_VERSION}"
+
+
+def interrupted_plan(out: Path, fp: str) -> Any | None:
+    """Pass 1's result saved by an interrupted run with the same config, else None."""
+    path = out / TMP_DIR / PLAN_FILE
+    if not (_same_run(out, fp) and path.is_file()):
+        return None
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception as err:  # damaged or from another version of this code: redo pass 1
+        log.warning("%s cannot be read (%s): running pass 1 again", path, err)
+        return None
+
+
 def clean_output(out: Path, fp: str) -> None:
     """Make ``out`` ready for a build: remove an old or incomplete store's files (never others).
 
-    Pieces of an interrupted run with the same fingerprint ``fp`` are kept for reuse.
+    What an interrupted run with the same fingerprint ``fp`` left (its TMP_DIR and whole shards)
+    is kept for reuse.
     """
     check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    stale = [p for p in out.iterdir() if p.name not in (LOG_NAME, TMP_DIR)]
-    if stale and not (out / MANIFEST_NAME).is_file():
+    resumed = _same_run(out, fp)
+    whole_shard = re.compile(r"shard_\d+\.h5ad")  # the temp names of unfinished ones differ
+    stale = [
+        p
+        for p in out.iterdir()
+        if p.name not in (LOG_NAME, TMP_DIR) and not (resumed and whole_shard.fullmatch(p.name))
+    ]
+    if stale and not resumed and not (out / MANIFEST_NAME).is_file():
         log.warning("%s: incomplete store (no %s): cleaning and rebuilding", out, MANIFEST_NAME)
     for path in stale:
         path.unlink()
+    if not resumed:
+        shutil.rmtree(out / TMP_DIR, ignore_errors=True)
+
+
+def save_plan(out: Path, fp: str, plan: Any) -> None:
+    """Start TMP_DIR for the config ``fp`` (unless resumed) and save pass 1's result in it."""
     tmp = out / TMP_DIR
-    if (tmp / FINGERPRINT_FILE).is_file() and (tmp / FINGERPRINT_FILE).read_text() == fp:
-        return
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(exist_ok=True)
+    (tmp / FINGERPRINT_FILE).write_text(f"{fp} v{TMP_VERSION}")
+    partial = tmp / (PLAN_FILE + ".tmp")
+    partial.write_bytes(pickle.dumps(plan))
+    partial.replace(tmp / PLAN_FILE)
 
 
 @contextmanager

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from sweep.data.prepare.checks import (
@@ -23,6 +25,7 @@ from sweep.data.prepare.checks import (
     attempt,
     check_source,
     dedupe_gene_tables,
+    name_genes,
     obs_columns,
     repeated_cell_ids,
     scan_source,
@@ -41,20 +44,23 @@ from sweep.data.prepare.config import (
 )
 from sweep.data.prepare.genes import gene_union, genes_by_hvg, genes_from_list
 from sweep.data.prepare.output import (
-    FINGERPRINT_FILE,
     LOG_NAME,
     TMP_DIR,
     check_output_folder,
     clean_output,
     existing_store,
+    interrupted_plan,
     run_log,
+    save_plan,
     start_log_file,
 )
 from sweep.data.prepare.shards import (
-    destinations,
-    piece_path,
-    shard_tasks,
-    write_piece,
+    GroupTask,
+    Layout,
+    finished_shard,
+    group_path,
+    group_ready,
+    write_group,
     write_store_shard,
 )
 from sweep.data.store import MANIFEST_NAME, Manifest, StoreWriter
@@ -62,19 +68,54 @@ from sweep.data.store import MANIFEST_NAME, Manifest, StoreWriter
 log = logging.getLogger(__package__)  # the pipeline's one logger (see the package docstring)
 
 
-def run_parallel(pool: Executor | None, fn: Any, tasks: list[tuple], desc: str) -> list:
-    """``[fn(*t) for t in tasks]`` over the pool (here when None), with a progress bar."""
-    if pool is None:
-        return [fn(*task) for task in tqdm(tasks, desc=desc)]
-    futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+def run_parallel(
+    pool: Executor | None,
+    fn: Any,
+    tasks: list[tuple],
+    desc: str,
+    show: bool,
+    cells: list[int] | None = None,
+) -> list:
+    """``[fn(*t) for t in tasks]`` over the pool (here when None), with a progress bar unless
+    ``show`` is false: tasks done, or with ``cells`` (per task) cells done, cells/s and the ETA.
+    Logs the pass's time when it ends."""
+    start = time.perf_counter()
+    sizes = cells or [1] * len(tasks)
+    bar = tqdm(
+        total=sum(sizes),
+        desc=desc,
+        unit="cells" if cells else "files",
+        unit_scale=bool(cells),
+        disable=not show,
+        smoothing=0.05,
+    )
     results: list = [None] * len(tasks)
-    try:
-        for future in tqdm(as_completed(futures), total=len(tasks), desc=desc):
-            results[futures[future]] = future.result()
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise
+
+    finished = 0
+
+    def done(i: int, result: Any) -> None:
+        nonlocal finished
+        results[i], finished = result, finished + 1
+        bar.update(sizes[i])
+        if cells:
+            bar.set_postfix_str(f"{finished}/{len(tasks)} tasks", refresh=False)
+
+    with bar:
+        if pool is None:
+            for i, task in enumerate(tasks):
+                done(i, fn(*task))
+        else:
+            futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    seconds = time.perf_counter() - start
+    rate = f", {sum(sizes) / seconds:,.0f} cells/s" if cells else ""
+    log.info("%s: %d tasks in %.1f s%s", desc, len(tasks), seconds, rate)
     return results
 
 
@@ -98,11 +139,12 @@ def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -
     sources) run before the scan reads every count, so most bad sources fail in seconds.
     """
     bad = BadSources(cfg.skip_bad_sources)
-    columns = obs_columns(cfg)
+    columns, show = obs_columns(cfg), cfg.progress
     checked = run_parallel(
-        pool, attempt, [(check_source, p, columns) for p in sources], "check sources"
+        pool, attempt, [(check_source, p, columns) for p in sources], "check sources", show
     )
     headers = bad.keep(sources, checked)
+    name_genes(headers)
     dedupe_gene_tables(headers)
     bad.refuse(repeated_cell_ids(headers))
     headers = bad.keep([h.path for h in headers], headers)
@@ -115,8 +157,10 @@ def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -
     probability = 0.0
     if cfg.genes == HVG:
         probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(h.n_cells for h in headers)))
-    tasks = [(scan_source, cfg, i, h.path, probability) for i, h in enumerate(headers)]
-    scans = bad.keep([h.path for h in headers], run_parallel(pool, attempt, tasks, "scan sources"))
+    tasks = [(scan_source, cfg, i, h, probability) for i, h in enumerate(headers)]
+    cells = [h.n_cells for h in headers]
+    scanned = run_parallel(pool, attempt, tasks, "scan sources", show, cells)
+    scans = bad.keep([h.path for h in headers], scanned)
     dedupe_gene_tables(scans)
     bad.refuse(unmatched_genes(scans, gene_list, cfg.genes))  # a skipped source may leave one alone
     scans = bad.keep([s.path for s in scans], scans)
@@ -168,6 +212,61 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
     return entries
 
 
+def write_groups(
+    cfg: PrepareConfig, plan: Plan, tmp: Path, layout: Layout, pool: Executor | None
+) -> None:
+    """Pass 2: every group file not left whole by an interrupted run."""
+    store_columns = pd.Index(plan.genes)
+    tables = list(dict.fromkeys(s.gene_ids for s in plan.scans))  # shared: few distinct
+    columns = [store_columns.get_indexer(t).astype(np.int32) for t in tables]
+    table_of = {id(t): k for k, t in enumerate(tables)}
+    n_cells = [s.n_cells for s in plan.scans]
+    tasks, sizes = [], []
+    for group in range(layout.n_groups):
+        parts = [
+            (plan.scans[i].path, first, end, cell, table_of[id(plan.scans[i].gene_ids)])
+            for i, first, end, cell in layout.group_parts(n_cells, group)
+        ]
+        size = sum(end - first for _, first, end, _, _ in parts)
+        if not group_ready(group_path(tmp, group), size):
+            task = GroupTask(
+                group, parts, columns, len(plan.genes), plan.vocab, layout, cfg.seed, cfg.chunk_rows
+            )
+            tasks.append((task, group_path(tmp, group)))
+            sizes.append(size)
+    if len(tasks) < layout.n_groups:
+        log.info(
+            "reusing %d of %d groups written by an interrupted run",
+            layout.n_groups - len(tasks),
+            layout.n_groups,
+        )
+    run_parallel(pool, write_group, tasks, "write groups", cfg.progress, sizes)
+
+
+def write_shards(
+    cfg: PrepareConfig, writer: StoreWriter, tmp: Path, layout: Layout, pool: Executor | None
+) -> list[dict]:
+    """Pass 3: every shard not left whole by an interrupted run; all shards' manifest entries."""
+    shards = [
+        finished_shard(writer.folder, s, layout, len(writer.genes)) for s in range(layout.n_shards)
+    ]
+    if any(shards):
+        reused = sum(map(bool, shards))
+        log.info("reusing %d of %d shards written by an interrupted run", reused, len(shards))
+    runs = [
+        [s for s in range(first, min(first + layout.run_shards, layout.n_shards)) if not shards[s]]
+        for first in range(0, layout.n_shards, layout.run_shards)
+    ]
+    runs = [run for run in runs if run]
+    tasks = [(writer, run, tmp, layout) for run in runs]
+    cells = [sum(layout.shard_cells(s) for s in run) for run in runs]
+    written = run_parallel(pool, write_store_shard, tasks, "write shards", cfg.progress, cells)
+    for run, entries in zip(runs, written, strict=True):
+        for shard, entry in zip(run, entries, strict=True):
+            shards[shard] = entry
+    return shards
+
+
 def build_store(
     cfg: PrepareConfig, plan: Plan, out: Path, pool: Executor | None, provenance: dict
 ) -> Manifest:
@@ -196,24 +295,10 @@ def build_store(
             ", ".join(Path(e["file"]).name for e in plan.skipped),
         )
     tmp = out / TMP_DIR
-    tmp.mkdir(exist_ok=True)
-    (tmp / FINGERPRINT_FILE).write_text(provenance["fingerprint"])
-    reused = sum(piece_path(tmp, i).exists() for i in range(len(n_cells)))
-    if reused:
-        log.info("reusing %d source pieces of an interrupted run with the same config", reused)
-    dest = destinations(n_cells, cfg.seed)
-    tasks = [
-        (cfg, s.path, piece_path(tmp, i), plan.genes, plan.vocab, dest[i])
-        for i, s in enumerate(plan.scans)
-    ]
-    blocks = run_parallel(pool, write_piece, tasks, "write pieces")
-    del dest, tasks
+    layout = Layout.plan(n_cells, sum(s.nnz for s in plan.scans), cfg.shard_size)
+    write_groups(cfg, plan, tmp, layout, pool)
     writer = StoreWriter(out, plan.genes, plan.gene_names)
-    tasks = [
-        (writer, s, b, tmp, cfg.shard_size) for s, b in enumerate(shard_tasks(blocks, n_shards))
-    ]
-    shards = run_parallel(pool, write_store_shard, tasks, "write shards")
-    shutil.rmtree(tmp)
+    shards = write_shards(cfg, writer, tmp, layout, pool)
     provenance["counts"] = {
         "n_sources": len(n_cells),
         "n_skipped_sources": len(plan.skipped),
@@ -224,7 +309,7 @@ def build_store(
         "n_shards": n_shards,
         "nnz": sum(s["nnz"] for s in shards),
     }
-    return writer.finish(
+    manifest = writer.finish(
         shards,
         plan.vocab,
         cfg.shard_size,
@@ -232,6 +317,8 @@ def build_store(
         provenance=provenance,
         skipped_sources=plan.skipped,
     )
+    shutil.rmtree(tmp)
+    return manifest
 
 
 @contextmanager
@@ -268,13 +355,19 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
             manifest.n_genes,
             len(manifest.shards),
         )
+        shutil.rmtree(out / TMP_DIR, ignore_errors=True)  # a run killed right after its manifest
         return manifest
     check_output_folder(out)
     workers = cfg.workers or len(os.sched_getaffinity(0))
     with run_log() as buffer, _process_pool(workers) as pool:
         log.info("preparing %s from %d sources with %d workers", out, len(sources), workers)
-        plan = plan_store(cfg, sources, pool)
+        plan = interrupted_plan(out, fp)
+        if plan is None:
+            plan = plan_store(cfg, sources, pool)
+        else:
+            log.info("%s: resuming an interrupted run with the same config", out)
         clean_output(out, fp)
+        save_plan(out, fp, plan)
         start_log_file(buffer, out / LOG_NAME)
         provenance = {
             "config": asdict(cfg),

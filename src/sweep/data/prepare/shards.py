@@ -1,10 +1,19 @@
-"""Passes 2 and 3: each source's cells into a piece file sorted by destination, then each
-shard gathered from the pieces and written through the store writer.
+"""Passes 2 and 3: cells into group files sorted by their shuffled store row, then runs of shards
+gathered from the groups and written through the store writer.
+
+The shuffle is a seeded permutation of all cells across all sources, computed cell by cell
+(:func:`shuffled_rows`), so no process holds it whole. Its reach is the whole store: every shard
+is a random draw from every source. A **group** is a range of ``group_cells`` consecutive cells
+(in source order, possibly spanning or splitting sources): pass 2 writes each group's cells,
+store genes kept, sorted by store row into ``.prepare_tmp/group_XXXXX.h5``; pass 3 reads each run
+of shards' rows (one contiguous slice per group, located by the group's ``bounds``). A worker
+holds one group or one run of shards (about ``group_cells`` cells) at a time.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -12,24 +21,107 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sweep.data.prepare.config import PrepareConfig, PrepareError
+from sweep.data.prepare.config import PrepareError
 from sweep.data.prepare.sources import SourceReader, expressed_genes, select_genes
-from sweep.data.store import CODE_DTYPE, CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, StoreWriter
+from sweep.data.store import (
+    CODE_DTYPE,
+    CODED_COLUMNS,
+    IS_PRIMARY,
+    N_GENES_ALL,
+    StoreWriter,
+    gene_index_dtype,
+    shard_name,
+    shard_problem,
+)
+
+GROUP_NNZ = 50_000_000  # source non-zeros (all genes) per group, on average: a worker's memory
+FEISTEL_ROUNDS = 4
+FIELDS = ("dest", "codes", N_GENES_ALL, IS_PRIMARY)  # per-row arrays of a group besides X
 
 
-def piece_path(tmp: Path, index: int) -> Path:
-    return tmp / f"piece_{index:05d}.h5"
+def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
+    """splitmix64's finaliser of ``x ^ key``, uint64 (n,)."""
+    z = x ^ key
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
-def destinations(n_cells: list[int], seed: int) -> list[np.ndarray]:
-    """Seeded global shuffle: per source, each cell's row in the shuffled store, int64 (cells,).
+def shuffled_rows(cells: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
+    """Seeded global shuffle: the store row of each cell (its index over all sources), int64.
 
-    Store row ``r`` lives in shard ``r // shard_size`` at row ``r % shard_size``.
+    A permutation of [0, n_cells): a Feistel network on the smallest even number of bits that
+    holds n_cells - 1, walked until it lands in range. Store row ``r`` lives in shard
+    ``r // shard_size`` at row ``r % shard_size``.
     """
-    order = np.random.default_rng(seed).permutation(sum(n_cells))
-    dest = np.empty_like(order)
-    dest[order] = np.arange(len(order))
-    return np.split(dest, np.cumsum(n_cells)[:-1])
+    half = max(1, (int(n_cells - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = np.random.default_rng(seed).integers(
+        0, np.iinfo(np.uint64).max, size=FEISTEL_ROUNDS, dtype=np.uint64
+    )
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for key in keys:
+            left, right = right, left ^ (_mix(right, key) & mask)
+        return (left << np.uint64(half)) | right
+
+    rows = permute(np.asarray(cells, dtype=np.uint64))
+    outside = np.flatnonzero(rows >= n_cells)
+    while len(outside):
+        rows[outside] = permute(rows[outside])
+        outside = outside[rows[outside] >= n_cells]
+    return rows.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How passes 2 and 3 cut the store: ``n_cells`` cells in groups of ``group_cells`` and
+    shards of ``shard_size``, written in runs of ``run_shards``."""
+
+    n_cells: int
+    group_cells: int
+    shard_size: int
+
+    @classmethod
+    def plan(cls, n_cells: list[int], nnz: int, shard_size: int) -> Layout:
+        """Groups of about GROUP_NNZ non-zeros, at least one shard's worth of cells."""
+        total = sum(n_cells)
+        per_cell = max(1.0, nnz / max(1, total))
+        return cls(total, max(shard_size, int(GROUP_NNZ / per_cell)), shard_size)
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.n_cells // self.group_cells)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_cells // self.shard_size)
+
+    @property
+    def run_shards(self) -> int:
+        return max(1, self.group_cells // self.shard_size)
+
+    def group_parts(self, n_cells: list[int], group: int) -> list[tuple[int, int, int, int]]:
+        """Group ``group``'s cells: (source, first row, end row, first cell) per source part."""
+        lo, hi = group * self.group_cells, min((group + 1) * self.group_cells, self.n_cells)
+        starts = np.concatenate([[0], np.cumsum(n_cells)])
+        parts = []
+        for source in range(int(np.searchsorted(starts, lo, side="right")) - 1, len(n_cells)):
+            first, end = max(lo, starts[source]), min(hi, starts[source + 1])
+            if first >= hi:
+                break
+            if end > first:
+                offset = int(starts[source])
+                parts.append((source, int(first) - offset, int(end) - offset, int(first)))
+        return parts
+
+    def shard_cells(self, shard: int) -> int:
+        return min(self.shard_size, self.n_cells - shard * self.shard_size)
+
+
+def group_path(tmp: Path, group: int) -> Path:
+    return tmp / f"group_{group:05d}.h5"
 
 
 def _encode(reader: SourceReader, vocab: dict[str, list[str]]) -> np.ndarray:
@@ -42,102 +134,134 @@ def _encode(reader: SourceReader, vocab: dict[str, list[str]]) -> np.ndarray:
     return codes
 
 
-def write_piece(
-    cfg: PrepareConfig,
-    path: Path,
-    piece: Path,
-    genes: list[str],
-    vocab: dict[str, list[str]],
-    dest: np.ndarray,
-) -> np.ndarray:
-    """Pass 2 for one source: its cells (store genes, codes), sorted by destination within chunks.
+@dataclass(frozen=True)
+class GroupTask:
+    """Pass 2 for one group: its source parts (path, first row, end row, first cell, gene
+    table) and, per gene table, each source gene's store column (-1: dropped), int32 (genes,)."""
 
-    ``dest`` (cells,) int64 store rows. Writes ``piece`` atomically, one group per chunk, and
-    returns its blocks, int64 (blocks, 4): shard, chunk, first row, end row (a block is a run of
-    one chunk's rows bound for one shard). A piece left by an interrupted run is reused.
+    index: int
+    parts: list[tuple[Path, int, int, int, int]]
+    columns: list[np.ndarray]
+    n_genes: int
+    vocab: dict[str, list[str]]
+    layout: Layout
+    seed: int
+    chunk_rows: int
+
+
+def group_ready(path: Path, n_cells: int) -> bool:
+    """Whether ``path`` is a whole group file of ``n_cells`` cells (left by an interrupted run)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return len(f["dest"]) == n_cells and "bounds" in f
+    except (OSError, KeyError):
+        return False
+
+
+def write_group(task: GroupTask, path: Path) -> int:
+    """Write group ``task.index`` to ``path`` (atomically); return its cells.
+
+    The file holds the group's cells sorted by store row: X (CSR, store genes), the FIELDS and
+    ``cell_ids``, and ``bounds`` int64 (shards + 1): where each shard's rows begin.
     """
-    if piece.exists():
-        with h5py.File(piece, "r") as f:
-            return f["blocks"][:]
-    partial = piece.with_name(piece.name + ".tmp")
-    blocks = []
-    with SourceReader(path, (*CODED_COLUMNS, IS_PRIMARY)) as reader, h5py.File(partial, "w") as out:
-        columns = pd.Index(genes).get_indexer(reader.gene_ids)
-        codes = _encode(reader, vocab)
-        for k, (start, chunk) in enumerate(reader.chunks(cfg.chunk_rows)):
-            local = np.argsort(dest[start : start + chunk.shape[0]], kind="stable")
-            rows = start + local
-            group = out.create_group(f"chunk_{k:05d}")
-            X = select_genes(chunk, columns, len(genes))[local]
-            group.create_dataset("data", data=X.data)
-            group.create_dataset("indices", data=X.indices)
-            group.create_dataset("indptr", data=X.indptr.astype(np.int64))
-            group.create_dataset("dest", data=dest[rows])
-            group.create_dataset("codes", data=codes[rows])
-            group.create_dataset(N_GENES_ALL, data=expressed_genes(chunk)[local])
-            group.create_dataset(IS_PRIMARY, data=reader.obs[IS_PRIMARY][rows])
-            group.create_dataset(
-                "cell_ids", data=reader.cell_ids[rows].astype(object), dtype=h5py.string_dtype()
-            )
-            shard = dest[rows] // cfg.shard_size
-            firsts = np.flatnonzero(np.diff(shard, prepend=-1))
-            ends = np.append(firsts[1:], len(rows))
-            blocks.append(np.column_stack([shard[firsts], np.full_like(firsts, k), firsts, ends]))
-        blocks = np.concatenate(blocks).astype(np.int64) if blocks else np.zeros((0, 4), np.int64)
-        out.create_dataset("blocks", data=blocks)
-    os.replace(partial, piece)
-    return blocks
+    matrices, fields, cell_ids = [], {name: [] for name in FIELDS}, []
+    for source, first, end, first_cell, table in task.parts:
+        columns = task.columns[table]
+        with SourceReader(source, (*CODED_COLUMNS, IS_PRIMARY), genes=False) as reader:
+            if reader.n_genes != len(columns) or reader.n_cells < end:
+                raise PrepareError(
+                    f"{source}: the file changed since it was checked; prepare again"
+                )
+            codes = _encode(reader, task.vocab)[first:end]
+            for _, chunk in reader.chunks(task.chunk_rows, first, end):
+                matrices.append(select_genes(chunk, columns, task.n_genes))
+                fields[N_GENES_ALL].append(expressed_genes(chunk))
+            fields["codes"].append(codes)
+            fields[IS_PRIMARY].append(reader.obs[IS_PRIMARY][first:end])
+            fields["dest"].append(np.arange(first_cell, first_cell + end - first))
+            cell_ids.append(reader.cell_ids[first:end])
+    rows = {name: np.concatenate(parts) for name, parts in fields.items()}
+    rows["dest"] = shuffled_rows(rows["dest"], task.layout.n_cells, task.seed)
+    order = np.argsort(rows["dest"], kind="stable")
+    rows = {name: values[order] for name, values in rows.items()}
+    X = sp.vstack(matrices, format="csr")[order]
+    starts = np.arange(task.layout.n_shards + 1) * task.layout.shard_size
+    partial = path.with_name(path.name + ".tmp")
+    with h5py.File(partial, "w") as out:
+        out.create_dataset("data", data=X.data)
+        out.create_dataset("indices", data=X.indices.astype(gene_index_dtype(task.n_genes)))
+        out.create_dataset("indptr", data=X.indptr.astype(np.int64))
+        for name, values in rows.items():
+            out.create_dataset(name, data=values)
+        ids = np.concatenate(cell_ids)[order].astype(object)
+        out.create_dataset("cell_ids", data=ids, dtype=h5py.string_dtype())
+        out.create_dataset("bounds", data=np.searchsorted(rows["dest"], starts))
+    os.replace(partial, path)
+    return len(order)
 
 
-def shard_tasks(blocks: list[np.ndarray], n_shards: int) -> list[np.ndarray]:
-    """Regroup pass 2's blocks by shard: per shard, int64 (blocks, 4): source, chunk, first, end."""
-    table = np.concatenate(
-        [np.column_stack([b[:, 0], np.full(len(b), i), b[:, 1:]]) for i, b in enumerate(blocks)]
-    )
-    table = table[np.lexsort((table[:, 1], table[:, 0]))]
-    bounds = np.searchsorted(table[:, 0], np.arange(n_shards + 1))
-    return [table[bounds[s] : bounds[s + 1], 1:] for s in range(n_shards)]
-
-
-def _read_block(group: h5py.Group, first: int, end: int, n_genes: int) -> tuple:
-    """Rows [first, end) of a piece chunk: (CSR (rows, genes), {field: array (rows, ...)})."""
+def _read_rows(group: h5py.File, first: int, end: int, n_genes: int) -> tuple:
+    """Rows [first, end) of a group: (CSR (rows, genes), {field: array (rows, ...)}, cell ids)."""
     indptr = group["indptr"][first : end + 1]
     lo, hi = int(indptr[0]), int(indptr[-1])
     X = sp.csr_matrix(
         (group["data"][lo:hi], group["indices"][lo:hi], indptr - lo), shape=(end - first, n_genes)
     )
-    fields = {name: group[name][first:end] for name in ("dest", "codes", N_GENES_ALL, IS_PRIMARY)}
-    fields["cell_ids"] = group["cell_ids"].asstr()[first:end]
-    return X, fields
+    fields = {name: group[name][first:end] for name in FIELDS}
+    return X, fields, group["cell_ids"].asstr()[first:end]
+
+
+def finished_shard(folder: Path, shard: int, layout: Layout, n_genes: int) -> dict | None:
+    """The manifest entry of shard ``shard`` when an interrupted run wrote it whole, else None."""
+    path = folder / shard_name(shard)
+    try:
+        with h5py.File(path, "r") as f:
+            nnz = int(f["X/data"].shape[0])
+    except (OSError, KeyError):
+        return None
+    if shard_problem(path, layout.shard_cells(shard), n_genes, nnz) is not None:
+        return None
+    return {"file": path.name, "n_cells": layout.shard_cells(shard), "nnz": nnz}
 
 
 def write_store_shard(
-    writer: StoreWriter, index: int, blocks: np.ndarray, tmp: Path, shard_size: int
-) -> dict:
-    """Pass 3: gather shard ``index`` from the pieces in ``tmp``, order its rows, write it.
+    writer: StoreWriter, shards: list[int], tmp: Path, layout: Layout
+) -> list[dict]:
+    """Pass 3: gather the consecutive ``shards`` from every group in ``tmp``, write each.
 
-    ``blocks`` int64 (blocks, 4): source, chunk, first row, end row. Returns the manifest entry.
+    Returns their manifest entries, in order.
     """
-    matrices, parts = [], []
-    for source in np.unique(blocks[:, 0]):
-        with h5py.File(piece_path(tmp, int(source)), "r") as f:
-            for _, chunk, first, end in blocks[blocks[:, 0] == source]:
-                X, fields = _read_block(f[f"chunk_{chunk:05d}"], first, end, len(writer.genes))
+    lo, hi = shards[0], shards[-1] + 1
+    matrices, parts, ids = [], [], []
+    for group in range(layout.n_groups):
+        with h5py.File(group_path(tmp, group), "r") as f:
+            first, end = (int(b) for b in f["bounds"][[lo, hi]])
+            if end > first:
+                X, fields, cell_ids = _read_rows(f, first, end, len(writer.genes))
                 matrices.append(X)
                 parts.append(fields)
-    fields = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    order = np.argsort(fields["dest"])
-    expected = np.arange(index * shard_size, index * shard_size + len(order))
-    if not np.array_equal(fields["dest"][order], expected):
+                ids.append(cell_ids)
+    fields = {name: np.concatenate([p[name] for p in parts]) for name in FIELDS}
+    order = np.argsort(fields["dest"], kind="stable")
+    first_row = lo * layout.shard_size
+    if not np.array_equal(fields["dest"][order], np.arange(first_row, first_row + len(order))):
         raise PrepareError(
-            f"{tmp}: the pieces do not match the shuffle of shard {index}; "
+            f"{tmp}: the groups do not match the shuffle of shards {lo}-{hi - 1}; "
             f"delete {tmp} and prepare again"
         )
-    codes = fields["codes"][order]
-    obs = pd.DataFrame(
-        {column: codes[:, j] for j, column in enumerate(CODED_COLUMNS)},
-        index=pd.Index(fields["cell_ids"][order], dtype=object),
-    )
-    obs[N_GENES_ALL] = fields[N_GENES_ALL][order]
-    obs[IS_PRIMARY] = fields[IS_PRIMARY][order]
-    return writer.write_shard(index, sp.vstack(matrices, format="csr")[order], obs)
+    X = sp.vstack(matrices, format="csr")[order]
+    fields = {name: values[order] for name, values in fields.items()}
+    cell_ids = np.concatenate(ids)[order]
+    entries = []
+    for shard in shards:
+        start = (shard - lo) * layout.shard_size
+        rows = slice(start, start + layout.shard_cells(shard))
+        codes = fields["codes"][rows]
+        obs = pd.DataFrame(
+            {column: codes[:, j] for j, column in enumerate(CODED_COLUMNS)},
+            index=pd.Index(cell_ids[rows], dtype=object),
+        )
+        obs[N_GENES_ALL] = fields[N_GENES_ALL][rows]
+        obs[IS_PRIMARY] = fields[IS_PRIMARY][rows]
+        entries.append(writer.write_shard(shard, X[rows], obs))
+    return entries

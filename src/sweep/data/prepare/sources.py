@@ -1,7 +1,13 @@
-"""Reading one source h5ad: genes and obs at once, counts streamed in row chunks and checked."""
+"""Reading one source h5ad: genes and obs at once, counts streamed in row chunks and checked.
+
+The hot path reads the h5ad elements it needs straight through h5py (string arrays, categoricals,
+plain arrays); anndata's ``read_elem`` only reads other encodings. Gene tables (thousands of
+sources share one 33k-60k id list) cross process boundaries as one bytes blob and are shared.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +24,34 @@ from sweep.data.store import IS_PRIMARY
 
 MISSING_LABEL = "unknown"  # stands for a missing obs value (NaN) in the vocabulary
 DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values at a time
+SHARED_TABLES = 64  # distinct gene tables a process keeps shared (see GeneTable)
+_shared: OrderedDict[bytes, GeneTable] = OrderedDict()
+
+
+class GeneTable(tuple):
+    """A source's gene ids or names: a tuple of str, shared by every source with the same list in
+    a process (:func:`gene_table`), that pickles as one bytes blob (a memcpy, not 60k str
+    objects) and unpickles into the receiving process's shared table."""
+
+    blob: bytes  # the strings, NUL-joined UTF-8
+
+    def __reduce__(self) -> tuple:
+        return (_shared_table, (self.blob,))
+
+
+def gene_table(strings: list[str]) -> GeneTable:
+    """The process's shared :class:`GeneTable` holding ``strings``."""
+    return _shared_table("\0".join(strings).encode())
+
+
+def _shared_table(blob: bytes) -> GeneTable:
+    table = _shared.get(blob)
+    if table is None:
+        table = _shared[blob] = GeneTable(blob.decode().split("\0") if blob else ())
+        table.blob = blob
+        if len(_shared) > SHARED_TABLES:
+            _shared.popitem(last=False)
+    return table
 
 
 @contextmanager
@@ -52,20 +86,43 @@ def _as_flags(values: Any, path: Path, column: str) -> np.ndarray:
     )
 
 
+def _read_values(elem: h5py.Dataset | h5py.Group) -> np.ndarray:
+    """An h5ad column (string array, categorical or plain array), shape (n,); strings as str
+    (``<U``), a categorical decoded (missing -> MISSING_LABEL); other encodings via anndata."""
+    if isinstance(elem, h5py.Dataset):
+        if h5py.check_string_dtype(elem.dtype) is not None:
+            strings = elem.astype(np.dtypes.StringDType())[()]
+            return strings.astype(f"U{max(1, np.strings.str_len(strings).max(initial=0))}")
+        return elem[()]
+    if "codes" in elem and "categories" in elem:  # a categorical (read without its attrs: slow)
+        categories = _read_values(elem["categories"])
+        labels = np.append(categories.astype(str), MISSING_LABEL)  # code -1 -> the last one
+        return labels[elem["codes"][()]]
+    return read_elem(elem)
+
+
+def _read_strings(elem: h5py.Dataset | h5py.Group) -> np.ndarray:
+    """An h5ad column as a str array, shape (n,); missing values become MISSING_LABEL."""
+    values = _read_values(elem)
+    return values if values.dtype.kind == "U" else _as_str(values)
+
+
 class SourceReader:
     """One source h5ad opened for streaming: genes and obs read at once, counts in row chunks.
 
     Counts come from ``raw/X`` (with ``raw/var``) when the file has them, as CELLxGENE downloads
     keep raw counts there and normalised values in ``X``; otherwise from ``X``. ``X`` may be CSR
-    or dense; it is never loaded whole. Every problem raises PrepareError naming the file.
+    or dense; it is never loaded whole. The gene ids are read unless ``genes=False`` (a pass after
+    the check knows them), the names only by :meth:`read_gene_names`. Every problem raises
+    PrepareError naming the file.
     """
 
-    def __init__(self, path: Path, obs_columns: tuple[str, ...]):
+    def __init__(self, path: Path, obs_columns: tuple[str, ...], genes: bool = True):
         self.path = path
         with _reading(path):
             self.file = h5py.File(path, "r")
             try:
-                self._read_header(obs_columns)
+                self._read_header(obs_columns, genes)
             except BaseException:
                 self.file.close()
                 raise
@@ -76,14 +133,15 @@ class SourceReader:
     def __exit__(self, *exc: object) -> None:
         self.file.close()
 
-    def _read_header(self, obs_columns: tuple[str, ...]) -> None:
+    def _read_header(self, obs_columns: tuple[str, ...], genes: bool) -> None:
         f, path = self.file, self.path
         self.matrix_key, var_key = ("raw/X", "raw/var") if "raw/X" in f else ("X", "var")
         if self.matrix_key not in f or var_key not in f or "obs" not in f:
             raise PrepareError(f"{path}: not an h5ad file with X, obs and var")
         self.matrix = f[self.matrix_key]
         self.n_cells, self.n_genes = self._shape()
-        self.gene_ids, self.gene_names = self._read_genes(f[var_key], var_key)
+        self.var_key = var_key
+        self.gene_ids = self._read_gene_ids(f[var_key]) if genes else None
         self.cell_ids, self.obs = self._read_obs(f["obs"], obs_columns)
 
     def _shape(self) -> tuple[int, int]:
@@ -99,24 +157,31 @@ class SourceReader:
         n_cells, n_genes = self.matrix.attrs["shape"]
         return int(n_cells), int(n_genes)
 
-    def _read_genes(self, var: h5py.Group, var_key: str) -> tuple[np.ndarray, np.ndarray]:
-        """Gene ids (the var index) and names (``feature_name`` or the ids), shape (genes,)."""
-        ids = _as_str(read_elem(var[var.attrs["_index"]]))
-        names = _as_str(read_elem(var["feature_name"])) if "feature_name" in var else ids
+    def _read_gene_ids(self, var: h5py.Group) -> GeneTable:
+        """Gene ids (the var index), (genes,)."""
+        ids = _read_strings(var[var.attrs["_index"]]).tolist()
         problem = None
         if len(ids) != self.n_genes:
             problem = f"{len(ids)} ids for {self.n_genes} matrix columns"
-        elif len(ids) == 0 or (ids == "").any():
+        elif len(ids) == 0 or "" in ids:
             problem = "the index is empty or holds empty strings"
-        elif pd.Index(ids).has_duplicates:
+        elif len(set(ids)) < len(ids):
             dups = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
             problem = f"{len(dups)} duplicated ids such as {list(dups[:3])}"
         if problem:
             raise PrepareError(
-                f"{self.path}: {var_key} has no usable gene ids ({problem}): the var index must "
-                "hold unique Ensembl feature ids (CELLxGENE's feature_id)"
+                f"{self.path}: {self.var_key} has no usable gene ids ({problem}): the var index "
+                "must hold unique Ensembl feature ids (CELLxGENE's feature_id)"
             )
-        return ids, names
+        return gene_table(ids)
+
+    def read_gene_names(self) -> GeneTable:
+        """Gene names (``feature_name``, else the ids), (genes,)."""
+        var = self.file[self.var_key]
+        with _reading(self.path):
+            if "feature_name" not in var:
+                return self._read_gene_ids(var)
+            return gene_table(_read_strings(var["feature_name"]).tolist())
 
     def _read_obs(
         self, obs: h5py.Group, columns: tuple[str, ...]
@@ -130,38 +195,43 @@ class SourceReader:
                 f"{self.path}: obs lacks the columns {missing} (it has {sorted(have)}): "
                 "prepare needs the CELLxGENE columns; add or rename them"
             )
-        cell_ids = _as_str(read_elem(obs[index_name]))
+        cell_ids = _read_strings(obs[index_name])
         if len(cell_ids) != self.n_cells:
             raise PrepareError(
                 f"{self.path}: obs has {len(cell_ids)} rows for {self.n_cells} matrix rows"
             )
         values = {}
         for column in columns:
-            raw = read_elem(obs[column])
             if column == IS_PRIMARY:
+                elem = obs[column]
+                raw = elem[()] if isinstance(elem, h5py.Dataset) else read_elem(elem)
                 values[column] = _as_flags(raw, self.path, column)
             else:
-                values[column] = _as_str(raw)
+                values[column] = _read_strings(obs[column])
         return cell_ids, values
 
-    def chunks(self, chunk_rows: int) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """Yield (first row, counts CSR (rows, source genes) float32, explicit zeros removed)."""
+    def chunks(
+        self, chunk_rows: int, first: int = 0, end: int | None = None
+    ) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """Yield (first row, counts CSR (rows, source genes) float32, explicit zeros removed)
+        over rows [first, end) (all rows by default)."""
+        end = self.n_cells if end is None else end
         with _reading(self.path):
             dense = isinstance(self.matrix, h5py.Dataset)
-            indptr = None if dense else self.matrix["indptr"][:]
+            indptr = None if dense else self.matrix["indptr"][first : end + 1]
             if dense:
                 chunk_rows = max(1, min(chunk_rows, DENSE_CHUNK_VALUES // max(1, self.n_genes)))
-            for start in range(0, self.n_cells, chunk_rows):
-                stop = min(start + chunk_rows, self.n_cells)
+            for start in range(first, end, chunk_rows):
+                stop = min(start + chunk_rows, end)
                 if dense:
                     chunk = sp.csr_matrix(self.matrix[start:stop].astype(np.float32))
                 else:
-                    lo, hi = int(indptr[start]), int(indptr[stop])
+                    lo, hi = int(indptr[start - first]), int(indptr[stop - first])
                     chunk = sp.csr_matrix(
                         (
-                            self.matrix["data"][lo:hi].astype(np.float32),
+                            self.matrix["data"][lo:hi].astype(np.float32, copy=False),
                             self.matrix["indices"][lo:hi],
-                            indptr[start : stop + 1] - lo,
+                            indptr[start - first : stop - first + 1] - lo,
                         ),
                         shape=(stop - start, self.n_genes),
                     )
