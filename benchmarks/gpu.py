@@ -460,6 +460,10 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], shapes: list[str], args: argparse.Namespace, command: str) -> str:
+    """The section for the doc: what ran where, the table, how to read it."""
+    small_note = []
+    if args.small:
+        small_note = ["- --small: a check that every measurement runs, too short to compare"]
     return "\n".join(
         [
             f"### GPU benchmark, {args.label} ({time.strftime('%Y-%m-%d')})",
@@ -469,6 +473,7 @@ def markdown(rows: list[dict], shapes: list[str], args: argparse.Namespace, comm
             f"- batch {args.batch_size}; model-only: {args.steps} steps after {args.warmup}; "
             f"end to end: {args.epochs} epoch{'s' * (args.epochs != 1)}, no validation",
             f"- command: `{command}`",
+            *small_note,
             "",
             *table(rows),
             "",

@@ -87,6 +87,7 @@ def test_small_run_on_cpu_writes_every_row(tmp_path):
     assert "<!-- bench:gpu:cpu-small -->" in text and "<!-- /bench:gpu:cpu-small -->" in text
     assert f"python -m benchmarks.gpu {' '.join(argv)}" in text
     assert "Loader share: 1 - end-to-end cells/s / model-only cells/s" in text
+    assert "--small: a check that every measurement runs" in text
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
