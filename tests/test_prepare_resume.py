@@ -19,8 +19,8 @@ from sweep.data.prepare import prepare_store, shards
 from sweep.data.prepare.output import PLAN_FILE, TMP_DIR
 from sweep.data.synthetic import SyntheticConfig, generate
 
-GROUP_NNZ = 40_000  # ~3 sources per group: 8 groups
-SLOW = 0.4  # seconds the killed run sleeps after each group and shard, so that the kill lands mid-way
+GROUP_NNZ = 40_000  # small groups: several of them (and of the runs of shards)
+SLOW = 0.4  # seconds the killed run pauses after each group and run of shards: killed mid-way
 
 # The killed run: prepare in one process, every group and shard followed by a pause.
 KILLED = """

@@ -38,13 +38,6 @@ class SourceInfo:
 
 
 @dataclass
-class Header(SourceInfo):
-    """What the check pass learns about one source, with its cell ids' hashes (cells,) uint64."""
-
-    cell_id_hashes: np.ndarray
-
-
-@dataclass
 class Scan(SourceInfo):
     """What the scan learns about one source. Arrays have shape (cells,) unless noted."""
 
@@ -56,16 +49,29 @@ class Scan(SourceInfo):
     sample_batches: list[str] | None = None  # HVG batch label per sampled cell
 
 
+@dataclass
+class Header(SourceInfo):
+    """What the check pass learns about one source, with its cell ids' hashes (cells,) uint64
+    and, for a source the check read whole, its scan."""
+
+    cell_id_hashes: np.ndarray
+    scan: Scan | None = None
+
+
 def obs_columns(cfg: PrepareConfig) -> tuple[str, ...]:
     """The obs columns every source must have: the coded ones, the primary flag, the HVG keys."""
     hvg_keys = tuple(cfg.hvg_batch_keys) if cfg.genes == HVG else ()
     return tuple(dict.fromkeys((*CODED_COLUMNS, IS_PRIMARY, *hvg_keys)))
 
 
-def check_source(path: Path, columns: tuple[str, ...]) -> Header:
-    """The check pass for one source: header, genes, obs ``columns``, unique cell ids and the
-    counts of the first ``HEADER_ROWS`` rows (every later count is checked by the scan)."""
-    with SourceReader(path, columns) as reader:
+def check_source(cfg: PrepareConfig, path: Path) -> Header:
+    """The check pass for one source: header, genes, obs columns, unique cell ids and the counts
+    of the first ``HEADER_ROWS`` rows (every later count is checked by the scan).
+
+    A source of at most HEADER_ROWS cells is scanned right away when no HVG sample is needed
+    (gene list): its counts are read once in pass 1 (thousands of small files).
+    """
+    with SourceReader(path, obs_columns(cfg)) as reader:
         ids = pd.Index(reader.cell_ids)
         if ids.has_duplicates:
             repeated = ids[ids.duplicated()].unique()
@@ -74,7 +80,11 @@ def check_source(path: Path, columns: tuple[str, ...]) -> Header:
                 f"{list(repeated[:3])}: cell ids must be unique; remove the repeated rows, or "
                 "make the ids unique if they are different cells (adata.obs_names_make_unique())"
             )
-        next(reader.chunks(HEADER_ROWS), None)
+        scan = None
+        if reader.n_cells <= HEADER_ROWS and cfg.genes != HVG:
+            scan = _scan(reader, cfg, 0, 0.0)
+        else:
+            reader.check_first_rows(HEADER_ROWS)
         return Header(
             path=path,
             matrix_key=reader.matrix_key,
@@ -82,52 +92,60 @@ def check_source(path: Path, columns: tuple[str, ...]) -> Header:
             gene_ids=reader.gene_ids,
             gene_names=None,  # read once per gene list: name_genes
             cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
+            scan=scan,
         )
 
 
 def scan_source(cfg: PrepareConfig, index: int, header: Header, sample_probability: float) -> Scan:
     """The scan of source ``index`` (checked: ``header``): check every count, count and
-    (``sample_probability > 0``) sample.
+    (``sample_probability > 0``) sample. Its genes are the header's."""
+    with SourceReader(header.path, obs_columns(cfg), genes=False) as reader:
+        if (reader.n_cells, reader.n_genes) != (header.n_cells, len(header.gene_ids)):
+            raise PrepareError(
+                f"{header.path}: the file changed since it was checked; prepare again"
+            )
+        return _scan(reader, cfg, index, sample_probability)
+
+
+def _scan(reader: SourceReader, cfg: PrepareConfig, index: int, sample_probability: float) -> Scan:
+    """Read every count of an open source; the Scan's genes are left for the caller
+    (``gene_ids`` of the reader, or None).
 
     Each eligible cell (primary, ``n_genes_all >= hvg_min_genes``) enters the HVG sample with
     ``sample_probability``, drawn from the stream (seed, index), independent of chunking.
     """
-    path = header.path
-    with SourceReader(path, obs_columns(cfg), genes=False) as reader:
-        if (reader.n_cells, reader.n_genes) != (header.n_cells, len(header.gene_ids)):
-            raise PrepareError(f"{path}: the file changed since it was checked; prepare again")
-        primary = reader.obs[IS_PRIMARY]
-        draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
-        n_below, nnz, samples, sampled_rows = 0, 0, [], []
-        for start, chunk in reader.chunks(cfg.chunk_rows):
-            rows = np.arange(start, start + chunk.shape[0])
-            enough = expressed_genes(chunk) >= cfg.hvg_min_genes
-            n_below += int((~enough).sum())
-            nnz += chunk.nnz
-            take = enough & primary[rows] & (draws[rows] < sample_probability)
-            if take.any():
-                samples.append(chunk[take])
-                sampled_rows.append(rows[take])
-        scan = Scan(
-            path=path,
-            matrix_key=reader.matrix_key,
-            n_cells=reader.n_cells,
-            gene_ids=header.gene_ids,
-            gene_names=header.gene_names,
-            values={c: np.unique(reader.obs[c]).tolist() for c in CODED_COLUMNS},
-            nnz=nnz,
-            n_non_primary=int((~primary).sum()),
-            n_below_min_genes=n_below,
+    primary = reader.obs[IS_PRIMARY]
+    draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
+    n_below, nnz, samples, sampled_rows = 0, 0, [], []
+    for start, chunk in reader.chunks(cfg.chunk_rows):
+        rows = np.arange(start, start + chunk.shape[0])
+        enough = expressed_genes(chunk) >= cfg.hvg_min_genes
+        n_below += int((~enough).sum())
+        nnz += chunk.nnz
+        take = enough & primary[rows] & (draws[rows] < sample_probability)
+        if take.any():
+            samples.append(chunk[take])
+            sampled_rows.append(rows[take])
+    scan = Scan(
+        path=reader.path,
+        matrix_key=reader.matrix_key,
+        n_cells=reader.n_cells,
+        gene_ids=reader.gene_ids,
+        gene_names=None,
+        values={c: np.unique(reader.obs[c]).tolist() for c in CODED_COLUMNS},
+        nnz=nnz,
+        n_non_primary=int((~primary).sum()),
+        n_below_min_genes=n_below,
+    )
+    if sample_probability > 0:
+        rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
+        scan.sample = (
+            sp.vstack(samples, format="csr")
+            if samples
+            else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
         )
-        if sample_probability > 0:
-            rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
-            scan.sample = (
-                sp.vstack(samples, format="csr")
-                if samples
-                else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
-            )
-            labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys]
-            scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
+        labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys]
+        scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
     return scan
 
 

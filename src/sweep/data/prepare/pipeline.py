@@ -26,7 +26,6 @@ from sweep.data.prepare.checks import (
     check_source,
     dedupe_gene_tables,
     name_genes,
-    obs_columns,
     repeated_cell_ids,
     scan_source,
     unmatched_genes,
@@ -76,9 +75,9 @@ def run_parallel(
     show: bool,
     cells: list[int] | None = None,
 ) -> list:
-    """``[fn(*t) for t in tasks]`` over the pool (here when None), with a progress bar unless
-    ``show`` is false: tasks done, or with ``cells`` (per task) cells done, cells/s and the ETA.
-    Logs the pass's time when it ends."""
+    """``[fn(*t) for t in tasks]`` over the pool (here when None), with a progress bar on stderr
+    unless ``show`` is false: with ``cells`` (per task) cells done, cells/s and the ETA, else
+    files (tasks) done, their ETA and the cells found so far. Logs the pass's time at its end."""
     start = time.perf_counter()
     sizes = cells or [1] * len(tasks)
     bar = tqdm(
@@ -91,14 +90,18 @@ def run_parallel(
     )
     results: list = [None] * len(tasks)
 
-    finished = 0
+    finished = found = 0
 
     def done(i: int, result: Any) -> None:
-        nonlocal finished
+        nonlocal finished, found
         results[i], finished = result, finished + 1
         bar.update(sizes[i])
         if cells:
             bar.set_postfix_str(f"{finished}/{len(tasks)} tasks", refresh=False)
+        else:  # files: the cells they hold so far
+            found += getattr(result, "n_cells", 0)
+            rate = found / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{found:,} cells, {rate:,.0f} cells/s", refresh=False)
 
     with bar:
         if pool is None:
@@ -114,7 +117,7 @@ def run_parallel(
                     future.cancel()
                 raise
     seconds = time.perf_counter() - start
-    rate = f", {sum(sizes) / seconds:,.0f} cells/s" if cells else ""
+    rate = f", {sum(sizes) / max(seconds, 1e-9):,.0f} cells/s" if cells else ""
     log.info("%s: %d tasks in %.1f s%s", desc, len(tasks), seconds, rate)
     return results
 
@@ -139,9 +142,9 @@ def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -
     sources) run before the scan reads every count, so most bad sources fail in seconds.
     """
     bad = BadSources(cfg.skip_bad_sources)
-    columns, show = obs_columns(cfg), cfg.progress
+    show = cfg.progress
     checked = run_parallel(
-        pool, attempt, [(check_source, p, columns) for p in sources], "check sources", show
+        pool, attempt, [(check_source, cfg, p) for p in sources], "check sources", show
     )
     headers = bad.keep(sources, checked)
     name_genes(headers)
@@ -157,10 +160,14 @@ def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -
     probability = 0.0
     if cfg.genes == HVG:
         probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(h.n_cells for h in headers)))
-    tasks = [(scan_source, cfg, i, h, probability) for i, h in enumerate(headers)]
-    cells = [h.n_cells for h in headers]
-    scanned = run_parallel(pool, attempt, tasks, "scan sources", show, cells)
-    scans = bad.keep([h.path for h in headers], scanned)
+    tasks = [(scan_source, cfg, i, h, probability) for i, h in enumerate(headers) if not h.scan]
+    cells = [task[3].n_cells for task in tasks]
+    scanned = iter(run_parallel(pool, attempt, tasks, "scan sources", show, cells))
+    scans = [h.scan or next(scanned) for h in headers]  # a small source was scanned by its check
+    for header, scan in zip(headers, scans, strict=True):
+        if isinstance(scan, Scan):
+            scan.gene_ids, scan.gene_names = header.gene_ids, header.gene_names
+    scans = bad.keep([h.path for h in headers], scans)
     dedupe_gene_tables(scans)
     bad.refuse(unmatched_genes(scans, gene_list, cfg.genes))  # a skipped source may leave one alone
     scans = bad.keep([s.path for s in scans], scans)

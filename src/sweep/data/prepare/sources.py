@@ -235,18 +235,28 @@ class SourceReader:
                         ),
                         shape=(stop - start, self.n_genes),
                     )
-                self._check_counts(chunk, start)
-                chunk.eliminate_zeros()
+                self._check_counts(chunk.data, chunk.indptr, start)
+                if not chunk.data.all():
+                    chunk.eliminate_zeros()
                 yield start, chunk
 
-    def _check_counts(self, chunk: sp.csr_matrix, start: int) -> None:
-        """Raise unless every value is a finite non-negative integer."""
-        data = chunk.data
+    def check_first_rows(self, rows: int) -> None:
+        """Check the counts of the first ``rows`` rows (of CSR: the values, not gene indices)."""
+        if isinstance(self.matrix, h5py.Dataset):
+            next(self.chunks(rows), None)
+            return
+        with _reading(self.path):
+            indptr = self.matrix["indptr"][: min(rows, self.n_cells) + 1]
+            self._check_counts(self.matrix["data"][: int(indptr[-1])], indptr, 0)
+
+    def _check_counts(self, data: np.ndarray, indptr: np.ndarray, start: int) -> None:
+        """Raise unless every value of rows ``start``... (CSR ``data``, ``indptr``) is a finite
+        non-negative integer."""
         bad = ~np.isfinite(data) | (data != np.floor(data)) | (data < 0)
         if not bad.any():
             return
         first = int(np.flatnonzero(bad)[0])
-        row = start + int(np.searchsorted(chunk.indptr, first, side="right")) - 1
+        row = start + int(np.searchsorted(indptr - indptr[0], first, side="right")) - 1
         kind = "negative" if data[first] < 0 else "non-integer"
         where = "raw.X" if self.matrix_key == "raw/X" else "X"
         raise PrepareError(
@@ -263,10 +273,10 @@ def expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
 
 def select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
     """Re-index columns: source gene j -> ``columns[j]`` (-1 = dropped); CSR (rows, n_genes)."""
-    keep = columns[chunk.indices] >= 0
-    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    mapped = columns[chunk.indices]
+    kept = np.flatnonzero(mapped >= 0)
     out = sp.csr_matrix(
-        (chunk.data[keep], columns[chunk.indices[keep]], kept_before[chunk.indptr]),
+        (chunk.data[kept], mapped[kept], np.searchsorted(kept, chunk.indptr)),
         shape=(chunk.shape[0], n_genes),
     )
     out.sort_indices()
