@@ -5,7 +5,8 @@ genes, ~1,375 non-zeros per cell, float32 CSR counts, ~8.4 MB each; a gene list 
 
 1. the naive script, one process: per file ``read_h5ad``, ``adata[:, genes]``, ``write_h5ad``;
 2. ``sweep.prepare`` with its default worker processes (one per CPU), on all ``--files`` files
-   and on the first ``--small`` of them (peak RSS must not grow with the number of files).
+   and on the first ``--small`` of them (peak RSS must not grow with the number of files);
+3. the disk's ceiling: the first ``--small`` files read whole, nothing parsed.
 
 Each runs in a fresh process (its own peak RSS: the process plus its largest worker), after the
 page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``; the table says when that was
@@ -119,6 +120,17 @@ def write_sources(folder: str, n_files: int) -> dict:
     return {"what": f"write {n_files} sources", "cells_per_s": n_files * CELLS / seconds}
 
 
+def read_rate(folder: str, n_files: int) -> dict:
+    """The ceiling of any one-pass reader: every byte of the files read in 8 MiB blocks."""
+    start = time.perf_counter()
+    for path in sources(Path(folder), n_files):
+        with open(path, "rb", buffering=0) as f:
+            while f.read(8 << 20):
+                pass
+    seconds = time.perf_counter() - start
+    return _row("ceiling: read the files (no parsing)", n_files, n_files * CELLS, 1, seconds)
+
+
 def naive_rate(folder: str, n_files: int, output: str) -> dict:
     """The naive script in this process: per file read_h5ad, keep the listed genes, write_h5ad."""
     import anndata
@@ -173,7 +185,12 @@ def _row(what: str, n_files: int, cells: int, processes: int, seconds: float) ->
 
 
 MODULE = "benchmarks.prepare"
-MEASURES = {"sources": write_sources, "naive": naive_rate, "prepare": prepare_rate}
+MEASURES = {
+    "sources": write_sources,
+    "read": read_rate,
+    "naive": naive_rate,
+    "prepare": prepare_rate,
+}
 
 
 def drop_page_cache(drop: bool) -> bool:
@@ -194,7 +211,8 @@ def measure(kind: str, drop: bool, **kwargs) -> dict:
     dropped = drop_page_cache(drop)
     row = measure_in_subprocess(MODULE, kind, **kwargs)
     row["cache_dropped"] = dropped
-    shutil.rmtree(kwargs["output"], ignore_errors=True)
+    if "output" in kwargs:
+        shutil.rmtree(kwargs["output"], ignore_errors=True)
     return row
 
 
@@ -217,6 +235,7 @@ def run_prepare_bench(args: argparse.Namespace) -> list[dict]:
                 measure("prepare", drop, folder=folder, n_files=n_files, output=out, workers=None)
             )
         rows.append(measure("naive", drop, folder=folder, n_files=args.files, output=out))
+        rows.append(measure("read", drop, folder=folder, n_files=args.small))
     finally:
         if not args.keep:
             shutil.rmtree(folder)
@@ -231,7 +250,12 @@ def ratios(rows: list[dict], files: int, small: int) -> list[str]:
         for n in (files, small)
     )
     per_core = big["cells_per_s_per_core"] / naive["cells_per_s_per_core"]
+    read = next(r for r in rows if r["what"].startswith("ceiling"))
+    size = BYTES_PER_FILE * files / 1e9
     return [
+        f"reading {files:,} files ({size:.1f} GB) at the ceiling's "
+        f"{read['files'] * BYTES_PER_FILE / 1e6 / read['wall_s']:,.0f} MB/s takes "
+        f"{files / read['files'] * read['wall_s']:,.0f} s: prepare's floor here",
         f"prepare / naive script per core, {files:,} files: {per_core:.1f}x "
         f"(wall {naive['wall_s']:,.0f} s -> {big['wall_s']:,.0f} s)",
         f"prepare's peak RSS, {small:,} -> {files:,} files: {few['peak_rss_mb']:,.0f} -> "
