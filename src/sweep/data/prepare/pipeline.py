@@ -222,14 +222,15 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
 def write_groups(
     cfg: PrepareConfig, plan: Plan, tmp: Path, layout: Layout, pool: Executor | None
 ) -> None:
-    """Pass 2: every group file not left whole by an interrupted run."""
+    """Pass 2: every group file not left whole by an interrupted run, last group first: the
+    sources pass 1 read last are the likeliest to be still in the page cache."""
     store_columns = pd.Index(plan.genes)
     tables = list(dict.fromkeys(s.gene_ids for s in plan.scans))  # shared: few distinct
     columns = [store_columns.get_indexer(t).astype(np.int32) for t in tables]
     table_of = {id(t): k for k, t in enumerate(tables)}
     n_cells = [s.n_cells for s in plan.scans]
     tasks, sizes = [], []
-    for group in range(layout.n_groups):
+    for group in reversed(range(layout.n_groups)):
         parts = [
             (plan.scans[i].path, first, end, cell, table_of[id(plan.scans[i].gene_ids)])
             for i, first, end, cell in layout.group_parts(n_cells, group)
