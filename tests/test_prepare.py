@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweep.data.prepare import PrepareConfig, PrepareError, checks, pipeline, prepare_store
+from sweep.data.prepare import PrepareConfig, PrepareError, checks, pipeline, prepare_store, shards
 from sweep.data.prepare.genes import HVG_MIN_BATCH_CELLS
 from sweep.data.prepare.output import LOG_NAME, TMP_DIR
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store, read_manifest
@@ -467,3 +467,15 @@ def test_cli(sources, tmp_path):
         pd.Index(manifest["genes"]["feature_id"]),
         anndata.read_h5ad(out / manifest["shards"][0]["file"], backed="r").var_names,
     )
+
+
+@pytest.mark.parametrize("n_cells", [1, 2, 3, 1000, 4097])
+def test_shuffle_is_a_seeded_permutation_computed_cell_by_cell(n_cells):
+    rows = shards.shuffled_rows(np.arange(n_cells), n_cells, seed=0)
+    assert np.array_equal(np.sort(rows), np.arange(n_cells))
+    halves = [
+        shards.shuffled_rows(part, n_cells, 0) for part in np.array_split(np.arange(n_cells), 2)
+    ]
+    assert np.array_equal(np.concatenate(halves), rows)  # any subset of cells, any process
+    if n_cells > 3:
+        assert not np.array_equal(shards.shuffled_rows(np.arange(n_cells), n_cells, 1), rows)
