@@ -479,3 +479,10 @@ def test_shuffle_is_a_seeded_permutation_computed_cell_by_cell(n_cells):
     assert np.array_equal(np.concatenate(halves), rows)  # any subset of cells, any process
     if n_cells > 3:
         assert not np.array_equal(shards.shuffled_rows(np.arange(n_cells), n_cells, 1), rows)
+
+
+def test_hvg_without_batch_keys_fits_one_batch(sources, tmp_path):
+    manifest = prepare_store(
+        config(sources, tmp_path / "one", genes="hvg", n_top_genes=50, hvg_batch_keys=[])
+    )
+    assert manifest.n_genes == 50 and list(manifest.provenance["hvg"]["batches"]) == [""]

@@ -144,7 +144,7 @@ def _scan(reader: SourceReader, cfg: PrepareConfig, index: int, sample_probabili
             if samples
             else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
         )
-        labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys]
+        labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys] or [np.full(len(rows), "")]
         scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
     return scan
 
