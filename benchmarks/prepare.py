@@ -6,7 +6,8 @@ genes, ~1,375 non-zeros per cell, float32 CSR counts, ~8.4 MB each; a gene list 
 1. the naive script, one process: per file ``read_h5ad``, ``adata[:, genes]``, ``write_h5ad``;
 2. ``sweep.prepare`` with its default worker processes (one per CPU), on all ``--files`` files
    and on the first ``--small`` of them (peak RSS must not grow with the number of files);
-3. the disk's ceiling: the first ``--small`` files read whole, nothing parsed.
+3. the disk's ceiling: the first ``--small`` files read whole, nothing parsed;
+4. with ``--one-worker``, prepare with one worker process on all files.
 
 Each runs in a fresh process (its own peak RSS: the process plus its largest worker), after the
 page cache is dropped (``sync; echo 3 > /proc/sys/vm/drop_caches``; the table says when that was
@@ -234,6 +235,10 @@ def run_prepare_bench(args: argparse.Namespace) -> list[dict]:
             rows.append(
                 measure("prepare", drop, folder=folder, n_files=n_files, output=out, workers=None)
             )
+        if args.one_worker:
+            rows.append(
+                measure("prepare", drop, folder=folder, n_files=args.files, output=out, workers=1)
+            )
         rows.append(measure("naive", drop, folder=folder, n_files=args.files, output=out))
         rows.append(measure("read", drop, folder=folder, n_files=args.small))
     finally:
@@ -249,15 +254,19 @@ def ratios(rows: list[dict], files: int, small: int) -> list[str]:
         next(r for r in rows if r["what"].startswith("sweep") and r["files"] == n)
         for n in (files, small)
     )
-    per_core = big["cells_per_s_per_core"] / naive["cells_per_s_per_core"]
     read = next(r for r in rows if r["what"].startswith("ceiling"))
     size = BYTES_PER_FILE * files / 1e9
     return [
         f"reading {files:,} files ({size:.1f} GB) at the ceiling's "
         f"{read['files'] * BYTES_PER_FILE / 1e6 / read['wall_s']:,.0f} MB/s takes "
         f"{files / read['files'] * read['wall_s']:,.0f} s: prepare's floor here",
-        f"prepare / naive script per core, {files:,} files: {per_core:.1f}x "
-        f"(wall {naive['wall_s']:,.0f} s -> {big['wall_s']:,.0f} s)",
+        *(
+            f"prepare ({r['processes']} workers) / naive script per core, {files:,} files: "
+            f"{r['cells_per_s_per_core'] / naive['cells_per_s_per_core']:.1f}x "
+            f"(wall {naive['wall_s']:,.0f} s -> {r['wall_s']:,.0f} s)"
+            for r in rows
+            if r["what"].startswith("sweep") and r["files"] == files
+        ),
         f"prepare's peak RSS, {small:,} -> {files:,} files: {few['peak_rss_mb']:,.0f} -> "
         f"{big['peak_rss_mb']:,.0f} MiB ({big['peak_rss_mb'] / few['peak_rss_mb'] - 1:+.0%})",
     ]
@@ -305,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default="/tmp/prepare_bench", help="folder for the sources")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the sources")
     parser.add_argument("--no-drop", action="store_true", help="leave the page cache alone")
+    parser.add_argument("--one-worker", action="store_true", help="also prepare with 1 worker")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args(argv)
     rows = run_prepare_bench(args)
