@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,7 @@ def naive_rate(folder: str, n_files: int, output: str) -> dict:
 def prepare_rate(folder: str, n_files: int, output: str, workers: int | None) -> dict:
     """``sweep.prepare`` with the gene list, ``workers`` processes (None: one per CPU)."""
     from sweep.data.prepare import prepare_store
+    from sweep.data.prepare.output import LOG_NAME
 
     start = time.perf_counter()
     manifest = prepare_store(
@@ -162,10 +164,13 @@ def prepare_rate(folder: str, n_files: int, output: str, workers: int | None) ->
         }
     )
     seconds = time.perf_counter() - start
-    processes = workers or len(os.sched_getaffinity(0))
-    return _row(
-        f"sweep.prepare, {processes} workers", n_files, manifest.n_cells, processes, seconds
+    passes = re.findall(
+        r"\] (\w+ \w+): \d+ tasks in ([\d.]+) s", Path(output, LOG_NAME).read_text()
     )
+    processes = workers or len(os.sched_getaffinity(0))
+    row = _row(f"sweep.prepare, {processes} workers", n_files, manifest.n_cells, processes, seconds)
+    row["passes"] = ", ".join(f"{name} {float(t):.0f} s" for name, t in passes)
+    return row
 
 
 def _row(what: str, n_files: int, cells: int, processes: int, seconds: float) -> dict:
@@ -185,6 +190,8 @@ def _row(what: str, n_files: int, cells: int, processes: int, seconds: float) ->
 # orchestration: each measurement in its own process after dropping the page cache, then a table
 
 
+# sweep and anndata are imported by the measurements only: a child of a big process starts with
+# the parent's peak RSS as its own
 MODULE = "benchmarks.prepare"
 MEASURES = {
     "sources": write_sources,
@@ -296,6 +303,14 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             f"- command: `{command}`",
             "",
             *table,
+            "",
+            "Prepare's passes (its log):",
+            "",
+            *(
+                f"- {r['files']:,} files, {r['processes']} workers: {r['passes']}"
+                for r in rows
+                if "passes" in r
+            ),
             "",
             "Ratios from this run:",
             "",
