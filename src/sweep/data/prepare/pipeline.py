@@ -236,7 +236,7 @@ def write_groups(
             for i, first, end, cell in layout.group_parts(n_cells, group)
         ]
         size = sum(end - first for _, first, end, _, _ in parts)
-        if not group_ready(group_path(tmp, group), size):
+        if not group_ready(group_path(tmp, group), size, layout):
             task = GroupTask(
                 group, parts, columns, len(plan.genes), plan.vocab, layout, cfg.seed, cfg.chunk_rows
             )

@@ -149,13 +149,19 @@ class GroupTask:
     chunk_rows: int
 
 
-def group_ready(path: Path, n_cells: int) -> bool:
-    """Whether ``path`` is a whole group file of ``n_cells`` cells (left by an interrupted run)."""
+def group_ready(path: Path, n_cells: int, layout: Layout) -> bool:
+    """Whether ``path`` is a whole group file of ``n_cells`` cells cut by ``layout`` (left by an
+    interrupted run)."""
     try:
         with h5py.File(path, "r") as f:
-            return len(f["dest"]) == n_cells and "bounds" in f
+            cut = list(f.attrs.get("layout", []))
+            return len(f["dest"]) == n_cells and "bounds" in f and cut == _layout_key(layout)
     except (OSError, KeyError):
         return False
+
+
+def _layout_key(layout: Layout) -> list[int]:
+    return [layout.n_cells, layout.group_cells, layout.shard_size]
 
 
 def write_group(task: GroupTask, path: Path) -> int:
@@ -196,6 +202,7 @@ def write_group(task: GroupTask, path: Path) -> int:
         ids = np.concatenate(cell_ids)[order].astype(object)
         out.create_dataset("cell_ids", data=ids, dtype=h5py.string_dtype())
         out.create_dataset("bounds", data=np.searchsorted(rows["dest"], starts))
+        out.attrs["layout"] = _layout_key(task.layout)
     os.replace(partial, path)
     return len(order)
 
