@@ -29,12 +29,10 @@ measurement runs in a fresh process (``--in-process``: all in this one, quicker 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import gc
 import itertools
 import math
-import mmap
 import os
 import shutil
 import subprocess
@@ -43,7 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.loader import _datamodule, make_store, store_shape
+from benchmarks.loader import make_store, store_datamodule, store_shape
+from benchmarks.page_cache import evict, resident_fraction, warm_up
 from benchmarks.record import (
     DOC,
     REPO_ROOT,
@@ -80,71 +79,10 @@ SIZES = {
     },
 }
 WARM, COLD, MODEL_ONLY = "end-to-end, warm store", "end-to-end, cold store", "model-only"
-#: the most of a store's bytes that may stay cached for it to count as cold
-COLD_RESIDENT_MAX = 0.05
 
 
 # --------------------------------------------------------------------------------------------
-# the page cache and the GPU's utilisation
-
-
-def store_files(store: Path) -> list[Path]:
-    return sorted(path for path in store.iterdir() if path.is_file())
-
-
-def resident_fraction(store: Path) -> float:
-    """Share of the store's file bytes now in the page cache (``mincore`` over a shared map)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    page = mmap.PAGESIZE
-    resident = total = 0
-    for path in store_files(store):
-        size = path.stat().st_size
-        if size == 0:
-            continue
-        with open(path, "rb") as f:
-            address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
-        if address in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
-        pages = ctypes.create_string_buffer((size + page - 1) // page)
-        try:
-            if libc.mincore(address, size, pages) != 0:
-                raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-        finally:
-            libc.munmap(address, size)
-        resident += sum(b & 1 for b in pages.raw) * page
-        total += len(pages.raw) * page
-    return resident / max(total, 1)
-
-
-def evict(store: Path) -> str | None:
-    """Evict the store's files (only them) from the page cache; None when at most
-    :data:`COLD_RESIDENT_MAX` of their bytes stay cached, else why the store cannot be cold."""
-    if not hasattr(os, "posix_fadvise"):
-        return "no posix_fadvise on this system"
-    for path in store_files(store):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages cannot be evicted
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    left = resident_fraction(store)
-    if left > COLD_RESIDENT_MAX:
-        return f"{left:.0%} of the store stayed in the page cache after eviction (tmpfs?)"
-    return None
-
-
-def warm_up(store: Path) -> None:
-    """Read every file of the store once, so that its pages are cached."""
-    for path in store_files(store):
-        with open(path, "rb", buffering=0) as f:
-            while f.read(8 << 20):
-                pass
+# the GPU's utilisation
 
 
 class GpuUtilisation:
@@ -245,7 +183,7 @@ def model_only_rate(
     from sweep.data.densify import densify
 
     model_cfg, plan_cfg = _configs(model)
-    dm = _datamodule(store, 0, batch_size)
+    dm = store_datamodule(store, 0, batch_size)
     batches = [
         {k: v.to(device) for k, v in densify(b, dm.n_vars).items()}
         for b in itertools.islice(dm.train_dataloader(), 16)
@@ -311,7 +249,7 @@ def end_to_end_rate(
     from sweep.callbacks import EpochStats
 
     model_cfg, plan_cfg = _configs(model)
-    dm = _datamodule(store, workers, batch_size)
+    dm = store_datamodule(store, workers, batch_size)
     scvi_model = _scvi(dm, model_cfg)
     utilisation = GpuUtilisation(device)
 

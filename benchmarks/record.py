@@ -24,6 +24,14 @@ def peak_rss_mb() -> float:
     return (own + child) / 1024
 
 
+def current_rss_mb() -> float:
+    """This process's resident memory now (VmRSS), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
 def measure_in_subprocess(module: str, kind: str, **kwargs) -> dict:
     """Run measurement ``kind`` of benchmark ``module`` in a fresh interpreter (its own peak RSS).
 

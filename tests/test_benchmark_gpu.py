@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from benchmarks import gpu
+from benchmarks import gpu, page_cache
 
 
 def _row(kind: str, cells_per_s: float | None, precision: str = "32-true", **extra) -> dict:
@@ -49,11 +49,11 @@ def test_loader_share_and_table_on_made_up_rows():
 
 def test_evict_leaves_the_store_cold(tmp_path):
     (tmp_path / "shard_0.h5ad").write_bytes(b"x" * (1 << 20))
-    gpu.warm_up(tmp_path)
-    assert gpu.resident_fraction(tmp_path) > 0.9
-    reason = gpu.evict(tmp_path)
+    page_cache.warm_up(tmp_path)
+    assert page_cache.resident_fraction(tmp_path) > 0.9
+    reason = page_cache.evict(tmp_path)
     if reason is None:
-        assert gpu.resident_fraction(tmp_path) <= gpu.COLD_RESIDENT_MAX
+        assert page_cache.resident_fraction(tmp_path) <= page_cache.COLD_RESIDENT_MAX
     else:  # a file system whose pages cannot be evicted (tmpfs): the row says so
         assert "stayed in the page cache" in reason
 
@@ -103,7 +103,7 @@ def test_small_run_on_cpu_writes_every_row(tmp_path):
         assert float(rate.replace(",", "")) > 0
         if kind != gpu.MODEL_ONLY:  # the warm store's files were read; the cold one's evicted
             cached = float(cached.rstrip("%")) / 100
-            assert cached >= 0.9 if kind == gpu.WARM else cached <= gpu.COLD_RESIDENT_MAX
+            assert cached >= 0.9 if kind == gpu.WARM else cached <= page_cache.COLD_RESIDENT_MAX
         assert share == "n/a" if kind == gpu.MODEL_ONLY else share.endswith("%")
         assert workers == ("" if kind == gpu.MODEL_ONLY else "0")
     assert not any(stores.iterdir())  # the stores are deleted after

@@ -1,5 +1,6 @@
 """The block loader: each selected cell once per epoch, shuffled, sparse until densified."""
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -452,3 +453,25 @@ def test_read_dense_for_a_cpu_trainer_equals_sparse_then_densified(small_store, 
     )
     dataset = workers.dataset  # as this loader delivers
     assert not dataset.dense and X_DATA in next(iter(workers))  # workers always send sparse
+
+
+@pytest.mark.parametrize("world_size, workers", [(1, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_the_plan_reads_each_block_ahead_once_and_at_most_a_group_early(
+    world_size, workers, shuffle
+):
+    """Every block a reader reads was announced for reading ahead once, at or before the fetch
+    that reads it, and blocks waiting to be read never span more than the current and the next
+    group (the page cache a reader fills ahead is bounded by the loader keys, not the store)."""
+    plan = plan_of(OFFSETS, SELECTED, shuffle=shuffle)
+    for epoch, rank, worker in itertools.product((0, 1), range(world_size), range(workers)):
+        reader = Reader(rank, world_size, worker, workers)
+        groups = [set(g.tolist()) for g in plan.reader_groups(epoch, reader) if len(g)]
+        announced, read = [], set()
+        for request in plan.requests(epoch, reader):
+            announced += request.read_ahead.tolist()
+            read |= set(request.blocks.tolist())
+            assert read <= set(announced)
+            waiting = set(announced) - read
+            assert sum(1 for g in groups if g & waiting) <= 2
+        assert sorted(announced) == sorted(read) == sorted(set().union(*groups))

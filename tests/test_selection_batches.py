@@ -7,9 +7,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweep.config import BatchConfig, DataConfig, LoaderConfig
-from sweep.data.batches import encode_batches
+from sweep.data.batches import code_dtype, encode_batches
 from sweep.data.datamodule import StoreDataModule
-from sweep.data.selection import CellTable, split_cells, validation_flags
+from sweep.data.selection import CellTable, narrowed, split_cells, validation_flags
 from sweep.data.store import IS_PRIMARY, N_GENES_ALL, StoreError, read_manifest
 
 
@@ -90,6 +90,26 @@ def test_datamodule_describes_the_data_to_scvi(small_store):
     assert dm.n_obs == dm.n_train + dm.n_val == dm.split.counts["cells_after_filter"]
     assert dm.n_cats_per_cov == [3, 3]
     assert dm.n_batch == len(dm.encoding.batch_categories) <= 9
+    # what the main process keeps per cell through training: 2 masks, batch + 2 covariate codes
+    # in int8, n_genes_all in uint16 (int32 everywhere made it 22 bytes)
+    assert dm.encoding.batch_codes.dtype == dm.encoding.covariate_codes.dtype == np.int8
+    assert dm.n_genes_all.dtype == np.uint16
+    assert dm.per_cell_bytes == 7 * dm.manifest.n_cells
+
+
+def test_codes_take_the_narrowest_dtype_that_holds_them():
+    assert [code_dtype(n) for n in (0, 128, 129, 32_768, 32_769)] == [
+        np.int8,
+        np.int8,
+        np.int16,
+        np.int16,
+        np.int32,
+    ]
+    assert narrowed(np.array([0, 70_000], dtype=np.int32)).dtype == np.uint32
+    assert narrowed(np.array([0, 300], dtype=np.int32)).dtype == np.uint16
+    assert narrowed(np.array([0, 3], dtype=np.int32), largest=255).dtype == np.uint8
+    assert narrowed(np.array([-1, 3], dtype=np.int32)).dtype == np.int32  # not a count or code
+    assert narrowed(np.array([True, False])).dtype == bool
 
 
 def test_batch_column_the_store_lacks_fails_listing_what_it_has(small_store):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from benchmarks import page_cache
 from omegaconf import OmegaConf
 from scvi import REGISTRY_KEYS
 
@@ -16,7 +17,7 @@ from conftest import encode_as_version_1, make_store
 from sweep.config import BatchConfig, DataConfig, LoaderConfig
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.densify import X_DATA, densify
-from sweep.data.fetch import Fetch
+from sweep.data.fetch import Fetch, ReadAhead
 from sweep.data.handoff import SlotRing, WorkerSlots
 from sweep.data.store import (
     CODED_COLUMNS,
@@ -191,3 +192,39 @@ def test_a_version_1_store_yields_the_same_batches(tmp_path, workers):
     assert len(batches_v2) == len(batches_v1) > 1
     for X2, X1 in zip(batches_v2, batches_v1, strict=True):
         assert X2.dtype == X1.dtype == np.float32 and np.array_equal(X2, X1)
+
+
+def test_byte_ranges_cover_exactly_the_rows_bytes_merged_in_file_order(tmp_path):
+    manifest = write_store(tmp_path / "store", 30, [counts(100, 30, 300, 0)])
+    shard = Shard(tmp_path / "store" / manifest.shards[0]["file"])
+    values, indices = shard.arrays()
+    raw = (tmp_path / "store" / manifest.shards[0]["file"]).read_bytes()
+    ptr = shard.indptr
+    # rows 40..60 then 0..20 then 20..30: the last two touch, so they merge (per array)
+    ranges = shard.byte_ranges(np.array([40, 0, 20]), np.array([60, 20, 30]))
+    assert [first for first, _ in ranges] == sorted(first for first, _ in ranges)
+    assert len(ranges) == 4  # values 0..30 and 40..60, gene indices the same
+    expected = [
+        array[ptr[a] : ptr[b]].tobytes()
+        for array in (values, indices)
+        for a, b in ((0, 30), (40, 60))
+    ]
+    assert [raw[first : first + length] for first, length in ranges] == expected
+
+
+def test_read_ahead_brings_the_asked_rows_into_the_page_cache(tmp_path):
+    manifest = write_store(tmp_path / "store", 200, [counts(2000, 200, 300, 1)])
+    store = tmp_path / "store"
+    shard = Shard(store / manifest.shards[0]["file"])
+    x_bytes = sum(length for _, length in shard.byte_ranges(np.array([0]), np.array([2000])))
+    share_of_x = x_bytes / sum(path.stat().st_size for path in store.iterdir())
+    reason = page_cache.evict(store)
+    if reason:
+        pytest.skip(f"the page cache cannot be evicted here: {reason}")
+    assert page_cache.resident_fraction(store) < 0.05 < share_of_x
+    ahead = ReadAhead()
+    ahead.request(shard.path, np.array([0]), np.array([2000]))
+    ahead.close()
+    ahead.thread.join(timeout=60)
+    assert not ahead.thread.is_alive()
+    assert page_cache.resident_fraction(store) >= share_of_x

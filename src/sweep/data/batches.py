@@ -18,9 +18,10 @@ from sweep.data.store import CODED_COLUMNS
 class BatchEncoding:
     """Codes for every store cell; -1 where the cell is not selected.
 
-    ``batch_codes`` (n_cells,) int32 into ``batch_categories``; ``covariate_codes`` (n_cells, k)
-    int32, column j into ``covariate_categories[covariate_keys[j]]``. (int32: these arrays live
-    as long as training, 4 + 4k bytes per cell of the store.)
+    ``batch_codes`` (n_cells,) into ``batch_categories``; ``covariate_codes`` (n_cells, k),
+    column j into ``covariate_categories[covariate_keys[j]]``. Both in the narrowest signed dtype
+    that holds their codes and -1 (:func:`code_dtype`): they live as long as training, 1 + k
+    bytes per cell of the store below 128 categories.
     """
 
     batch_categories: list[str]
@@ -42,6 +43,13 @@ def check_columns(batch_keys: list[str], covariate_keys: list[str], store: str) 
             f"the batch definition names obs column(s) {missing} that the store {store} lacks; "
             f"it has {list(CODED_COLUMNS)} (set batch.batch_keys / batch.covariate_keys to those)"
         )
+
+
+def code_dtype(n_categories: int) -> np.dtype:
+    """The narrowest signed integer dtype holding codes -1 .. ``n_categories`` - 1."""
+    return next(
+        np.dtype(d) for d in (np.int8, np.int16, np.int32) if n_categories <= np.iinfo(d).max + 1
+    )
 
 
 def _encode_combinations(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,14 +77,17 @@ def encode_batches(
         separator.join(vocab[key][code] for key, code in zip(batch_keys, combo, strict=True))
         for combo in combos
     ]
-    batch_codes = np.full(n, -1, dtype=np.int32)
+    batch_codes = np.full(n, -1, dtype=code_dtype(len(labels)))
     batch_codes[selected] = inverse
 
-    covariate_codes = np.full((n, len(covariate_keys)), -1, dtype=np.int32)
-    covariate_categories = {}
-    for j, key in enumerate(covariate_keys):
+    covariate_categories, inverses = {}, []
+    for key in covariate_keys:
         present, inverse = _encode_combinations(columns[key][selected][:, None])
         covariate_categories[key] = [vocab[key][code] for code in present[:, 0]]
+        inverses.append(inverse)
+    widest = max(map(len, covariate_categories.values()), default=0)
+    covariate_codes = np.full((n, len(covariate_keys)), -1, dtype=code_dtype(widest))
+    for j, inverse in enumerate(inverses):
         covariate_codes[selected, j] = inverse
     return BatchEncoding(
         labels, batch_codes, list(covariate_keys), covariate_categories, covariate_codes

@@ -97,6 +97,19 @@ class StoreDataModule(LightningDataModule):
         return self.n_train + self.n_val
 
     @property
+    def per_cell_bytes(self) -> int:
+        """Bytes of the per-cell arrays (n_cells,) this module holds through training: the
+        split's masks, the batch and covariate codes and ``n_genes_all``."""
+        arrays = (
+            self.split.train,
+            self.split.validation,
+            self.encoding.batch_codes,
+            self.encoding.covariate_codes,
+            self.n_genes_all,
+        )
+        return sum(array.nbytes for array in arrays)
+
+    @property
     def slot_bytes(self) -> int:
         """Room for a typical batch in a worker's shared-memory slot: 2x the mean non-zeros per
         cell at 4 bytes each (int16 counts + int16 gene index), plus row pointers."""
@@ -166,6 +179,12 @@ class StoreDataModule(LightningDataModule):
         return ShardBatches.over(plan, cells, strict=cfg.cache_size_strictly_enforced)
 
     def _loader(self, dataset: ShardBatches) -> EpochLoader:
+        on_cpu = self.trainer is None or self.trainer.strategy.root_device.type == "cpu"
+        return self.loader(dataset, trains_on_cpu=on_cpu)
+
+    def loader(self, dataset: ShardBatches, trains_on_cpu: bool) -> EpochLoader:
+        """The loader of ``dataset`` (``train_set`` or ``val_set``) for this module's trainer:
+        batches dense for one on the CPU, else CSR, densified on the device."""
         if self.trainer is not None:
             dataset = replace(
                 dataset, rank=self.trainer.global_rank, world_size=self.trainer.world_size
@@ -177,7 +196,7 @@ class StoreDataModule(LightningDataModule):
             slot_bytes=self.slot_bytes,
             reader_thread=self.loader_cfg.reader_thread,
             batches_per_handoff=self.loader_cfg.batches_per_handoff,
-            trains_on_cpu=self.trainer is None or self.trainer.strategy.root_device.type == "cpu",
+            trains_on_cpu=trains_on_cpu,
             num_workers=workers,
             prefetch_factor=self.loader_cfg.prefetch_factor if workers else None,
             persistent_workers=self.loader_cfg.persistent_workers and workers > 0,

@@ -96,11 +96,15 @@ class FetchRequest:
     """One fetch for a reader to carry out: read the selected cells of ``blocks`` (block by block,
     in row order) after the cells carried from the previous fetch, then send ``batches`` and keep
     ``carry`` for the next fetch. Both index that sequence, carried cells first: each batch (n,)
-    int, ``carry`` (< batch_size,) int."""
+    int, ``carry`` (< batch_size,) int. ``read_ahead`` (blocks): what the reader should start
+    reading from disk now, in the background: on the first fetch of each group, the blocks of
+    its next group (and on its very first fetch, those of its first group too), so that a
+    group's reads overlap the previous group's work; empty on the other fetches."""
 
     blocks: np.ndarray
     batches: tuple[np.ndarray, ...]
     carry: np.ndarray
+    read_ahead: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,9 +237,13 @@ class EpochPlan:
         """
         rng = np.random.default_rng([self.seed, epoch, reader.index, 1])
         to_halve = self.halved_batches(epoch, reader)
-        fetches = [f for group in self.reader_groups(epoch, reader) for f in self.fetches(group)]
+        groups = [group for group in self.reader_groups(epoch, reader) if len(group)]
+        fetches = [(g, f) for g, group in enumerate(groups) for f in self.fetches(group)]
         carried = 0
-        for i, blocks in enumerate(fetches):
+        for i, (g, blocks) in enumerate(fetches):
+            starts_group = i == 0 or fetches[i - 1][0] != g
+            read_ahead = [groups[g]] if i == 0 else []
+            read_ahead += groups[g + 1 : g + 2] if starts_group else []
             fetched = self.fetch_order(int(self.block_cells[blocks].sum()), rng)
             order = np.concatenate([np.arange(carried), carried + fetched])
             size, batches = self.batch_size, []
@@ -247,5 +255,6 @@ class EpochPlan:
             if i == len(fetches) - 1:  # the last short batch: sent or dropped
                 batches += [carry] if len(carry) and not self.drop_last else []
                 carry = carry[:0]
-            yield FetchRequest(blocks, tuple(batches), carry)
+            ahead = np.concatenate(read_ahead) if read_ahead else blocks[:0]
+            yield FetchRequest(blocks, tuple(batches), carry, ahead)
             carried = len(carry)

@@ -8,6 +8,8 @@ at most ``max_cache_size`` shards at once and returns a :class:`Fetch`, the cell
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from scvi import REGISTRY_KEYS
 from sweep.data.densify import X_DATA, X_INDICES, X_INDPTR
 from sweep.data.epoch_plan import Blocks
 from sweep.data.handoff import WorkerSlots
-from sweep.data.store import Shard, StoreError, rebuild_hint
+from sweep.data.store import Shard, StoreError, read_into_page_cache, rebuild_hint
 
 #: key of a batch's ring slot descriptor (in place of the CSR triple), as a worker sends it
 X_SLOT = "X_slot"
@@ -61,11 +63,13 @@ class OpenShards:
         self.cells, self.blocks, self.checked = cells, blocks, checked
         self.max_cache_size, self.strict = max_cache_size, strict
         self.handles: OrderedDict[int, Shard] = OrderedDict()
+        self.disk = ReadAhead()
 
     def __enter__(self) -> OpenShards:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.disk.close()
         for shard in self.handles.values():
             shard.close()
 
@@ -130,6 +134,14 @@ class OpenShards:
         handles[s] = Shard(self.cells.paths[s])
         return handles[s]
 
+    def read_ahead(self, blocks: np.ndarray) -> None:
+        """Have ``blocks`` read from disk into the page cache in the background, while this
+        thread goes on (see :class:`ReadAhead`)."""
+        shard_of = self.blocks.shard[blocks]
+        for s in np.unique(shard_of).tolist():
+            mine = blocks[shard_of == s]
+            self.disk.request(self.cells.paths[s], self.blocks.start[mine], self.blocks.stop[mine])
+
     def _check_block(self, shard: Shard, row_pointers: np.ndarray) -> None:
         """Refuse a block whose stored data is damaged: a count that is negative or NaN, or a
         gene index outside [0, n_genes) that densifying would write out of bounds.
@@ -149,6 +161,44 @@ class OpenShards:
                 f"gene index outside [0, {n_genes}): it is damaged; "
                 + rebuild_hint(shard.path.parent)
             )
+
+
+class ReadAhead:
+    """A thread that reads rows of shards from disk into the page cache, ahead of the fetches
+    that will gather them, so that the disk's time overlaps the gather's.
+
+    It opens each shard for itself (for its row pointers: the reading thread's open shards stay
+    its own) and reads the rows' bytes in file order, ``READ_BYTES`` at a time
+    (:func:`read_into_page_cache`). Advisory: a shard it cannot read is left to the fetch,
+    which raises the error that names it.
+    """
+
+    READ_BYTES = 8 << 20
+
+    def __init__(self):
+        self.buffer = bytearray(self.READ_BYTES)
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self.thread.start()
+
+    def request(self, path: Path, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Read rows ``[starts[i], stops[i])`` (each (n,)) of shard ``path``, in the background."""
+        self.requests.put((path, starts, stops))
+
+    def close(self) -> None:
+        """Stop after the reads already asked for."""
+        self.requests.put(None)
+
+    def _run(self) -> None:
+        while (request := self.requests.get()) is not None:
+            path, starts, stops = request
+            shard = Shard(path)
+            try:
+                read_into_page_cache(path, shard.byte_ranges(starts, stops), self.buffer)
+            except Exception:  # noqa: BLE001 - advisory; the fetch reading it raises the real error
+                pass
+            finally:
+                shard.close()
 
 
 @dataclass

@@ -94,6 +94,7 @@ class ShardBatches(EpochPlan, IterableDataset):
         ) as shards:
             for request in self.requests(int(self.epoch.value), reader):
                 fetch = None  # unmaps the last fetch's closed shards before this one maps
+                shards.read_ahead(request.read_ahead)
                 fetch = shards.read(request.blocks)
                 if carry is not None:
                     fetch = carry.concat(fetch)

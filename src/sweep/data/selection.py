@@ -33,16 +33,29 @@ class CellTable:
 
     @classmethod
     def read(cls, store: str | Path, manifest: Manifest, names: list[str]) -> CellTable:
-        """Read obs columns ``names`` of every shard (h5py, one read per column and shard)."""
+        """Read obs columns ``names`` of every shard (h5py, one read per column and shard), each
+        kept in the narrowest dtype that holds it (:func:`narrowed`): a coded column in 1 byte a
+        cell up to 256 values, ``n_genes_all`` in 2 up to 65,535 genes."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for entry in manifest.shards:
             shard = Shard(Path(store) / entry["file"])
             for name in names:
-                parts[name].append(shard.obs_column(name))
+                values = shard.obs_column(name)
+                largest = len(manifest.vocab[name]) - 1 if name in manifest.vocab else None
+                parts[name].append(narrowed(values, largest))
             shard.close()
         sizes = [entry["n_cells"] for entry in manifest.shards]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         return cls({name: np.concatenate(p) for name, p in parts.items()}, offsets)
+
+
+def narrowed(values: np.ndarray, largest: int | None = None) -> np.ndarray:
+    """Non-negative integer ``values`` (n,) in the narrowest unsigned dtype holding ``largest``
+    (default: their largest value); other values (bool, signed) as they are."""
+    if values.dtype.kind != "i" or (values.size and values.min() < 0):
+        return values
+    top = int(values.max(initial=0)) if largest is None else max(largest, 0)
+    return values.astype(np.min_scalar_type(top), copy=False)
 
 
 @dataclass
