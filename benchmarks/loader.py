@@ -101,9 +101,12 @@ def make_store(
 # measurements (each returns a dict row)
 
 
-def store_datamodule(store: Path, workers: int, batch_size: int, run_size: int | None = None):
+def store_datamodule(
+    store: Path, workers: int, batch_size: int, run_size: int | None = None, **loader_keys
+):
     """The training datamodule over ``store``: every cell (no filter), 1% validating, this
-    loader's keys at their defaults but ``workers``, ``batch_size`` and ``run_size``."""
+    loader's keys at their defaults but ``workers``, ``batch_size``, ``run_size`` and
+    ``loader_keys``."""
     from omegaconf import OmegaConf
 
     from sweep.config import TrainConfig
@@ -116,6 +119,7 @@ def store_datamodule(store: Path, workers: int, batch_size: int, run_size: int |
     cfg.loader.batch_size = batch_size
     if run_size is not None:
         cfg.loader.run_size = run_size
+    cfg.loader.merge_with(loader_keys)
     return StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=0)
 
 

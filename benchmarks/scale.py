@@ -9,11 +9,12 @@ written under DIR (kept for the next run: a store is reused when its manifest ma
    ``--workers`` (0, 1, 2), ``--epochs`` epochs each in a fresh process; cells/s is the best
    epoch, compared with the smallest store's at the same workers;
 3. cold epochs (``--cold-sizes``): the store's files evicted from the page cache
-   (:mod:`benchmarks.page_cache`), one epoch at 0 and 2 workers, each between two sequential
-   reads of the same files, cold too (the disk's ceiling, one core, 8 MiB reads),
-   ``--cold-repeats`` times; the ratio is the epoch's cells/s over the mean of the two
-   ceilings' cells/s (store cells / read seconds), reported with its range and the ceilings'.
-   Where the files cannot be evicted (tmpfs), the report says so and has no cold rows;
+   (:mod:`benchmarks.page_cache`), one epoch of each of :data:`COLD_VARIANTS` (0 and 2 workers
+   reading ahead, and 0 workers without), each between two sequential reads of the same files,
+   cold too (the disk's ceiling, one core, 8 MiB reads), ``--cold-repeats`` times, then a warm
+   epoch in the same process; the ratios are the cold epoch's cells/s over the mean of its two
+   ceilings' cells/s (store cells / read seconds), with its range and the ceilings', and over
+   the warm epoch's. Where the files cannot be evicted (tmpfs), the report says so;
 4. the main process: its RSS once the datamodule is built, the bytes per cell of the per-cell
    arrays it holds through training, and both projected to 44M cells (a line through the
    smallest and largest store).
@@ -38,23 +39,27 @@ from sweep.data.store import StoreError, read_manifest
 MODULE = "benchmarks.scale"
 SEED_CELLS = 44_000_000
 SHARD_SIZE = 10_000
-#: how a cold epoch's batches are counted (see :func:`cold_epoch_rate`)
-DELIVERIES = ("dense", "csr")
+#: the cold epochs measured: (workers, delivery, read_ahead) (see :func:`cold_epoch_rate`); CSR
+#: batches, as a GPU trainer receives them: a CPU trainer on a store bigger than memory is not
+#: the job these are for
+COLD_VARIANTS = ((0, "csr", True), (2, "csr", True), (0, "csr", False))
 
 
-def cold_epoch_rate(store: Path, workers: int, batch_size: int, delivery: str) -> dict:
+def cold_epoch_rate(
+    store: Path, workers: int, batch_size: int, delivery: str, read_ahead: bool
+) -> dict:
     """One training epoch of this loader (``workers`` workers) over ``store``, its files evicted
     from the page cache once the datamodule is built (it reads obs and row pointers: setup, not
     the epoch) and a validation pass has loaded the code (compiled kernels, torch's libraries).
 
     ``delivery``: "dense", a cell counts once it is a dense float32 row (a CPU trainer, densified
     here); "csr", once its batch is handed over as CSR (what a GPU trainer receives, to densify
-    on the device).
+    on the device). ``read_ahead``: the loader key (False: the gather waits on page faults).
     """
     from benchmarks.loader import store_datamodule
     from sweep.data.densify import densify
 
-    dm = store_datamodule(store, workers, batch_size)
+    dm = store_datamodule(store, workers, batch_size, read_ahead=read_ahead)
     dense = delivery == "dense"
     for batch in dm.loader(dm.val_set, trains_on_cpu=dense):
         densify(batch, dm.n_vars)
@@ -67,7 +72,7 @@ def cold_epoch_rate(store: Path, workers: int, batch_size: int, delivery: str) -
             cells += densify(batch, dm.n_vars)["X"].shape[0] if dense else _csr_cells(batch)
         rates.append(cells / (time.perf_counter() - start))
     return {
-        "what": f"cold epoch, {workers} workers, {delivery}",
+        "what": f"cold epoch, {_variant(workers, delivery, read_ahead)}",
         "cells_per_s": rates[0],
         "warm_cells_per_s": rates[1],
         "cells_per_epoch": cells,
@@ -109,23 +114,34 @@ def warm_rows(store: Path, workers: list[int], batch_size: int, epochs: int) -> 
     return rows
 
 
-def cold_rows(store: Path, workers: list[int], batch_size: int, repeats: int) -> list[dict]:
-    """Per repeat, workers and delivery: ceiling, epoch, ceiling, each from a cold store."""
+def cold_rows(store: Path, batch_size: int, repeats: int) -> list[dict]:
+    """Per repeat and :data:`COLD_VARIANTS`: ceiling, epoch, ceiling, each from a cold store."""
     n_cells = read_manifest(store).n_cells
     rows = []
-    for _, w, delivery in itertools.product(range(repeats), workers, DELIVERIES):
-        cold = {"store": store, "workers": w, "batch_size": batch_size, "delivery": delivery}
+    for _, (workers, delivery, read_ahead) in itertools.product(range(repeats), COLD_VARIANTS):
         evict_or_fail(store)
         before = sequential_read(store)
         evict_or_fail(store)
-        epoch = measure_in_subprocess(MODULE, "cold", **cold)
+        epoch = measure_in_subprocess(
+            MODULE,
+            "cold",
+            store=store,
+            workers=workers,
+            batch_size=batch_size,
+            delivery=delivery,
+            read_ahead=read_ahead,
+        )
         evict_or_fail(store)
         after = sequential_read(store)
         epoch["ceilings"] = [n_cells / read["seconds"] for read in (before, after)]
         epoch["disk_mb_per_s"] = [read["mb_per_s"] for read in (before, after)]
-        rows.append(epoch | {"workers": w, "delivery": delivery})
+        rows.append(epoch | {"variant": (workers, delivery, read_ahead)})
         print(f"    ceilings {epoch['ceilings'][0]:,.0f} / {epoch['ceilings'][1]:,.0f} cells/s")
     return rows
+
+
+def _variant(workers: int, delivery: str, read_ahead: bool) -> str:
+    return f"{workers} workers, {delivery}" + ("" if read_ahead else ", no read-ahead")
 
 
 def evict_or_fail(store: Path) -> None:
@@ -150,21 +166,21 @@ def run(args: argparse.Namespace) -> dict:
             "warm": warm_rows(store, args.workers, args.batch_size, args.epochs),
         }
         if size in args.cold_sizes and not cold_skipped:
-            entry["cold"] = cold_rows(store, args.cold_workers, args.batch_size, args.cold_repeats)
+            entry["cold"] = cold_rows(store, args.batch_size, args.cold_repeats)
         results["stores"][size] = entry
     return results
 
 
-def _cold_summary(rows: list[dict], workers: int, delivery: str) -> str:
+def _cold_summary(rows: list[dict], variant: tuple) -> str:
     """'epoch cells/s = ratio to its ceilings (range over repeats; the ceilings' range)'."""
-    mine = [r for r in rows if r["workers"] == workers and r["delivery"] == delivery]
+    mine = [r for r in rows if tuple(r["variant"]) == variant]
     ratios = [r["cells_per_s"] / statistics.mean(r["ceilings"]) for r in mine]
     ceilings = [c for r in mine for c in r["ceilings"]]
     disk = [d for r in mine for d in r["disk_mb_per_s"]]
     epoch = statistics.median(r["cells_per_s"] for r in mine)
     of_warm = statistics.median(r["cells_per_s"] / r["warm_cells_per_s"] for r in mine)
     return (
-        f"{workers} workers, {delivery}: {epoch:,.0f} cells/s = {statistics.median(ratios):.0%} "
+        f"{_variant(*variant)}: {epoch:,.0f} cells/s = {statistics.median(ratios):.0%} "
         f"of the disk, {of_warm:.0%} of warm "
         f"({min(ratios):.0%}-{max(ratios):.0%} of the disk over {len(mine)}; ceilings "
         f"{min(ceilings):,.0f}-{max(ceilings):,.0f} cells/s, "
@@ -198,10 +214,7 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
             change = row["cells_per_s"] / first["cells_per_s"] - 1
             warm.append(f"{row['cells_per_s']:,.0f} ({change:+.0%})")
         cold = (
-            "<br>".join(
-                _cold_summary(entry["cold"], w, d)
-                for w, d in itertools.product(args.cold_workers, DELIVERIES)
-            )
+            "<br>".join(_cold_summary(entry["cold"], variant) for variant in COLD_VARIANTS)
             if "cold" in entry
             else ""
         )
@@ -233,8 +246,8 @@ def projection(results: dict) -> list[str]:
     if cold:
         disk = statistics.median(d for r in cold for d in r["disk_mb_per_s"])
         best = max(
-            statistics.median(r["cells_per_s"] for r in cold if (r["workers"], r["delivery"]) == k)
-            for k in {(r["workers"], r["delivery"]) for r in cold}
+            statistics.median(r["cells_per_s"] for r in cold if tuple(r["variant"]) == v)
+            for v in COLD_VARIANTS
         )
         lines.append(
             f"- a cold 44M-cell epoch: {bytes_per_cell * SEED_CELLS / (disk * 1e6) / 60:,.0f} "
@@ -251,11 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
     parser.add_argument("dir", help="folder for the stores (reused across runs)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[80_000, 600_000, 2_000_000])
-    parser.add_argument("--cold-sizes", type=int, nargs="*", default=[600_000, 2_000_000])
+    parser.add_argument("--cold-sizes", type=int, nargs="*", default=[80_000, 600_000, 2_000_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cold-workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--cold-repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--doc", type=Path, default=DOC, help="the file --write updates")

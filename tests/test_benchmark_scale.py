@@ -7,17 +7,16 @@ import argparse
 import pytest
 from benchmarks import scale
 
-ARGS = argparse.Namespace(workers=[0, 2], cold_workers=[0], batch_size=1024, epochs=3)
+ARGS = argparse.Namespace(workers=[0, 2], batch_size=1024, epochs=3)
 
 
 def warm(cells_per_s: float, rss: float) -> dict:
     return {"cells_per_s": cells_per_s, "setup_rss_mb": rss, "metadata_bytes_per_cell": 7.0}
 
 
-def cold(delivery: str, cells_per_s: float, ceilings: list[float]) -> dict:
+def cold(variant: tuple, cells_per_s: float, ceilings: list[float]) -> dict:
     return {
-        "workers": 0,
-        "delivery": delivery,
+        "variant": variant,
         "cells_per_s": cells_per_s,
         "warm_cells_per_s": 2 * cells_per_s,
         "ceilings": ceilings,
@@ -32,7 +31,11 @@ RESULTS = {
         1_000_000: {
             "bytes": 4000e6,
             "warm": [warm(190e3, 690), warm(110e3, 690)],
-            "cold": [cold("dense", 100e3, [200e3, 300e3]), cold("csr", 150e3, [250e3, 250e3])],
+            "cold": [
+                cold((0, "csr", True), 150e3, [250e3, 250e3]),
+                cold((2, "csr", True), 100e3, [200e3, 300e3]),
+                cold((0, "csr", False), 50e3, [250e3, 250e3]),
+            ],
         },
     },
 }
@@ -43,8 +46,9 @@ def test_the_table_compares_each_store_with_the_smallest_and_cold_with_its_ceili
     rows = [line for line in text.splitlines() if line.startswith("| 1,000,000")]
     assert len(rows) == 1
     assert "190,000 (-5%), 110,000 (+10%)" in rows[0]
-    assert "0 workers, dense: 100,000 cells/s = 40% of the disk, 50% of warm" in rows[0]
-    assert "0 workers, csr: 150,000 cells/s = 60% of the disk" in rows[0]
+    assert "0 workers, csr: 150,000 cells/s = 60% of the disk, 50% of warm" in rows[0]
+    assert "2 workers, csr: 100,000 cells/s = 40% of the disk" in rows[0]
+    assert "0 workers, csr, no read-ahead: 50,000 cells/s = 20% of the disk" in rows[0]
 
 
 def test_the_projection_is_a_line_through_the_smallest_and_largest_store():
@@ -66,8 +70,6 @@ def test_a_tiny_run_writes_its_section(tmp_path):
             "--cold-sizes",
             "10000",
             "--workers",
-            "0",
-            "--cold-workers",
             "0",
             "--epochs",
             "1",

@@ -100,6 +100,7 @@ class LoaderConfig:
     drop_last: bool = False  # drop each worker's short last training batch (counted either way)
     reader_thread: bool = True  # with num_workers=0, read batches in a background thread
     batches_per_handoff: int = 4  # batches a worker sends per message to the main process
+    read_ahead: bool = True  # a thread per reader reads its next group of blocks from disk ahead
 
 
 @dataclass

@@ -176,7 +176,9 @@ class StoreDataModule(LightningDataModule):
             self.encoding.batch_codes,
             self.encoding.covariate_codes,
         )
-        return ShardBatches.over(plan, cells, strict=cfg.cache_size_strictly_enforced)
+        return ShardBatches.over(
+            plan, cells, strict=cfg.cache_size_strictly_enforced, reads_ahead=cfg.read_ahead
+        )
 
     def _loader(self, dataset: ShardBatches) -> EpochLoader:
         on_cpu = self.trainer is None or self.trainer.strategy.root_device.type == "cpu"

@@ -45,8 +45,10 @@ class ShardBatches(EpochPlan, IterableDataset):
     Frozen, and whole from its construction: a variant (another rank, a loader's delivery) is a
     :func:`~dataclasses.replace`. It is the plan itself, extended, so the loader keys read as
     its own (``batch_size``, ``shuffle``, ...). ``strict``: refuse a fetch needing more than
-    ``max_cache_size`` open shards (else close one it reads). Delivery: ``dense``: read straight
-    into dense batches (a CPU trainer, no workers); ``handoff``: batches a worker sends per
+    ``max_cache_size`` open shards (else close one it reads). ``reads_ahead``: have the
+    requests' ``read_ahead`` blocks read into the page cache by a thread
+    (:class:`~sweep.data.fetch.ReadAhead`). Delivery: ``dense``: read straight into dense
+    batches (a CPU trainer, no workers); ``handoff``: batches a worker sends per
     message; ``ring``: the workers' shared-memory slots (None without workers). Shared with the
     workers: ``epoch`` (set before each pass) and ``checked`` (one byte per block, see
     :class:`~sweep.data.fetch.OpenShards`).
@@ -59,6 +61,7 @@ class ShardBatches(EpochPlan, IterableDataset):
 
     cells: StoreCells
     strict: bool
+    reads_ahead: bool
     checked: ctypes.Array
     epoch: Synchronized = field(default_factory=lambda: multiprocessing.Value("q", 0))
     rank: int = 0
@@ -68,11 +71,13 @@ class ShardBatches(EpochPlan, IterableDataset):
     ring: SlotRing | None = None
 
     @classmethod
-    def over(cls, plan: EpochPlan, cells: StoreCells, strict: bool) -> ShardBatches:
+    def over(
+        cls, plan: EpochPlan, cells: StoreCells, strict: bool, reads_ahead: bool = True
+    ) -> ShardBatches:
         """``plan`` carried out over ``cells``, as the only reader (rank 0 of 1, no workers)."""
         planned = {f.name: getattr(plan, f.name) for f in fields(EpochPlan)}
         checked = multiprocessing.RawArray("b", len(plan.blocks))
-        return cls(**planned, cells=cells, strict=strict, checked=checked)
+        return cls(**planned, cells=cells, strict=strict, reads_ahead=reads_ahead, checked=checked)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray] | list[dict[str, np.ndarray]]]:
         """This reader's batches, in lists of ``handoff`` when that is more than 1 (workers)."""
@@ -94,7 +99,8 @@ class ShardBatches(EpochPlan, IterableDataset):
         ) as shards:
             for request in self.requests(int(self.epoch.value), reader):
                 fetch = None  # unmaps the last fetch's closed shards before this one maps
-                shards.read_ahead(request.read_ahead)
+                if self.reads_ahead:
+                    shards.read_ahead(request.read_ahead)
                 fetch = shards.read(request.blocks)
                 if carry is not None:
                     fetch = carry.concat(fetch)
