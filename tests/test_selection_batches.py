@@ -165,3 +165,25 @@ def test_loader_keys_reach_the_dataloaders(small_store):
         assert (dataset.blocks.stop - dataset.blocks.start).max() == 40
     assert train.dataset.drop_last and not val.dataset.drop_last  # never drop validation cells
     assert train.dataset.shuffle and not val.dataset.shuffle
+
+
+def test_read_ahead_that_would_outgrow_memory_is_warned_about(small_store, monkeypatch, caplog):
+    import sweep.data.datamodule as datamodule
+
+    shard_bytes = max(path.stat().st_size for path in small_store.glob("shard_*.h5ad"))
+    data, batch_cfg, loader = configs()
+    roomy = 4 * 2 * loader.max_cache_size * shard_bytes + 1
+    for available, warned in ((roomy, False), (roomy - 2, True)):
+        monkeypatch.setattr(datamodule, "available_memory_bytes", lambda a=available: a)
+        caplog.clear()
+        StoreDataModule(small_store, data, batch_cfg, loader, seed=0)
+        messages = [r.getMessage() for r in caplog.records if r.name == datamodule.__name__]
+        assert any("loader.read_ahead=false" in m for m in messages) == warned
+    loader.read_ahead = False  # not reading ahead: nothing to warn about
+    caplog.clear()
+    StoreDataModule(small_store, data, batch_cfg, loader, seed=0)
+    assert not [
+        r
+        for r in caplog.records
+        if r.name == datamodule.__name__ and "read_ahead" in r.getMessage()
+    ]

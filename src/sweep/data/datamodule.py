@@ -30,6 +30,18 @@ def default_num_workers() -> int:
     return max(0, min(8, len(os.sched_getaffinity(0)) - 1))
 
 
+def available_memory_bytes() -> int | None:
+    """The memory the kernel says is available now (``MemAvailable``), or None off Linux."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class StoreDataModule(LightningDataModule):
     """Train/validation loaders over a prepared store, with the attributes scvi-tools reads.
 
@@ -69,6 +81,27 @@ class StoreDataModule(LightningDataModule):
         self.train_set = self._dataset(self.split.train, shuffle=True)
         self.val_set = self._dataset(self.split.validation, shuffle=False)
         retain_freed_blocks(4 * loader_cfg.batch_size * self.n_vars)  # dense float32 batches
+        if loader_cfg.read_ahead:
+            self._warn_if_read_ahead_outgrows_memory()
+
+    def _warn_if_read_ahead_outgrows_memory(self) -> None:
+        """Reading ahead keeps up to two groups of ``max_cache_size`` shards in the page cache
+        (the one being read and the next); warn when that is over a quarter of the memory
+        available now, where pages read ahead would push out the ones still to be read."""
+        shard_bytes = max((self.store / e["file"]).stat().st_size for e in self.manifest.shards)
+        held = 2 * self.loader_cfg.max_cache_size * shard_bytes
+        available = available_memory_bytes()
+        if available is not None and held > available / 4:
+            log.warning(
+                "loader.read_ahead holds up to %.1f GB of this store's shards in the page cache "
+                "(2 x loader.max_cache_size=%d x %.1f GB shards), over a quarter of the %.1f GB "
+                "available: prepare smaller shards (prepare's shard_size), lower "
+                "loader.max_cache_size, or set loader.read_ahead=false",
+                held / 1e9,
+                self.loader_cfg.max_cache_size,
+                shard_bytes / 1e9,
+                available / 1e9,
+            )
 
     # what scvi-tools reads from a datamodule
     @property
