@@ -31,8 +31,8 @@ again: pass 1's result (``.prepare_tmp/plan.pkl``), whole groups and whole shard
 (:mod:`.output`), and the store is the one an uninterrupted run writes. Progress bars (stderr,
 ``progress=false`` quiets them) show files or cells done, cells/s and the ETA of each pass.
 The main process keeps 8 bytes per cell (cell id hashes, during pass 1), one copy of each
-distinct gene list (gene tables cross processes as one blob each) and the HVG sample; its memory
-does not grow with the number of files.
+distinct gene list (gene tables cross processes as one blob each) and the HVG sample: beyond
+those 8 bytes a cell, its memory does not grow with the number of files.
 
 Modules, one job each (none imports this package's ``__init__``):
 
