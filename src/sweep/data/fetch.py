@@ -195,7 +195,7 @@ class ReadAhead:
             shard = Shard(path)
             try:
                 read_into_page_cache(path, shard.byte_ranges(starts, stops), self.buffer)
-            except Exception:  # noqa: BLE001 - advisory; the fetch reading it raises the real error
+            except Exception:  # advisory: the fetch that reads the shard raises the real error
                 pass
             finally:
                 shard.close()
