@@ -213,6 +213,18 @@ def test_order_is_shuffled_new_each_epoch_and_reproducible(small_store):
     assert np.ptp(first) > 3 * 64 and not np.all(np.diff(first) > 0)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_reading_ahead_or_not_yields_the_same_batches(small_store, shuffle):
+    dataset, _ = make_batches(small_store, shuffle=shuffle)
+    assert dataset.reads_ahead  # the default
+    without = replace(dataset, reads_ahead=False)
+    for epoch in (0, 1):
+        ahead, not_ahead = (epoch_cells(d, 60, epoch) for d in (dataset, without))
+        assert len(ahead) == len(not_ahead)
+        for a, b in zip(ahead, not_ahead, strict=True):
+            assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_validation_is_ordered_and_split_into_contiguous_runs(small_store):
     dataset, selected = make_batches(small_store, shuffle=False)
     runs = [

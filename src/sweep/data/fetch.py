@@ -49,6 +49,7 @@ class StoreCells:
 class OpenShards:
     """A reader's open shards (at most ``max_cache_size``) and its reads of ``blocks`` in them.
 
+    ``reads_ahead``: a :class:`ReadAhead` thread reads what :meth:`read_ahead` is given.
     ``checked`` (shared, one byte per block) marks the blocks whose data has been checked.
     """
 
@@ -59,17 +60,19 @@ class OpenShards:
         checked,
         max_cache_size: int,
         strict: bool,
+        reads_ahead: bool,
     ):
         self.cells, self.blocks, self.checked = cells, blocks, checked
         self.max_cache_size, self.strict = max_cache_size, strict
         self.handles: OrderedDict[int, Shard] = OrderedDict()
-        self.disk = ReadAhead()
+        self.disk = ReadAhead() if reads_ahead else None
 
     def __enter__(self) -> OpenShards:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.disk.close()
+        if self.disk is not None:
+            self.disk.close()
         for shard in self.handles.values():
             shard.close()
 
@@ -136,7 +139,9 @@ class OpenShards:
 
     def read_ahead(self, blocks: np.ndarray) -> None:
         """Have ``blocks`` read from disk into the page cache in the background, while this
-        thread goes on (see :class:`ReadAhead`)."""
+        thread goes on (see :class:`ReadAhead`); nothing when not reading ahead."""
+        if self.disk is None:
+            return
         shard_of = self.blocks.shard[blocks]
         for s in np.unique(shard_of).tolist():
             mine = blocks[shard_of == s]

@@ -94,13 +94,11 @@ class ShardBatches(EpochPlan, IterableDataset):
         reader = Reader(self.rank, self.world_size, *((info.id, info.num_workers) if info else ()))
         slots = self._slots(info.id if info else None)
         carry: Fetch | None = None  # cells kept from the last fetch, copied out of its shards
-        with OpenShards(
-            self.cells, self.blocks, self.checked, self.max_cache_size, self.strict
-        ) as shards:
+        keys = (self.max_cache_size, self.strict, self.reads_ahead)
+        with OpenShards(self.cells, self.blocks, self.checked, *keys) as shards:
             for request in self.requests(int(self.epoch.value), reader):
                 fetch = None  # unmaps the last fetch's closed shards before this one maps
-                if self.reads_ahead:
-                    shards.read_ahead(request.read_ahead)
+                shards.read_ahead(request.read_ahead)
                 fetch = shards.read(request.blocks)
                 if carry is not None:
                     fetch = carry.concat(fetch)
