@@ -170,28 +170,136 @@ def test_verdict_numbers_match_the_known_metrics(sweep_dir):
     assert elbo.relative == pytest.approx(-17.5 / 1005)
     per_seed = [-20 / 1000 * 100, -15 / 1010 * 100]
     assert elbo.spread == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+    # |mean| 1.74% > 2 standard errors (2 x 0.36% / sqrt(2) = 0.52%)
+    assert elbo.seeds == 2 and elbo.beyond_spread
 
 
 def test_report_states_verdicts_in_words(report):
     text = report.read_text()
     assert (
         "- **model**: `hidden_512` vs `czi_128` (2 job pairs): "
-        "validation ELBO -17.5 (-1.74%, better; seeds ±0.36%), "
-        "validation reconstruction loss -17.5 (-1.83%, better; seeds ±0.38%), "
-        "training cells/s -1000 (-50.00%, worse; seeds ±0.00%), "
+        "validation negative ELBO -17.5 (-1.74%, better; 2 seeds sd ±0.36%), "
+        "validation reconstruction loss -17.5 (-1.83%, better; 2 seeds sd ±0.38%), "
+        "training cells/s -1000 (-50.00%, worse; 2 seeds sd ±0.00%), "
         "2.40x training time"
     ) in text
+    assert "exceeds 2 standard errors of that mean" in text  # the rule, stated
+    assert "One seed per job" not in text
     assert "**seed**" not in text  # seeds are replicates, not a factor to judge
 
 
 def test_integration_scores_are_judged_higher_is_better(tmp_path):
     report = build_report(make_sweep(tmp_path / "sweep", scores=True), tmp_path / "report")
     text = report.read_text()
-    assert "bio conservation +0.020 (better; seeds ±0.000)" in text
-    assert "batch correction -0.030 (worse; seeds ±0.000)" in text
-    assert "integration total +0.000 (no change; " in text
+    assert "bio conservation +0.020 (better; 2 seeds sd ±0.000)" in text
+    assert "batch correction -0.030 (worse; 2 seeds sd ±0.000)" in text
+    assert "integration total +0.000 (within seed spread; 2 seeds sd ±0.000)" in text
+    for line in (
+        "- **bio conservation**: all 4 jobs score 0.600-0.620, below the PCA baseline's 0.800",
+        "- **batch correction**: all 4 jobs score 0.470-0.500, above the PCA baseline's 0.200",
+    ):
+        assert line in text
     for name in ("bio_vs_batch", "convergence"):
         assert (report.parent / f"{name}.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def scored_job(sweep: Path, number: int, overrides: list[str], bio: float, epochs: int = 1):
+    """A complete demo-data job of ``epochs`` epochs scoring ``bio`` in bio conservation (0.5 in
+    batch correction) against a PCA baseline of 0.8 and 0.2."""
+    job = write_job(sweep, number, overrides, "")
+    scores = {
+        "bio_conservation": bio,
+        "batch_correction": 0.5,
+        "integration_total": 0.6 * bio + 0.2,
+    }
+    metrics = {
+        "elbo_validation": 1000.0 - 100 * bio,
+        "epochs": epochs,
+        "overrides": overrides,
+        "choices": {"dataset": "demo"},
+        **scores,
+        **BASELINE_SCORES,
+        "pca_integration_total": 0.56,
+    }
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    epoch = list(range(1, epochs + 1))
+    history = {"epoch": epoch, "elbo_validation": [1000.0] * epochs, "kl_weight": [0.5] * epochs}
+    pd.DataFrame({**history, **{k: [v] * epochs for k, v in scores.items()}}).to_csv(
+        job / "history.csv", index=False
+    )
+
+
+def scored_sweep(folder: Path, bio: dict[tuple[str, str | None], float], epochs: int = 1) -> Path:
+    """A sweep of ``scored_job`` jobs, one per (model, seed) of ``bio`` (no seed override for
+    None), in that order."""
+    for number, ((model, seed), score) in enumerate(bio.items()):
+        overrides = [f"model={model}", *([f"seed={seed}"] if seed else []), "trainer.max_epochs=1"]
+        scored_job(folder, number, overrides, score, epochs)
+    return folder
+
+
+def verdict_lines(report: Path) -> list[str]:
+    """The verdict list items of a report."""
+    return [line for line in report.read_text().splitlines() if line.startswith("- **model**")]
+
+
+def test_a_one_seed_sweep_calls_no_level_better_or_worse_and_gives_the_seed_command(tmp_path):
+    sweep = scored_sweep(tmp_path / "sweep", {("czi_128", None): 0.6, ("hidden_512", None): 0.7})
+    report = build_report(sweep, tmp_path / "report")
+    (line,) = verdict_lines(report)
+    assert "bio conservation +0.100," in line
+    assert not {"better", "worse", "within seed spread"} & set(line.replace(",", " ").split())
+    text = report.read_text()
+    assert "**One seed per job**: there is no spread across seeds yet" in text
+    command = "python train.py -m model=czi_128,hidden_512 trainer.max_epochs=1 seed=0,1,2"
+    assert f"Add seeds with `{command}`." in text
+    assert "**Demo data**" in text
+
+
+def test_three_seeds_call_a_difference_beyond_their_spread_better(tmp_path):
+    bio = {("czi_128", s): 0.6 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}
+    bio |= {("hidden_512", s): 0.7 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}
+    (line,) = verdict_lines(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
+    assert "bio conservation +0.100 (better; 3 seeds sd ±0.000)" in line
+
+
+def test_three_seeds_give_no_verdict_on_a_difference_within_their_spread(tmp_path):
+    bio = {("czi_128", s): 0.6 for s in "012"}
+    bio |= {("hidden_512", s): 0.6 + d for s, d in zip("012", (0.03, -0.02, 0.0), strict=True)}
+    (line,) = verdict_lines(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
+    assert "bio conservation +0.003 (within seed spread; 3 seeds sd ±0.025)" in line
+    assert "better" not in line.split("bio conservation")[1].split(")")[0]
+
+
+def test_the_report_states_each_aggregate_against_the_pca_baseline(tmp_path):
+    bio = {("czi_128", None): 0.55, ("hidden_512", None): 0.65, ("czi_256", None): 0.9}
+    text = build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r").read_text()
+    assert "## Against the PCA baseline" in text
+    assert (
+        "- **bio conservation**: of 3 jobs, 1 job above (0.900: model=czi_256), "
+        "2 jobs below (0.550-0.650: model=czi_128, model=hidden_512); "
+        "the PCA baseline's 0.800"
+    ) in text
+    assert "- **batch correction**: all 3 jobs score 0.500, above the PCA baseline's 0.200" in text
+    assert "- **integration total**: of 3 jobs, 2 jobs above (0.590-0.740: model=hidden_512" in text
+
+
+def test_a_report_never_overwrites_another_sweeps_report(tmp_path):
+    first = scored_sweep(tmp_path / "a" / "10-00-00", {("czi_128", None): 0.6})
+    second = scored_sweep(tmp_path / "b" / "10-00-00", {("czi_128", None): 0.7})
+    root = tmp_path / "reports"
+    one = write_report(first, out_root=root)
+    two = write_report(second, out_root=root)
+    assert one == root / "10-00-00" / "report.md" and two == root / "10-00-00-2" / "report.md"
+    assert f"`{first.resolve()}`" in one.read_text()
+    assert f"`{second.resolve()}`" in two.read_text()
+    assert write_report(second, out_root=root) == two  # a rebuild finds its own folder
+    assert write_report(first, out_root=root) == one
+    (root / "legacy").mkdir()
+    (root / "legacy" / "report.md").write_text("a report from before source.txt")
+    legacy = scored_sweep(tmp_path / "c" / "legacy", {("czi_128", None): 0.6})
+    assert write_report(legacy, out_root=root) == root / "legacy-2" / "report.md"
+    assert (root / "legacy" / "report.md").read_text() == "a report from before source.txt"
 
 
 def test_headline_scores_are_the_ones_evaluate_writes():
@@ -217,7 +325,9 @@ def test_report_lists_every_job_and_embeds_the_figures(report, sweep_dir):
     assert "Jobs: 4 complete, 1 failed, 1 running / unfinished." in text
     for number, status in enumerate(["complete"] * 4 + ["failed", "running"]):
         assert f"| {number} | {status} |" in text
-    assert "![validation ELBO per epoch (lower is better)](elbo_validation.png)" in text
+    assert (
+        "![validation negative ELBO (the loss) per epoch, lower is better](elbo_validation.png)"
+    ) in text
     assert "](by_model.png)" in text
     assert f"- job 4 (`model=czi_128 seed=2 trainer.max_epochs=3`): {ERROR}" in text
     assert "## Running / unfinished jobs\n\n- job 5 (`model=hidden_512" in text
@@ -333,7 +443,7 @@ def test_a_real_multirun_writes_its_report_and_the_command_rebuilds_it(demo_cach
     results = pd.read_csv(reports / "sweep" / "results.csv")
     assert list(results["status"]) == ["complete", "complete"]
     assert list(results["model"]) == ["czi_128", "hidden_512"]
-    assert "- **model**: `hidden_512` vs `czi_128` (1 job pair): validation ELBO" in (
+    assert "- **model**: `hidden_512` vs `czi_128` (1 job pair): validation negative ELBO" in (
         report.read_text()
     )
 

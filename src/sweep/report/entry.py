@@ -1,18 +1,25 @@
 """The one way in to the reports, for the command line (``python -m sweep.report``) and the
 end-of-sweep Hydra callback (sweep.hydra_callbacks): a sweep folder, or an Optuna study, to its
 report folder (``<sweep.paths.reports_dir()>/<sweep folder or study name>/`` unless told
-otherwise)."""
+otherwise).
+
+A report folder records what it reports (:data:`SOURCE_FILE`: the sweep folder's path, or the
+study and its storage). A report never overwrites another sweep's: when ``<name>/`` holds another
+one, the report goes to ``<name>-2/``, ``<name>-3/``, ...; rebuilding a report finds its own
+folder again.
+"""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 from pathlib import Path
 
 from sweep.paths import reports_dir
 from sweep.report.multirun import build_report
 from sweep.report.study import build_study_report
-from sweep.study.storage import read_record
+from sweep.study.storage import read_record, resolve
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +28,48 @@ class NothingToReport(ValueError):
     """Neither a sweep folder nor a study (with its storage) was named."""
 
 
+#: in a report folder: what it reports, one line
+SOURCE_FILE = "source.txt"
+
+
+def sweep_source(sweep_dir: str | Path) -> str:
+    """What a sweep folder's report records of it."""
+    return f"sweep folder {Path(sweep_dir).resolve()}"
+
+
+def study_source(study: str, storage: str) -> str:
+    """What a study's report records of it (``storage`` resolved)."""
+    return f"study {study} in {storage}"
+
+
+def owner(folder: Path) -> str | None:
+    """What the report in ``folder`` reports; None for a free folder (absent or empty), "" for
+    one that holds something that does not say (a report from before :data:`SOURCE_FILE`)."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    source = folder / SOURCE_FILE
+    return source.read_text().strip() if source.is_file() else ""
+
+
+def report_folder(root: Path, name: str, source: str) -> Path:
+    """``<root>/<name>``, or the first of ``<name>-2``, ``<name>-3``, ... that is free or holds
+    this source's report already."""
+    folders = (root / (name if n == 1 else f"{name}-{n}") for n in itertools.count(1))
+    return next(folder for folder in folders if owner(folder) in (None, source))
+
+
 def default_out(sweep_dir: str | Path, out_root: Path | None = None) -> Path:
-    """``<out_root>/<sweep folder name>``; ``out_root`` by default ``sweep.paths.reports_dir()``
-    (``multirun_reports/``, the one place outside run folders we write to)."""
-    return (out_root or reports_dir()) / Path(sweep_dir).resolve().name
+    """``<out_root>/<sweep folder name>`` (:func:`report_folder`: never another sweep's);
+    ``out_root`` by default ``sweep.paths.reports_dir()`` (``multirun_reports/``, the one place
+    outside run folders we write to)."""
+    name = Path(sweep_dir).resolve().name
+    return report_folder(out_root or reports_dir(), name, sweep_source(sweep_dir))
+
+
+def signed(report: Path, source: str) -> Path:
+    """``report`` (a report.md), its folder's :data:`SOURCE_FILE` now naming ``source``."""
+    (report.parent / SOURCE_FILE).write_text(source + "\n")
+    return report
 
 
 def write_report(
@@ -40,21 +85,27 @@ def write_report(
     ``sweep_dir``: a Hydra sweep folder; the Optuna sweeper's stands for its study (the folder
     records study and storage: sweep.study.storage). ``study``, ``storage``: a study by name and
     its journal file or database URL. ``out_dir``: the report folder; by default
-    ``<out_root>/<study name or sweep folder name>`` (:func:`default_out`).
+    ``<out_root>/<study name or sweep folder name>``, never another sweep's report
+    (:func:`report_folder`).
     """
     record = read_record(Path(sweep_dir)) if sweep_dir is not None else None
     if record:
         study, storage = record["study_name"], record["storage"]
-    out_root = Path(out_root) if out_root is not None else None
+    root = Path(out_root) if out_root is not None else reports_dir()
     if study is not None:
         if not storage:
             raise NothingToReport(
                 "--study needs --storage (the study's journal file or database URL)"
             )
-        return build_study_report(study, storage, out_dir or (out_root or reports_dir()) / study)
+        storage = resolve(storage, study, Path.cwd())
+        source = study_source(study, storage)
+        out = Path(out_dir) if out_dir else report_folder(root, study, source)
+        return signed(build_study_report(study, storage, out), source)
     if sweep_dir is None:
         raise NothingToReport("give a sweep folder, or --study NAME --storage STORAGE")
-    return build_report(sweep_dir, out_dir or default_out(sweep_dir, out_root))
+    source = sweep_source(sweep_dir)
+    out = Path(out_dir) if out_dir else default_out(sweep_dir, root)
+    return signed(build_report(sweep_dir, out), source)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,17 +10,23 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from sweep.report.baseline import LABEL, baseline_lines
+from sweep.report.headline import axis_label, label
 from sweep.report.render import (
     REPORT_FILE,
     PlannedFigure,
+    colours,
+    data_note,
+    figure_legend,
     figure_lines,
     markdown_table,
     panel_figure,
     write_figures,
 )
 from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, load_sweep
-from sweep.report.verdicts import SEED, levels, present_metrics, verdicts
+from sweep.report.verdicts import RULE, SEED, levels, present_metrics, seed_note, verdicts
 from sweep.run_folder import (
     BASELINE_PREFIX,
     BATCH,
@@ -49,30 +55,32 @@ def job_labels(sweep: Sweep) -> dict[int, str]:
 
 
 def plot_histories(sweep: Sweep, columns: list[str], title: str) -> Figure | None:
-    """``columns`` of history.csv per epoch, a panel each, one line per job (None without data)."""
+    """``columns`` of history.csv per epoch, a panel each, one line per job with a marker at each
+    epoch (so a one-epoch run shows); the legend below (None without data)."""
     columns = [c for c in columns if any(c in h for h in sweep.histories.values())]
     if not columns:
         return None
     labels = job_labels(sweep)
+    last = max(int(h[EPOCH].max()) for h in sweep.histories.values() if len(h))
     fig, axes = panel_figure(len(columns))
     for ax, column in zip(axes, columns, strict=True):
-        for number, history in sweep.histories.items():
+        for (number, history), colour in zip(
+            sweep.histories.items(), colours(len(sweep.histories)), strict=True
+        ):
             if column in history:
                 points = history[[EPOCH, column]].dropna()  # scores exist at some epochs only
-                ax.plot(points[EPOCH], points[column], marker=".", label=labels[number])
-        ax.set_xlabel(EPOCH)
-        ax.set_ylabel(column, fontsize="small")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=3, fontsize="x-small")
+                ax.plot(
+                    points[EPOCH], points[column], "o-", ms=4, color=colour, label=labels[number]
+                )
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(axis_label(EPOCH))
+        ax.set_ylabel(axis_label(column), fontsize="small")
+        if len(columns) > 1:
+            ax.set_title(label(column), fontsize="small")
+    figure_legend(fig, *axes[0].get_legend_handles_labels())
     fig.suptitle(title)
     return fig
-
-
-def padded_range(values: pd.Series) -> tuple[float, float]:
-    """Axis limits around ``values`` with a 20% margin (so that small differences show)."""
-    low, high = float(values.min()), float(values.max())
-    margin = 0.2 * (high - low) or 0.05 * abs(high) or 1.0
-    return low - margin, high + margin
 
 
 def seed_spread(data: pd.DataFrame, factor: str, column: str) -> pd.Series:
@@ -81,30 +89,45 @@ def seed_spread(data: pd.DataFrame, factor: str, column: str) -> pd.Series:
 
 
 def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
-    """Headline metrics by level of ``factor``: mean bars, seed sd as error bars, jobs as dots."""
+    """Headline metrics by level of ``factor``: mean bars from zero, the sd across seeds as error
+    bars (when seeds were swept), jobs as dots, the mean PCA baseline of integration scores as a
+    dashed line."""
     complete = sweep.complete
     metrics = present_metrics(complete)
     if not metrics:
         return None
     order = levels(complete, factor)
     position = {level: i for i, level in enumerate(order)}
+    seeded = SEED in sweep.factors and factor != SEED
     fig, axes = panel_figure(len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
         data = complete.dropna(subset=[metric.key])
         means = data.groupby(factor)[metric.key].mean().reindex(order)
-        seeded = SEED in sweep.factors and factor != SEED
         errors = seed_spread(data, factor, metric.key).reindex(order) if seeded else None
         ax.bar(range(len(order)), means, yerr=errors, capsize=3, color="lightsteelblue")
         ax.scatter(data[factor].map(position), data[metric.key], s=10, color="black", zorder=3)
-        ax.set_xticks(range(len(order)), order, rotation=30, fontsize="small")
-        ax.set_ylim(*padded_range(data[metric.key]))
+        baseline = data.get(BASELINE_PREFIX + metric.key)
+        if baseline is not None and baseline.notna().any():
+            ax.axhline(baseline.mean(), ls="--", color="grey")
+            ax.annotate(
+                "PCA baseline",
+                (1, baseline.mean()),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize="x-small",
+            )
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
+        ax.set_ylabel(axis_label(metric.key), fontsize="small")
         ax.set_title(metric.label, fontsize="small")
-    fig.suptitle(f"headline metrics by {factor}")
+    spread = "; error bars: sd across seeds" if seeded else ""
+    fig.suptitle(f"headline metrics by {factor} (bars: mean{spread})")
     return fig
 
 
 def plot_bio_vs_batch(sweep: Sweep) -> Figure | None:
-    """Bio conservation against batch correction, a dot per job and a cross per job's PCA
+    """Bio conservation against batch correction, a dot per job and a grey cross per job's PCA
     baseline where metrics.json has one (None without the scores)."""
     if not {BATCH, BIO} <= set(sweep.complete):
         return None
@@ -113,25 +136,25 @@ def plot_bio_vs_batch(sweep: Sweep) -> Figure | None:
         return None
     labels = job_labels(sweep)
     fig, (ax,) = panel_figure()
-    ax.scatter(data[BATCH], data[BIO], label="scVI")
-    for _, row in data.iterrows():
-        ax.annotate(labels[row["job"]], (row[BATCH], row[BIO]), fontsize="x-small")
+    for (_, row), colour in zip(data.iterrows(), colours(len(data)), strict=True):
+        ax.scatter(row[BATCH], row[BIO], color=colour, label=labels[row["job"]])
     if {BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO} <= set(data):
         baseline = data[[BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO]].dropna()
         ax.scatter(*baseline.T.values, marker="x", color="grey", label="PCA baseline")
-    ax.legend(fontsize="x-small")
-    ax.set_xlabel("batch correction (higher is better)")
-    ax.set_ylabel("bio conservation (higher is better)")
+    ax.set_xlabel(f"{axis_label(BATCH)}, higher is better")
+    ax.set_ylabel(f"{axis_label(BIO)}, higher is better")
+    figure_legend(fig, *ax.get_legend_handles_labels())
     return fig
 
 
 def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
     """Every figure of the report: per-epoch histories, a panel per factor, bio vs batch."""
+    seeded = SEED in sweep.factors
     return [
         (
             "elbo_validation.png",
-            "validation ELBO per epoch (lower is better)",
-            lambda: plot_histories(sweep, [ELBO_VALIDATION], "validation ELBO"),
+            f"{label(ELBO_VALIDATION)} (the loss) per epoch, lower is better",
+            lambda: plot_histories(sweep, [ELBO_VALIDATION], label(ELBO_VALIDATION)),
         ),
         (
             "kl_weight.png",
@@ -146,14 +169,15 @@ def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
         *[
             (
                 f"by_{factor.replace('/', '_')}.png",
-                f"headline metrics by `{factor}`",
+                f"headline metrics by `{factor}`"
+                + ("" if not seeded or factor == SEED else " (error bars: sd across seeds)"),
                 lambda factor=factor: plot_factor(sweep, factor),
             )
             for factor in sweep.factors
         ],
         (
             "bio_vs_batch.png",
-            "bio conservation vs batch correction",
+            "bio conservation vs batch correction, PCA baseline as crosses",
             lambda: plot_bio_vs_batch(sweep),
         ),
     ]
@@ -165,7 +189,7 @@ def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
 def jobs_table(sweep: Sweep) -> str:
     """Every job with its swept values, headline metrics and training time."""
     metrics = {m.key: m.label for m in present_metrics(sweep.results)}
-    times = {TRAIN_TIME: "training time (s)"} if TRAIN_TIME in sweep.results else {}
+    times = {TRAIN_TIME: axis_label(TRAIN_TIME)} if TRAIN_TIME in sweep.results else {}
     columns = ["job", "status", *sweep.factors, *metrics, *times]
     return markdown_table(sweep.results[columns].rename(columns={**metrics, **times}))
 
@@ -202,22 +226,6 @@ def convergence_lines(sweep: Sweep) -> list[str]:
     return [*lines, ""]
 
 
-def data_note(sweep: Sweep) -> list[str]:
-    """Which data set the jobs trained on; a warning when it is the synthetic demo."""
-    if "dataset" not in sweep.results:
-        return []
-    datasets = sorted(map(str, sweep.results["dataset"].dropna().unique()))
-    lines = [f"Data set: {', '.join(f'`{d}`' for d in datasets)}.", ""]
-    if "demo" in datasets:
-        lines += [
-            "**Demo data**: a small synthetic data set trained for a few epochs on a CPU. "
-            "These numbers show what a report looks like; they do not answer the question "
-            "for real (Census-scale) data.",
-            "",
-        ]
-    return lines
-
-
 def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
     """The text of report.md."""
     folder = sweep.folder.resolve()
@@ -225,6 +233,8 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
     swept = "; ".join(
         f"`{f}` ({', '.join(map(str, levels(sweep.results, f)))})" for f in sweep.factors
     )
+    datasets = sweep.results["dataset"].dropna() if "dataset" in sweep.results else []
+    labelled = sweep.complete.assign(**{LABEL: sweep.complete["job"].map(job_labels(sweep))})
     lines = [
         f"# Multirun report: {folder.name}",
         "",
@@ -235,16 +245,20 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
         "",
         f"Swept: {swept or 'nothing (every job has the same overrides)'}.",
         "",
-        *data_note(sweep),
+        *data_note(datasets),
         "## Verdicts",
         "",
         "Each level against the reference level (the first in sweep order), averaged over the "
         "complete jobs that differ only in that factor (other factors and seeds matched). "
-        "`±` is the standard deviation across seeds of the per-seed change. Lower is better for "
-        "ELBO and reconstruction loss, higher for cells/s and integration scores.",
+        "Lower is better for the validation negative ELBO (the loss) and reconstruction loss, "
+        "higher for cells/s and integration scores (0-1).",
         "",
+        RULE,
+        "",
+        *seed_note(sweep),
         *(verdicts(sweep) or ["Nothing to compare: no factor but the seed was swept."]),
         "",
+        *baseline_lines(labelled, "job"),
         *convergence_lines(sweep),
         "## Jobs",
         "",

@@ -1,4 +1,5 @@
-"""What both reports render alike: markdown tables, the figure style, and writing figures."""
+"""What both reports render alike: markdown tables, the data-set note, the figure style (panels,
+colours, legends that are never cut off) and writing figures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
@@ -22,21 +24,39 @@ DPI = 100
 PlannedFigure = tuple[str, str, Callable[[], Figure | None]]
 
 
-def cell(value) -> str:
-    """A markdown table cell: floats to 4 significant digits, missing values empty."""
+def cell(value, digits: int = 4) -> str:
+    """A markdown table cell: floats to ``digits`` significant digits, missing values empty."""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4g}"
+        return "" if math.isnan(value) else f"{value:.{digits}g}"
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """``frame`` as a markdown table."""
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """``frame`` as a markdown table, floats to ``digits`` significant digits."""
+    rows = frame.itertuples(index=False)
     lines = [
         "| " + " | ".join(map(str, frame.columns)) + " |",
         "|" + " --- |" * len(frame.columns),
-        *("| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)),
+        *("| " + " | ".join(cell(value, digits) for value in row) + " |" for row in rows),
     ]
     return "\n".join(lines)
+
+
+def data_note(datasets: Iterable[str]) -> list[str]:
+    """Which data set the runs trained on; a warning when it is the synthetic demo. [] when
+    unknown."""
+    datasets = sorted(set(map(str, datasets)))
+    if not datasets:
+        return []
+    lines = [f"Data set: {', '.join(f'`{d}`' for d in datasets)}.", ""]
+    if "demo" in datasets:
+        lines += [
+            "**Demo data**: a small synthetic data set trained for a few epochs on a CPU. "
+            "These numbers show what a report looks like; they do not answer the question "
+            "for real (Census-scale) data.",
+            "",
+        ]
+    return lines
 
 
 def panel_figure(n_panels: int = 1) -> tuple[Figure, list]:
@@ -52,8 +72,33 @@ def panel_figure(n_panels: int = 1) -> tuple[Figure, list]:
 
 def grid_figure(rows: int, cols: int) -> tuple[Figure, np.ndarray]:
     """A figure with a (rows, cols) array of axes, panels 3/4 of ``FIGSIZE``, at most three wide."""
-    fig = Figure(figsize=(FIGSIZE[0] * min(cols, 3) * 0.75, FIGSIZE[1] * rows * 0.75), dpi=DPI)
+    size = (FIGSIZE[0] * min(cols, 3) * 0.75, FIGSIZE[1] * rows * 0.75)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     return fig, np.array(fig.subplots(rows, cols, squeeze=False))
+
+
+def colours(n: int) -> list:
+    """``n`` colours that tell lines apart: tab10 up to 10, tab20 beyond (repeating after 20)."""
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def figure_legend(fig: Figure, handles: list, labels: list[str]) -> None:
+    """A legend below the panels of a constrained-layout figure, in as many columns (at most
+    three) as fit its width; the figure grows by the legend's height (and width, for one
+    label wider than the figure), so that the legend is never cut off, with 2 entries or 20."""
+    for ncols in range(min(3, len(labels)), 0, -1):
+        legend = fig.legend(
+            handles, labels, loc="outside lower center", ncols=ncols, fontsize="x-small"
+        )
+        box = legend.get_window_extent()
+        if box.width < 0.95 * fig.bbox.width or ncols == 1:
+            break
+        legend.remove()
+    fig.set_size_inches(
+        max(fig.get_figwidth(), box.width / fig.dpi + 0.2),
+        fig.get_figheight() + box.height / fig.dpi,
+    )
 
 
 def write_figures(planned: Iterable[PlannedFigure], out_dir: Path) -> list[tuple[str, str]]:

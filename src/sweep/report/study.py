@@ -2,8 +2,9 @@
 
 ``build_study_report``; ``python -m sweep.report --study NAME --storage STORAGE`` or
 ``python -m sweep.report SWEEP_DIR`` (a sweep folder of the Optuna sweeper) and the end-of-sweep
-callback reach it through sweep.report.entry. It reads only the storage, so it works while the
-study runs, after a sweep that stopped, and across processes and machines.
+callback reach it through sweep.report.entry. It reads the storage, so it works while the
+study runs, after a sweep that stopped, and across processes and machines; where the trials' run
+folders can be read too, it adds their data set and their scores against the PCA baseline.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ from pathlib import Path
 import optuna
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import run_folder
+from sweep.report.baseline import LABEL, baseline_lines
+from sweep.report.headline import axis_label
 from sweep.report.render import (
     REPORT_FILE,
     PlannedFigure,
+    data_note,
     figure_lines,
     grid_figure,
     markdown_table,
@@ -34,6 +39,10 @@ log = logging.getLogger(__name__)
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "VOID")
 TRIALS_FILE = "trials.csv"
+#: fANOVA importances from fewer complete trials than this are indicative only
+FEW_TRIALS = 20
+#: significant digits of the importances
+IMPORTANCE_DIGITS = 2
 
 
 def load(study_name: str, storage: str) -> optuna.Study:
@@ -78,6 +87,20 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_folders(study: optuna.Study) -> pd.DataFrame:
+    """One row per complete trial whose run folder's metrics.json can be read here: its numeric
+    metrics, ``dataset`` (the group choice) and a :data:`LABEL` (``trial N``)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        folder = t.user_attrs.get(RUN_DIR)
+        metrics = run_folder.read_metrics(Path(folder)) if folder else None
+        if metrics:
+            dataset = metrics.get(run_folder.CHOICES, {}).get("dataset")
+            numbers = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
+            rows.append({LABEL: f"trial {t.number}", "dataset": dataset, **numbers})
+    return pd.DataFrame(rows)
+
+
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The best trial, or the Pareto front (multi-objective); [] before any trial completed."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -107,8 +130,15 @@ def importances(study: optuna.Study) -> tuple[pd.DataFrame | None, str]:
 # --- figures -------------------------------------------------------------------------------------
 
 
+def objective_label(name: str, direction) -> str:
+    """An objective's axis label, with its unit where known: ``validation negative ELBO (per
+    cell), minimize``."""
+    return f"{axis_label(name)}, {direction.name.lower()}"
+
+
 def plot_history(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
-    """Each objective per trial number, pruned trials at their last value, best so far."""
+    """Each objective per trial number (integer ticks), pruned trials at their last value, best
+    so far."""
     names = objectives(study)
     done = table[table.state.isin(["COMPLETE", "PRUNED"])]
     if done.empty:
@@ -123,22 +153,26 @@ def plot_history(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
             best = complete[name]
             best = best.cummin() if direction.name == "MINIMIZE" else best.cummax()
             ax.step(complete.trial, best, where="post", color="k", label="best so far")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(f"{name} ({direction.name.lower()})")
-        ax.legend(fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(done.trial.min() - 0.5, done.trial.max() + 0.5)
+        ax.set_xlabel("trial number")
+        ax.set_ylabel(objective_label(name, direction), fontsize="small")
+        ax.legend(fontsize="x-small")
     fig.suptitle(f"{study.study_name}: optimisation history")
-    fig.tight_layout()
     return fig
 
 
 def plot_slices(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
-    """Each objective against each parameter (complete trials)."""
+    """Each objective against each parameter (complete trials), coloured by trial number with a
+    colour bar."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     params = sorted({k for t in complete for k in t.params})
     if not params:
         return None
     names = objectives(study)
     fig, axes = grid_figure(len(names), len(params))
+    numbers = [t.number for t in complete]
+    colour = {"cmap": "viridis", "vmin": min(numbers), "vmax": max(numbers)}
     for col, param in enumerate(params):
         trials = [t for t in complete if param in t.params]
         dist = trials[0].distributions[param]
@@ -146,19 +180,24 @@ def plot_slices(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
         if isinstance(dist, CategoricalDistribution):
             labels = [str(c) for c in dist.choices]
             xs = [labels.index(str(x)) for x in xs]
-        for row, name in enumerate(names):
+        for row, (name, direction) in enumerate(zip(names, study.directions, strict=True)):
             ax = axes[row, col]
-            ax.scatter(xs, [t.values[row] for t in trials], c=[t.number for t in trials])
+            dots = ax.scatter(
+                xs, [t.values[row] for t in trials], c=[t.number for t in trials], **colour
+            )
             if isinstance(dist, CategoricalDistribution):
-                ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize="small")
+                ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
+                ax.set_xlim(-0.5, len(labels) - 0.5)
             elif getattr(dist, "log", False):
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(param)
+            ax.set_xlabel(param, fontsize="small")
             if col == 0:
-                ax.set_ylabel(name)
-    fig.suptitle(f"{study.study_name}: objective by parameter (colour: trial number)")
-    fig.tight_layout()
+                ax.set_ylabel(objective_label(name, direction), fontsize="small")
+    bar = fig.colorbar(dots, ax=axes.ravel().tolist(), label="trial number")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
+    fig.suptitle(f"{study.study_name}: objective by parameter")
     return fig
 
 
@@ -175,24 +214,31 @@ def plot_intermediate(study: optuna.Study) -> Figure | None:
         ax.plot(
             steps,
             [t.intermediate_values[s] for s in steps],
-            marker=".",
+            marker="o",
+            ms=4,
             color="tab:red" if pruned else "tab:blue",
             alpha=0.8 if pruned else 0.5,
         )
+    last = max(max(t.intermediate_values) for t in trials)
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(objectives(study)[0])
-    ax.set_title(f"{study.study_name}: per epoch (red: pruned)")
-    fig.tight_layout()
+    ax.set_ylabel(axis_label(objectives(study)[0]), fontsize="small")
+    ax.set_title(f"{study.study_name}: per epoch (red: pruned)", fontsize="small")
     return fig
 
 
-def plot_importances(frame: pd.DataFrame) -> Figure:
-    """Parameter importances (:func:`importances`), a panel per objective."""
+def plot_importances(frame: pd.DataFrame, n_trials: int) -> Figure:
+    """Parameter importances (:func:`importances`) from ``n_trials`` complete trials, a panel per
+    objective, bars from zero."""
     fig, axes = grid_figure(1, len(frame.columns))
     for ax, name in zip(axes[0], frame.columns, strict=True):
         ax.barh(frame.index[::-1], frame[name][::-1])
-        ax.set_xlabel(f"importance for {name}")
-    fig.tight_layout()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (share of variance, 0-1)", fontsize="small")
+        ax.set_title(axis_label(name), fontsize="small")
+    few = f", fewer than {FEW_TRIALS}: indicative only" if n_trials < FEW_TRIALS else ""
+    fig.suptitle(f"fANOVA importances from {n_trials} complete trials{few}", fontsize="small")
     return fig
 
 
@@ -217,11 +263,9 @@ def plot_pareto(study: optuna.Study, front: list[FrozenTrial]) -> Figure | None:
     )
     for t in front:
         ax.annotate(str(t.number), (t.values[0], t.values[1]), fontsize="small")
-    directions = [d.name.lower() for d in study.directions]
-    ax.set_xlabel(f"{names[0]} ({directions[0]})")
-    ax.set_ylabel(f"{names[1]} ({directions[1]})")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
+    ax.set_xlabel(objective_label(names[0], study.directions[0]), fontsize="small")
+    ax.set_ylabel(objective_label(names[1], study.directions[1]), fontsize="small")
+    ax.legend(fontsize="x-small")
     return fig
 
 
@@ -250,20 +294,52 @@ def best_section(study: optuna.Study, front: list[FrozenTrial]) -> list[str]:
     return [*lines, ""]
 
 
-def report_text(study, storage: str, table, front, imp, imp_note, figures) -> str:
-    """The text of report.md: trial counts, best trials, importances, figures, failures."""
+def importance_lines(imp: pd.DataFrame | None, imp_note: str, n_trials: int) -> list[str]:
+    """The "Parameter importances" section: the table to 2 significant digits with how many
+    trials it rests on, or why it was not computed."""
+    lines = ["## Parameter importances", ""]
+    if imp is None:
+        return [*lines, f"Not computed: {imp_note}.", ""]
+    few = " (as here)" if n_trials < FEW_TRIALS else ""
+    return [
+        *lines,
+        f"fANOVA, from {n_trials} complete trials: the share of each objective's variance across "
+        f"the trials that each parameter explains. Importances from fewer than ~{FEW_TRIALS} "
+        f"trials are indicative only{few}.",
+        "",
+        markdown_table(imp.reset_index(names="parameter"), digits=IMPORTANCE_DIGITS),
+        "",
+    ]
+
+
+def run_folder_lines(runs: pd.DataFrame, n_trials: int) -> list[str]:
+    """The data set and the scores against the PCA baseline, from the complete trials' run
+    folders; a note when none could be read here."""
+    if runs.empty:
+        return (
+            ["Run folders not readable here: no data set or PCA baseline.", ""] if n_trials else []
+        )
+    datasets = runs["dataset"].dropna() if "dataset" in runs else []
+    return [*data_note(datasets), *baseline_lines(runs, "trial")]
+
+
+def report_text(study, storage: str, table, front, imp, imp_note, runs, figures) -> str:
+    """The text of report.md: trial counts, data set, best trials, the PCA baseline,
+    importances, figures, failures."""
     names = objectives(study)
     counts = table.state.value_counts() if not table.empty else pd.Series(dtype=int)
     count_row = {s.lower(): int(counts.get(s, 0)) for s in STATES}
     directions = ", ".join(
         f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions, strict=True)
     )
+    n_complete = count_row["complete"]
     lines = [
         f"# Study {study.study_name}",
         "",
         f"Objectives: {directions}. Storage: `{storage}`.",
         f"Browse it live: `{dashboard_command(storage)}`; rerun the sweep's command to resume it.",
         "",
+        *run_folder_lines(runs, n_complete),
         "## Trials",
         "",
         markdown_table(pd.DataFrame([count_row])),
@@ -272,14 +348,11 @@ def report_text(study, storage: str, table, front, imp, imp_note, figures) -> st
         "not count toward n_trials. All trials: `trials.csv`.",
         "",
         *best_section(study, front),
-        "## Parameter importances",
+        *importance_lines(imp, imp_note, n_complete),
+        "## Figures",
         "",
+        *figure_lines(figures),
     ]
-    if imp is None:
-        lines += [f"Not computed: {imp_note}.", ""]
-    else:
-        lines += [markdown_table(imp.reset_index(names="parameter")), ""]
-    lines += ["## Figures", "", *figure_lines(figures)]
     failed = table[table.state == "FAIL"] if not table.empty else table
     if not failed.empty:
         lines += ["## Failed trials", ""]
@@ -297,18 +370,20 @@ def build_study_report(study_name: str, storage: str, out_dir: str | Path) -> Pa
     table.to_csv(out / TRIALS_FILE, index=False)
     front = best_trials(study)
     imp, imp_note = importances(study)
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     planned: list[PlannedFigure] = [
         ("history.png", "optimisation history", lambda: plot_history(study, table)),
         ("slices.png", "objective by parameter", lambda: plot_slices(study, table)),
         ("intermediate.png", "metric per epoch", lambda: plot_intermediate(study)),
         (
             "importances.png",
-            "parameter importances",
-            lambda: plot_importances(imp) if imp is not None else None,
+            f"parameter importances (fANOVA, {n_complete} complete trials)",
+            lambda: plot_importances(imp, n_complete) if imp is not None else None,
         ),
         ("pareto.png", "Pareto front", lambda: plot_pareto(study, front) if front else None),
     ]
     figures = write_figures(planned, out)
+    text = report_text(study, storage, table, front, imp, imp_note, run_folders(study), figures)
     report = out / REPORT_FILE
-    report.write_text(report_text(study, storage, table, front, imp, imp_note, figures))
+    report.write_text(text)
     return report

@@ -1,50 +1,36 @@
 """Verdicts of a multirun: each level of each swept factor against its reference level, on the
-headline metrics and training time, over job pairs that differ only in that factor."""
+headline metrics and training time, over job pairs that differ only in that factor.
+
+A level is called better or worse only beyond the spread across seeds (:data:`RULE`); with one
+seed there is no spread yet, so no verdict, and :func:`seed_note` gives the command adding seeds.
+"""
 
 from __future__ import annotations
 
+import math
+import shlex
 from dataclasses import dataclass
 
 import pandas as pd
 
+from sweep.report.headline import HEADLINE, Metric
 from sweep.report.sweep_folder import Sweep
-from sweep.run_folder import (
-    BATCH,
-    BIO,
-    ELBO_VALIDATION,
-    RECONSTRUCTION_VALIDATION,
-    TOTAL,
-    TRAIN_CELLS_PER_S,
-    TRAIN_TIME,
-)
+from sweep.run_folder import TRAIN_TIME
 
 #: the override key whose levels are replicates, not a factor to judge
 SEED = "seed"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A headline metric of metrics.json and how to judge it."""
-
-    key: str
-    label: str
-    higher_is_better: bool
-    relative: bool  # state the change in % of the reference (losses, rates) or as a difference
-
-
-HEADLINE = (
-    Metric(ELBO_VALIDATION, "validation ELBO", higher_is_better=False, relative=True),
-    Metric(
-        RECONSTRUCTION_VALIDATION,
-        "validation reconstruction loss",
-        higher_is_better=False,
-        relative=True,
-    ),
-    Metric(TRAIN_CELLS_PER_S, "training cells/s", higher_is_better=True, relative=True),
-    Metric(BIO, "bio conservation", higher_is_better=True, relative=False),
-    Metric(BATCH, "batch correction", higher_is_better=True, relative=False),
-    Metric(TOTAL, "integration total", higher_is_better=True, relative=False),
+#: a change is beyond the seed spread when |mean per-seed change| > SE_FACTOR x its standard error
+SE_FACTOR = 2.0
+#: the verdict rule, in words
+RULE = (
+    "A level is called better or worse only when the mean of its per-seed changes exceeds "
+    f"{SE_FACTOR:g} standard errors of that mean (the sd of the per-seed changes over the square "
+    "root of the number of seeds); otherwise the change is *within seed spread*: treat it as no "
+    "difference. This is a screen, not a test: with 3 seeds a t-test at 95% would ask for about "
+    "4.3 standard errors. With one seed there is no spread to judge by, and no verdict."
 )
+#: the seeds the command of :func:`seed_note` sweeps
+SEEDS = "0,1,2"
 
 
 @dataclass(frozen=True)
@@ -54,7 +40,9 @@ class Change:
     metric: Metric
     difference: float  # mean of (level - reference)
     relative: float  # difference / |mean reference|
+    seeds: int  # seeds among the pairs
     spread: float | None  # sd across seeds of the per-seed change (in % if metric.relative)
+    beyond_spread: bool  # |mean per-seed change| > SE_FACTOR x its standard error
 
 
 def levels(results: pd.DataFrame, factor: str) -> list[str]:
@@ -89,14 +77,16 @@ def change(pairs: pd.DataFrame, metric: Metric, seeded: bool) -> Change | None:
         return None
     ref, new = pairs[f"{metric.key}_ref"], pairs[f"{metric.key}_level"]
     difference = float((new - ref).mean())
-    spread = None
-    if seeded and pairs[SEED].nunique() > 1:
+    seeds = pairs[SEED].nunique() if seeded else 1
+    spread, beyond = None, False
+    if seeds > 1:
         grouped = pd.DataFrame({"d": new - ref, "ref": ref, SEED: pairs[SEED]}).groupby(SEED)
         per_seed = grouped["d"].mean()
         if metric.relative:
             per_seed = 100 * per_seed / grouped["ref"].mean().abs()
         spread = float(per_seed.std())
-    return Change(metric, difference, difference / abs(ref.mean()), spread)
+        beyond = abs(per_seed.mean()) > SE_FACTOR * spread / math.sqrt(seeds)
+    return Change(metric, difference, difference / abs(ref.mean()), seeds, spread, beyond)
 
 
 def time_ratio(pairs: pd.DataFrame) -> float | None:
@@ -107,26 +97,29 @@ def time_ratio(pairs: pd.DataFrame) -> float | None:
     return float(pairs[f"{TRAIN_TIME}_level"].mean() / pairs[f"{TRAIN_TIME}_ref"].mean())
 
 
-def judgement(c: Change) -> str:
-    """Whether the change is better, worse or none, by the metric's direction."""
-    if c.difference == 0:
-        return "no change"
+def judgement(c: Change) -> str | None:
+    """better or worse by the metric's direction, when beyond the seed spread; ``within seed
+    spread`` when not; None with one seed (no spread to judge by)."""
+    if c.spread is None:
+        return None
+    if not c.beyond_spread:
+        return "within seed spread"
     improved = (c.difference > 0) == c.metric.higher_is_better
     return "better" if improved else "worse"
 
 
 def describe(c: Change) -> str:
-    """One metric's change in words: ``validation ELBO -17.5 (-1.74%, better; seeds ±0.36%)``."""
+    """One metric's change in words: ``validation negative ELBO -17.5 (-1.74%, better; 2 seeds
+    sd ±0.36%)``; with one seed only the numbers: ``bio conservation +0.020``."""
     if c.metric.relative:
-        size, width = 100 * c.relative, "{:.2f}%"
-        head = f"{c.metric.label} {c.difference:+.4g} ({size:+.2f}%, {judgement(c)}"
+        width = "{:.2f}%"
+        head, notes = f"{c.metric.label} {c.difference:+.4g}", [f"{100 * c.relative:+.2f}%"]
     else:
-        size, width = c.difference, "{:.3f}"
-        head = f"{c.metric.label} {c.difference:+.3f} ({judgement(c)}"
-    if c.spread is None:
-        return head + ")"
-    noise = "within seed spread" if abs(size) <= c.spread else "seeds"
-    return f"{head}; {noise} ±{width.format(c.spread)})"
+        width = "{:.3f}"
+        head, notes = f"{c.metric.label} {c.difference:+.3f}", []
+    if c.spread is not None:
+        notes.append(f"{judgement(c)}; {c.seeds} seeds sd ±{width.format(c.spread)}")
+    return f"{head} ({', '.join(notes)})" if notes else head
 
 
 def verdict(sweep: Sweep, factor: str, reference: str, level: str) -> str | None:
@@ -143,7 +136,10 @@ def verdict(sweep: Sweep, factor: str, reference: str, level: str) -> str | None
     if ratio is not None:
         parts.append(f"{ratio:.2f}x training time")
     plural = "s" if len(pairs) > 1 else ""
-    return f"`{level}` vs `{reference}` ({len(pairs)} job pair{plural}): " + ", ".join(parts)
+    text = f"`{level}` vs `{reference}` ({len(pairs)} job pair{plural}): " + ", ".join(parts)
+    if seeded and pairs[SEED].nunique() < 2:
+        text += " (one seed among these pairs: no spread, so no verdict)"
+    return text
 
 
 def factor_verdicts(sweep: Sweep, factor: str) -> list[str]:
@@ -165,3 +161,29 @@ def factor_verdicts(sweep: Sweep, factor: str) -> list[str]:
 def verdicts(sweep: Sweep) -> list[str]:
     """The verdicts of every swept factor but the seed, as markdown list items."""
     return [line for f in sweep.factors if f != SEED for line in factor_verdicts(sweep, f)]
+
+
+def seed_command(sweep: Sweep) -> str:
+    """The sweep's own command with ``seed=0,1,2``: each override key with the values its jobs
+    took, in job order (``python train.py -m model=czi_128,hidden_512 seed=0,1,2``)."""
+    values: dict[str, dict[str, None]] = {}  # key -> its values, an ordered set
+    for overrides in sweep.results["overrides"]:
+        for override in overrides.split():
+            key, _, value = override.partition("=")
+            values.setdefault(key, {})[value] = None
+    values.pop(SEED, None)
+    parts = [shlex.quote(f"{key}={','.join(v)}") for key, v in values.items()]
+    return " ".join(["python train.py -m", *parts, f"{SEED}={SEEDS}"])
+
+
+def seed_note(sweep: Sweep) -> list[str]:
+    """With one seed per job, why no level is called better or worse and the command that adds
+    seeds; [] when seeds were swept."""
+    if SEED in sweep.factors:
+        return []
+    return [
+        "**One seed per job**: there is no spread across seeds yet, so no level is called better "
+        "or worse; the changes below are single differences, as large as seed noise may be. "
+        f"Add seeds with `{seed_command(sweep)}`.",
+        "",
+    ]
