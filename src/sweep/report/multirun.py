@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from sweep.report.baseline import LABEL, baseline_lines
 from sweep.report.headline import axis_label, label
 from sweep.report.render import (
+    CHAR_WIDTH,
     REPORT_FILE,
     PlannedFigure,
     colours,
@@ -73,7 +74,7 @@ def plot_histories(sweep: Sweep, columns: list[str], title: str) -> Figure | Non
                     points[EPOCH], points[column], "o-", ms=4, color=colour, label=labels[number]
                 )
         ax.set_xlim(0.5, last + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel(axis_label(EPOCH))
         ax.set_ylabel(axis_label(column), fontsize="small")
         if len(columns) > 1:
@@ -99,7 +100,9 @@ def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
     order = levels(complete, factor)
     position = {level: i for i, level in enumerate(order)}
     seeded = SEED in sweep.factors and factor != SEED
-    fig, axes = panel_figure(len(metrics))
+    names = list(map(str, order))
+    upright = sum(map(len, names)) <= 24  # side by side under a panel a third of FIGSIZE wide
+    fig, axes = panel_figure(len(metrics), 0 if upright else CHAR_WIDTH * max(map(len, names)))
     for ax, metric in zip(axes, metrics, strict=True):
         data = complete.dropna(subset=[metric.key])
         means = data.groupby(factor)[metric.key].mean().reindex(order)
@@ -117,7 +120,7 @@ def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
                 va="bottom",
                 fontsize="x-small",
             )
-        ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize="small")
+        ax.set_xticks(range(len(order)), names, rotation=0 if upright else 90, fontsize="small")
         ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
         ax.set_ylabel(axis_label(metric.key), fontsize="small")
         ax.set_title(metric.label, fontsize="small")

@@ -59,11 +59,17 @@ def data_note(datasets: Iterable[str]) -> list[str]:
     return lines
 
 
-def panel_figure(n_panels: int = 1) -> tuple[Figure, list]:
-    """A figure with ``n_panels`` axes, three to a row, each row ``FIGSIZE`` high."""
+#: inches a character of a small (``fontsize="small"``) label takes, about
+CHAR_WIDTH = 0.075
+
+
+def panel_figure(n_panels: int = 1, extra_height: float = 0) -> tuple[Figure, list]:
+    """A figure with ``n_panels`` axes, three to a row, each row ``FIGSIZE`` high plus
+    ``extra_height`` inches (for long tick labels)."""
     ncols = min(3, n_panels)
     nrows = math.ceil(n_panels / ncols)
-    fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * nrows), dpi=DPI, layout="constrained")
+    size = (FIGSIZE[0], (FIGSIZE[1] + extra_height) * nrows)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
     for ax in axes[n_panels:]:
         ax.set_visible(False)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import run_folder
 from sweep.report.baseline import LABEL, baseline_lines
-from sweep.report.headline import axis_label
+from sweep.report.headline import axis_label, label
 from sweep.report.render import (
     REPORT_FILE,
     PlannedFigure,
@@ -153,7 +153,7 @@ def plot_history(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
             best = complete[name]
             best = best.cummin() if direction.name == "MINIMIZE" else best.cummax()
             ax.step(complete.trial, best, where="post", color="k", label="best so far")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(done.trial.min() - 0.5, done.trial.max() + 0.5)
         ax.set_xlabel("trial number")
         ax.set_ylabel(objective_label(name, direction), fontsize="small")
@@ -195,7 +195,7 @@ def plot_slices(study: optuna.Study, table: pd.DataFrame) -> Figure | None:
             if col == 0:
                 ax.set_ylabel(objective_label(name, direction), fontsize="small")
     bar = fig.colorbar(dots, ax=axes.ravel().tolist(), label="trial number")
-    bar.locator = MaxNLocator(integer=True)
+    bar.locator = MaxNLocator(integer=True, min_n_ticks=1)
     bar.update_ticks()
     fig.suptitle(f"{study.study_name}: objective by parameter")
     return fig
@@ -221,7 +221,7 @@ def plot_intermediate(study: optuna.Study) -> Figure | None:
         )
     last = max(max(t.intermediate_values) for t in trials)
     ax.set_xlim(0.5, last + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(axis_label(objectives(study)[0]), fontsize="small")
     ax.set_title(f"{study.study_name}: per epoch (red: pruned)", fontsize="small")
@@ -237,8 +237,8 @@ def plot_importances(frame: pd.DataFrame, n_trials: int) -> Figure:
         ax.set_xlim(0, 1)
         ax.set_xlabel("importance (share of variance, 0-1)", fontsize="small")
         ax.set_title(axis_label(name), fontsize="small")
-    few = f", fewer than {FEW_TRIALS}: indicative only" if n_trials < FEW_TRIALS else ""
-    fig.suptitle(f"fANOVA importances from {n_trials} complete trials{few}", fontsize="small")
+    few = f"\n(fewer than {FEW_TRIALS}: indicative only)" if n_trials < FEW_TRIALS else ""
+    fig.suptitle(f"fANOVA importances, {n_trials} complete trials{few}", fontsize="small")
     return fig
 
 
@@ -281,7 +281,7 @@ def best_section(study: optuna.Study, front: list[FrozenTrial]) -> list[str]:
     rows = [
         {
             "trial": t.number,
-            **{n: v for n, v in zip(names, t.values, strict=True)},
+            **{label(n): v for n, v in zip(names, t.values, strict=True)},
             **t.params,
             "run folder": t.user_attrs.get(RUN_DIR, ""),
         }
@@ -307,7 +307,9 @@ def importance_lines(imp: pd.DataFrame | None, imp_note: str, n_trials: int) -> 
         f"the trials that each parameter explains. Importances from fewer than ~{FEW_TRIALS} "
         f"trials are indicative only{few}.",
         "",
-        markdown_table(imp.reset_index(names="parameter"), digits=IMPORTANCE_DIGITS),
+        markdown_table(
+            imp.rename(columns=label).reset_index(names="parameter"), digits=IMPORTANCE_DIGITS
+        ),
         "",
     ]
 
@@ -330,7 +332,8 @@ def report_text(study, storage: str, table, front, imp, imp_note, runs, figures)
     counts = table.state.value_counts() if not table.empty else pd.Series(dtype=int)
     count_row = {s.lower(): int(counts.get(s, 0)) for s in STATES}
     directions = ", ".join(
-        f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions, strict=True)
+        f"{label(n)} (`{n}`, {d.name.lower()})"
+        for n, d in zip(names, study.directions, strict=True)
     )
     n_complete = count_row["complete"]
     lines = [
