@@ -33,7 +33,7 @@ def slow(fn):
         time.sleep({slow})
         return result
     return run
-pipeline.write_group = slow(pipeline.write_group)
+pipeline.read_group = slow(pipeline.read_group)
 pipeline.write_store_shard = slow(pipeline.write_store_shard)
 pipeline.prepare_store(json.loads(sys.argv[1]))
 """
@@ -109,7 +109,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_store(
     manifest = prepare_store(cfg)
 
     assert "resuming an interrupted run" in caplog.text
-    assert "check sources" not in caplog.text  # pass 1 was not run again
+    assert "read sources" not in caplog.text  # pass 1 was not run again
     reused = "groups" if kill_point == "first group" else "shards"
     assert f"reusing {sum(reused[:-1] in n for n in written)} of" in caplog.text
     ref_out, ref = reference

@@ -1,9 +1,11 @@
-"""Pass 1, per source and across sources: the cheap check, the scan of every count, and the
-sources refused (raised together, or left out and listed with ``skip_bad_sources``).
+"""Pass 1, per source and across sources: the check and scan of a source's rows as they are read,
+the checks across sources, and the sources refused (raised together, or left out and listed with
+``skip_bad_sources``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -16,46 +18,43 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sweep.data.prepare.config import HVG, PrepareConfig, PrepareError
-from sweep.data.prepare.sources import SourceReader, expressed_genes
+from sweep.data.prepare.sources import (
+    GeneTable,
+    SourceReader,
+    expressed_genes,
+    select_genes,
+    store_columns,
+)
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY
 
 log = logging.getLogger(__package__)  # the pipeline's one logger (see the package docstring)
 
-HEADER_ROWS = 1000  # the check pass reads the counts of each source's first rows
 HVG_BATCH_SEP = "_"  # joins the hvg_batch_keys values into one batch label
 SKIP_HINT = "or pass skip_bad_sources=true to prepare without"
 
 
 @dataclass
 class SourceInfo:
-    """A source's file, count matrix and genes (both the check and the scan read them)."""
+    """A source's file, count matrix and genes."""
 
     path: Path
     matrix_key: str
     n_cells: int
     gene_ids: tuple[str, ...]
-    gene_names: tuple[str, ...]
+    gene_names: tuple[str, ...] | None
 
 
 @dataclass
 class Scan(SourceInfo):
-    """What the scan learns about one source. Arrays have shape (cells,) unless noted."""
+    """What reading a source (or a part of its rows) learns. Arrays have shape (cells,)."""
 
     values: dict[str, list[str]]  # distinct values per coded column
     n_non_primary: int
     n_below_min_genes: int
     nnz: int  # non-zeros over all source genes
+    cell_id_hashes: np.ndarray | None  # uint64; None once the checks across sources are done
     sample: sp.csr_matrix | None = None  # HVG sample (sampled cells, source genes)
     sample_batches: list[str] | None = None  # HVG batch label per sampled cell
-
-
-@dataclass
-class Header(SourceInfo):
-    """What the check pass learns about one source, with its cell ids' hashes (cells,) uint64
-    and, for a source the check read whole, its scan."""
-
-    cell_id_hashes: np.ndarray
-    scan: Scan | None = None
 
 
 def obs_columns(cfg: PrepareConfig) -> tuple[str, ...]:
@@ -64,89 +63,101 @@ def obs_columns(cfg: PrepareConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*CODED_COLUMNS, IS_PRIMARY, *hvg_keys)))
 
 
-def check_source(cfg: PrepareConfig, path: Path) -> Header:
-    """The check pass for one source: header, genes, obs columns, unique cell ids and the counts
-    of the first ``HEADER_ROWS`` rows (every later count is checked by the scan).
-
-    A source of at most HEADER_ROWS cells is scanned right away when no HVG sample is needed
-    (gene list): its counts are read once in pass 1 (thousands of small files).
-    """
-    with SourceReader(path, obs_columns(cfg)) as reader:
-        ids = pd.Index(reader.cell_ids)
-        if ids.has_duplicates:
-            repeated = ids[ids.duplicated()].unique()
-            raise PrepareError(
-                f"{path}: the obs index holds {len(repeated)} cell ids more than once, e.g. "
-                f"{list(repeated[:3])}: cell ids must be unique; remove the repeated rows, or "
-                "make the ids unique if they are different cells (adata.obs_names_make_unique())"
-            )
-        scan = None
-        if reader.n_cells <= HEADER_ROWS and cfg.genes != HVG:
-            scan = _scan(reader, cfg, 0, 0.0)
-        else:
-            reader.check_first_rows(HEADER_ROWS)
-        return Header(
-            path=path,
-            matrix_key=reader.matrix_key,
-            n_cells=reader.n_cells,
-            gene_ids=reader.gene_ids,
-            gene_names=None,  # read once per gene list: name_genes
-            cell_id_hashes=pd.util.hash_array(reader.cell_ids.astype(object)),
-            scan=scan,
+def _check_cell_ids(reader: SourceReader) -> None:
+    ids = pd.Index(reader.cell_ids)
+    if ids.has_duplicates:
+        repeated = ids[ids.duplicated()].unique()
+        raise PrepareError(
+            f"{reader.path}: the obs index holds {len(repeated)} cell ids more than once, e.g. "
+            f"{list(repeated[:3])}: cell ids must be unique; remove the repeated rows, or "
+            "make the ids unique if they are different cells (adata.obs_names_make_unique())"
         )
 
 
-def scan_source(cfg: PrepareConfig, index: int, header: Header, sample_probability: float) -> Scan:
-    """The scan of source ``index`` (checked: ``header``): check every count, count and
-    (``sample_probability > 0``) sample. Its genes are the header's."""
-    with SourceReader(header.path, obs_columns(cfg), genes=False) as reader:
-        if (reader.n_cells, reader.n_genes) != (header.n_cells, len(header.gene_ids)):
-            raise PrepareError(
-                f"{header.path}: the file changed since it was checked; prepare again"
-            )
-        return _scan(reader, cfg, index, sample_probability)
+def scan_rows(
+    reader: SourceReader,
+    cfg: PrepareConfig,
+    index: int,
+    rows: tuple[int, int],
+    sample_probability: float,
+    genes: GeneTable | None,
+) -> tuple[Scan, sp.csr_matrix | None, np.ndarray]:
+    """Check and scan rows [first, end) = ``rows`` of the open source ``index`` (its obs and genes
+    are checked by the reader, its cell ids here, every count of the rows by the chunks).
 
-
-def _scan(reader: SourceReader, cfg: PrepareConfig, index: int, sample_probability: float) -> Scan:
-    """Read every count of an open source; the Scan's genes are left for the caller
-    (``gene_ids`` of the reader, or None).
-
-    Each eligible cell (primary, ``n_genes_all >= hvg_min_genes``) enters the HVG sample with
-    ``sample_probability``, drawn from the stream (seed, index), independent of chunking.
+    Returns the rows' Scan (its gene names left to :func:`name_genes`), their counts in the store
+    ``genes`` (CSR (rows, len(genes)); None without ``genes``) and ``n_genes_all`` (expressed
+    genes over ALL source genes, int32 (rows,)). Each eligible cell (primary, ``n_genes_all >=
+    hvg_min_genes``) enters the HVG sample with ``sample_probability``, drawn from the stream
+    (seed, index): the same cells however the source is cut into parts and chunks.
     """
-    primary = reader.obs[IS_PRIMARY]
-    draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)
-    n_below, nnz, samples, sampled_rows = 0, 0, [], []
-    for start, chunk in reader.chunks(cfg.chunk_rows):
-        rows = np.arange(start, start + chunk.shape[0])
-        enough = expressed_genes(chunk) >= cfg.hvg_min_genes
-        n_below += int((~enough).sum())
+    _check_cell_ids(reader)
+    first, end = rows
+    primary = reader.obs[IS_PRIMARY][first:end]
+    draws = None
+    if sample_probability > 0:
+        draws = np.random.default_rng([cfg.seed, index]).random(reader.n_cells)[first:end]
+    columns = None if genes is None else store_columns(reader.gene_ids, genes)
+    expressed, selected, samples, sampled, nnz = [], [], [], [], 0
+    for start, chunk in reader.chunks(cfg.chunk_rows, first, end):
+        expressed.append(expressed_genes(chunk))
         nnz += chunk.nnz
-        take = enough & primary[rows] & (draws[rows] < sample_probability)
-        if take.any():
+        if columns is not None:
+            selected.append(select_genes(chunk, columns, len(genes)))
+        if draws is not None:
+            at = np.arange(start - first, start - first + chunk.shape[0])
+            take = (
+                (expressed[-1] >= cfg.hvg_min_genes)
+                & primary[at]
+                & (draws[at] < sample_probability)
+            )
             samples.append(chunk[take])
-            sampled_rows.append(rows[take])
+            sampled.append(at[take])
+    n_genes_all = np.concatenate(expressed) if expressed else np.zeros(0, dtype=np.int32)
+    coded = {c: reader.obs[c][first:end] for c in CODED_COLUMNS}
     scan = Scan(
         path=reader.path,
         matrix_key=reader.matrix_key,
-        n_cells=reader.n_cells,
+        n_cells=end - first,
         gene_ids=reader.gene_ids,
         gene_names=None,
-        values={c: np.unique(reader.obs[c]).tolist() for c in CODED_COLUMNS},
-        nnz=nnz,
+        values={c: v.present() for c, v in coded.items()},
         n_non_primary=int((~primary).sum()),
-        n_below_min_genes=n_below,
+        n_below_min_genes=int((n_genes_all < cfg.hvg_min_genes).sum()),
+        nnz=nnz,
+        cell_id_hashes=pd.util.hash_array(reader.cell_ids[first:end].astype(object)),
     )
-    if sample_probability > 0:
-        rows = np.concatenate(sampled_rows) if sampled_rows else np.zeros(0, dtype=int)
-        scan.sample = (
-            sp.vstack(samples, format="csr")
-            if samples
-            else sp.csr_matrix((0, reader.n_genes), dtype=np.float32)
+    if draws is not None:
+        at = np.concatenate([np.zeros(0, dtype=int), *sampled])
+        scan.sample = sp.vstack(
+            [sp.csr_matrix((0, reader.n_genes), dtype=np.float32), *samples], format="csr"
         )
-        labels = [reader.obs[key][rows] for key in cfg.hvg_batch_keys] or [np.full(len(rows), "")]
+        labels = [reader.obs[key][first:end].strings()[at] for key in cfg.hvg_batch_keys] or [
+            np.full(len(at), "")
+        ]
         scan.sample_batches = [HVG_BATCH_SEP.join(t) for t in zip(*labels, strict=True)]
-    return scan
+    X = None
+    if genes is not None:
+        X = sp.vstack([sp.csr_matrix((0, len(genes)), dtype=np.float32), *selected], format="csr")
+    return scan, X, n_genes_all
+
+
+def merge_parts(parts: list[Scan]) -> Scan:
+    """One source's Scan from the Scans of its parts (its rows in order, read by several groups)."""
+    if len(parts) == 1:
+        return parts[0]
+    sampled = parts[0].sample is not None
+    return dataclasses.replace(
+        parts[0],
+        n_cells=sum(p.n_cells for p in parts),
+        values={c: sorted(set().union(*(p.values[c] for p in parts))) for c in CODED_COLUMNS},
+        n_non_primary=sum(p.n_non_primary for p in parts),
+        n_below_min_genes=sum(p.n_below_min_genes for p in parts),
+        nnz=sum(p.nnz for p in parts),
+        cell_id_hashes=np.concatenate([p.cell_id_hashes for p in parts]),
+        sample=sp.vstack([p.sample for p in parts], format="csr") if sampled else None,
+        sample_batches=[b for p in parts for b in p.sample_batches] if sampled else None,
+    )
 
 
 def attempt(fn: Any, *args: Any) -> Any:
@@ -200,15 +211,15 @@ class BadSources:
         return [{"file": file, "reason": reason} for file, reason in self.reasons.items()]
 
 
-def name_genes(headers: list[Header]) -> None:
+def name_genes(infos: list[SourceInfo]) -> None:
     """Fill in the gene names, read once per distinct gene list (from the first source holding
     it, sorted by path): sources with the same gene ids share their names."""
     names: dict[tuple, tuple] = {}
-    for header in headers:
-        if header.gene_ids not in names:
-            with SourceReader(header.path, (), genes=False) as reader:
-                names[header.gene_ids] = reader.read_gene_names()
-        header.gene_names = names[header.gene_ids]
+    for info in infos:
+        if info.gene_ids not in names:
+            with SourceReader(info.path, None) as reader:
+                names[info.gene_ids] = reader.read_gene_names()
+        info.gene_names = names[info.gene_ids]
 
 
 def dedupe_gene_tables(infos: list[SourceInfo]) -> None:
@@ -224,30 +235,31 @@ def vocabulary(scans: list[Scan]) -> dict[str, list[str]]:
     return {c: sorted(set().union(*(s.values[c] for s in scans))) for c in CODED_COLUMNS}
 
 
-def repeated_cell_ids(headers: list[Header]) -> dict[Path, PrepareError]:
+def repeated_cell_ids(scans: list[Scan]) -> dict[Path, PrepareError]:
     """Sources holding a cell id of an earlier source (sources are sorted by path).
 
-    Cell ids are unique within each source (the check pass); the earliest holder of an id keeps it.
+    Cell ids are unique within each source (:func:`scan_rows`); the earliest holder of an id
+    keeps it.
     """
-    hashes = np.concatenate([h.cell_id_hashes for h in headers])
+    hashes = np.concatenate([s.cell_id_hashes for s in scans])
     values, counts = np.unique(hashes, return_counts=True)
     duplicated = values[counts > 1]
     if len(duplicated) == 0:
         return {}
     holder: dict[str, Path] = {}
     found = {}
-    for header in headers:
-        hit = np.isin(header.cell_id_hashes, duplicated)
+    for scan in scans:
+        hit = np.isin(scan.cell_id_hashes, duplicated)
         if not hit.any():
             continue
-        with SourceReader(header.path, (), genes=False) as reader:
+        with SourceReader(scan.path, (), genes=False) as reader:
             ids = reader.cell_ids[hit]
-        earlier = [(cell, holder.setdefault(cell, header.path)) for cell in ids]
-        earlier = [(cell, first) for cell, first in earlier if first != header.path]
+        earlier = [(cell, holder.setdefault(cell, scan.path)) for cell in ids]
+        earlier = [(cell, first) for cell, first in earlier if first != scan.path]
         if earlier:  # else a 64-bit hash collision between different ids
             cell, first = earlier[0]
-            found[header.path] = PrepareError(
-                f"{header.path}: {len(earlier)} of its cell ids are in an earlier source too, "
+            found[scan.path] = PrepareError(
+                f"{scan.path}: {len(earlier)} of its cell ids are in an earlier source too, "
                 f"e.g. {cell!r} also in {first}: cell ids must be unique across sources; leave "
                 "out the duplicated file or make the obs index unique (e.g. prefix it with the "
                 "dataset_id)"

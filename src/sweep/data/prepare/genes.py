@@ -74,9 +74,9 @@ def read_gene_list(path: Path, known: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def genes_from_list(path: Path, union: Mapping[str, Any]) -> list[str]:
-    """The list's ids; raises when none is a source gene, logs those absent from every source."""
-    ids = read_gene_list(path, union)
+def check_gene_list(path: Path, ids: list[str], union: Mapping[str, Any]) -> None:
+    """Raise when none of the list's ``ids`` is a source gene (of ``union``); log those absent
+    from every source."""
     absent = [g for g in ids if g not in union]
     if len(absent) == len(ids):
         raise PrepareError(
@@ -92,7 +92,6 @@ def genes_from_list(path: Path, union: Mapping[str, Any]) -> list[str]:
             path,
             absent[:5],
         )
-    return ids
 
 
 def _hvg_sample(scans: list[Scan], union: Mapping[str, str], cfg: PrepareConfig):

@@ -34,7 +34,8 @@ LOG_NAME = "prepare.log"  # written into the store folder
 TMP_DIR = ".prepare_tmp"  # pieces of an unfinished run, inside the store folder
 FINGERPRINT_FILE = "fingerprint"  # in TMP_DIR: which config (and TMP_VERSION) it belongs to
 PLAN_FILE = "plan.pkl"  # in TMP_DIR: pass 1's result
-TMP_VERSION = 2  # what TMP_DIR holds: 2 = plan and group files (1 held a piece per source)
+TMP_VERSION = 3  # what TMP_DIR holds: 3 = plan, group files with their scans and own vocabulary
+# (2: groups coded into the store's vocabulary; 1: a piece per source)
 
 
 def _is_ours(path: Path) -> bool:
@@ -79,7 +80,7 @@ def check_output_folder(out: Path) -> None:
         )
 
 
-def _same_run(out: Path, fp: str) -> bool:
+def same_run(out: Path, fp: str) -> bool:
     """Whether ``out``'s TMP_DIR was left by a run with the config fingerprint ``fp``."""
     tag = out / TMP_DIR / FINGERPRINT_FILE
     return tag.is_file() and tag.read_text() == f"{fp} v{TMP_VERSION}"
@@ -88,7 +89,7 @@ def _same_run(out: Path, fp: str) -> bool:
 def interrupted_plan(out: Path, fp: str) -> Any | None:
     """Pass 1's result saved by an interrupted run with the same config, else None."""
     path = out / TMP_DIR / PLAN_FILE
-    if not (_same_run(out, fp) and path.is_file()):
+    if not (same_run(out, fp) and path.is_file()):
         return None
     try:
         return pickle.loads(path.read_bytes())
@@ -97,15 +98,22 @@ def interrupted_plan(out: Path, fp: str) -> Any | None:
         return None
 
 
-def clean_output(out: Path, fp: str) -> None:
-    """Make ``out`` ready for a build: remove an old or incomplete store's files (never others).
+def start_tmp(out: Path, fp: str, resumed: bool) -> Path:
+    """TMP_DIR of ``out`` for the config ``fp``: what a run with it left (``resumed``) is kept,
+    anything else in it removed. Returns its path."""
+    tmp = out / TMP_DIR
+    if not resumed:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / FINGERPRINT_FILE).write_text(f"{fp} v{TMP_VERSION}")
+    return tmp
 
-    What an interrupted run with the same fingerprint ``fp`` left (its TMP_DIR and whole shards)
-    is kept for reuse.
-    """
+
+def clean_output(out: Path, resumed: bool) -> None:
+    """Make ``out`` ready for passes 2 and 3: remove an old or incomplete store's files (never
+    others, nor TMP_DIR and the log). Whole shards of an interrupted run with the same config
+    (``resumed``) are kept for reuse."""
     check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    resumed = _same_run(out, fp)
     whole_shard = re.compile(r"shard_\d+\.h5ad")  # the temp names of unfinished ones differ
     stale = [
         p
@@ -116,18 +124,13 @@ def clean_output(out: Path, fp: str) -> None:
         log.warning("%s: incomplete store (no %s): cleaning and rebuilding", out, MANIFEST_NAME)
     for path in stale:
         path.unlink()
-    if not resumed:
-        shutil.rmtree(out / TMP_DIR, ignore_errors=True)
 
 
-def save_plan(out: Path, fp: str, plan: Any) -> None:
-    """Start TMP_DIR for the config ``fp`` (unless resumed) and save pass 1's result in it."""
-    tmp = out / TMP_DIR
-    tmp.mkdir(exist_ok=True)
-    (tmp / FINGERPRINT_FILE).write_text(f"{fp} v{TMP_VERSION}")
-    partial = tmp / (PLAN_FILE + ".tmp")
+def save_plan(out: Path, plan: Any) -> None:
+    """Save pass 1's result in TMP_DIR (started by :func:`start_tmp`)."""
+    partial = out / TMP_DIR / (PLAN_FILE + ".tmp")
     partial.write_bytes(pickle.dumps(plan))
-    partial.replace(tmp / PLAN_FILE)
+    partial.replace(out / TMP_DIR / PLAN_FILE)
 
 
 @contextmanager

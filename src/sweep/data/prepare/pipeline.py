@@ -15,19 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from sweep.data.prepare.checks import (
     BadSources,
     Scan,
     attempt,
-    check_source,
     dedupe_gene_tables,
+    merge_parts,
     name_genes,
     repeated_cell_ids,
-    scan_source,
     unmatched_genes,
     vocabulary,
 )
@@ -41,7 +38,7 @@ from sweep.data.prepare.config import (
     resolve_config,
     resolve_sources,
 )
-from sweep.data.prepare.genes import gene_union, genes_by_hvg, genes_from_list
+from sweep.data.prepare.genes import check_gene_list, gene_union, genes_by_hvg, read_gene_list
 from sweep.data.prepare.output import (
     LOG_NAME,
     TMP_DIR,
@@ -50,18 +47,22 @@ from sweep.data.prepare.output import (
     existing_store,
     interrupted_plan,
     run_log,
+    same_run,
     save_plan,
     start_log_file,
+    start_tmp,
 )
 from sweep.data.prepare.shards import (
     GroupTask,
     Layout,
     finished_shard,
     group_path,
-    group_ready,
-    write_group,
+    group_tasks,
+    read_group,
+    stored_scans,
     write_store_shard,
 )
+from sweep.data.prepare.sources import GeneTable, SourceReader, gene_table, source_size
 from sweep.data.store import MANIFEST_NAME, Manifest, StoreWriter
 
 log = logging.getLogger(__package__)  # the pipeline's one logger (see the package docstring)
@@ -124,8 +125,8 @@ def run_parallel(
 
 @dataclass
 class Plan:
-    """What pass 1 decided: the sources' scans, vocabularies, the store's genes and the sources
-    left out (``skipped``: the manifest's ``skipped_sources``)."""
+    """What pass 1 decided: the sources' scans, vocabularies, the store's genes, the sources
+    left out (``skipped``: the manifest's ``skipped_sources``) and how the store is cut."""
 
     scans: list[Scan]
     vocab: dict[str, list[str]]
@@ -133,65 +134,118 @@ class Plan:
     gene_names: list[str]
     hvg: dict | None
     skipped: list[dict]
+    layout: Layout
 
 
-def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None) -> Plan:
-    """Pass 1 and the global decisions; every input check happens here, before any write.
+def run_groups(
+    cfg: PrepareConfig, tasks: list[GroupTask], tmp: Path, pool: Executor | None, desc: str
+) -> list[list]:
+    """:func:`read_group` for every task, last group first (after pass 1 the sources read last
+    are the likeliest to be in the page cache); a group whose file holds the same key already
+    (written by pass 1 or an interrupted run) is not read again. Returns each task's results."""
+    results = [
+        stored_scans(group_path(tmp, t.index), t.key) if t.genes is not None else None
+        for t in tasks
+    ]
+    todo = [i for i in reversed(range(len(tasks))) if results[i] is None]
+    if len(todo) < len(tasks):
+        log.info("reusing %d of %d groups written before", len(tasks) - len(todo), len(tasks))
+    done = run_parallel(
+        pool,
+        read_group,
+        [(tasks[i], group_path(tmp, tasks[i].index)) for i in todo],
+        desc,
+        cfg.progress,
+        [tasks[i].n_cells for i in todo],
+    )
+    for i, result in zip(todo, done, strict=True):
+        results[i] = result
+    return results
 
-    The cheap checks (each source's header, obs, genes and first rows, then the checks across
-    sources) run before the scan reads every count, so most bad sources fail in seconds.
+
+def _known_genes(paths: list[Path]) -> GeneTable | tuple:
+    """The gene ids of the first source with readable ones (to tell a gene list's header)."""
+    for path in paths:
+        try:
+            with SourceReader(path, None) as reader:
+                return reader.read_gene_ids()
+        except PrepareError:
+            continue
+    return ()
+
+
+def plan_store(cfg: PrepareConfig, sources: list[Path], pool: Executor | None, tmp: Path) -> Plan:
+    """Pass 1 and the global decisions; every input check happens here, before any shard.
+
+    Opens every source (its size: how the store is cut), then reads each group's sources once
+    (:func:`read_group`): with a gene list it writes the group files too, so pass 2 has nothing
+    left to do unless a source is left out. Then, in this process, the checks across sources,
+    the vocabularies and, for ``genes=hvg``, the gene selection.
     """
     bad = BadSources(cfg.skip_bad_sources)
     show = cfg.progress
-    checked = run_parallel(
-        pool, attempt, [(check_source, cfg, p) for p in sources], "check sources", show
+    sizes = run_parallel(pool, attempt, [(source_size, p) for p in sources], "open sources", show)
+    opened = bad.keep(
+        sources,
+        [
+            r if isinstance(r, PrepareError) else (p, *r)
+            for p, r in zip(sources, sizes, strict=True)
+        ],
     )
-    headers = bad.keep(sources, checked)
-    name_genes(headers)
-    dedupe_gene_tables(headers)
-    bad.refuse(repeated_cell_ids(headers))
-    headers = bad.keep([h.path for h in headers], headers)
+    paths, n_cells, n_values = (list(column) for column in zip(*opened, strict=True))
     gene_list = None
     if cfg.genes != HVG:
-        known = dict.fromkeys(g for ids in dict.fromkeys(h.gene_ids for h in headers) for g in ids)
-        gene_list = genes_from_list(Path(cfg.genes), known)
-    bad.refuse(unmatched_genes(headers, gene_list, cfg.genes))
-    headers = bad.keep([h.path for h in headers], headers)
+        gene_list = read_gene_list(Path(cfg.genes), dict.fromkeys(_known_genes(paths)))
     probability = 0.0
     if cfg.genes == HVG:
-        probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(h.n_cells for h in headers)))
-    tasks = [(scan_source, cfg, i, h, probability) for i, h in enumerate(headers) if not h.scan]
-    cells = [task[3].n_cells for task in tasks]
-    scanned = iter(run_parallel(pool, attempt, tasks, "scan sources", show, cells))
-    scans = [h.scan or next(scanned) for h in headers]  # a small source was scanned by its check
-    for header, scan in zip(headers, scans, strict=True):
-        if isinstance(scan, Scan):
-            scan.gene_ids, scan.gene_names = header.gene_ids, header.gene_names
-    scans = bad.keep([h.path for h in headers], scans)
+        probability = min(1.0, cfg.hvg_sample_cells / max(1, sum(n_cells)))
+    layout = Layout.plan(n_cells, sum(n_values), cfg.shard_size)
+    genes = gene_table(gene_list) if gene_list is not None else None
+    tasks = group_tasks(paths, n_cells, layout, genes, cfg, probability)
+    parts: list[list] = [[] for _ in paths]
+    for task, results in zip(tasks, run_groups(cfg, tasks, tmp, pool, "read sources"), strict=True):
+        for part, result in zip(task.parts, results, strict=True):
+            parts[part.index].append(result)
+    failed = [next((r for r in p if isinstance(r, PrepareError)), None) for p in parts]
+    scans = bad.keep(
+        paths, [error or merge_parts(p) for error, p in zip(failed, parts, strict=True)]
+    )
+    name_genes(scans)
     dedupe_gene_tables(scans)
-    bad.refuse(unmatched_genes(scans, gene_list, cfg.genes))  # a skipped source may leave one alone
+    bad.refuse(repeated_cell_ids(scans))
+    scans = bad.keep([s.path for s in scans], scans)
+    union = gene_union(scans)
+    if gene_list is not None:
+        check_gene_list(Path(cfg.genes), gene_list, union)
+    bad.refuse(unmatched_genes(scans, gene_list, cfg.genes))
     scans = bad.keep([s.path for s in scans], scans)
     if sum(s.n_cells for s in scans) == 0:
         raise PrepareError(f"the {len(scans)} sources hold no cells")
-    union = gene_union(scans)
+    for scan in scans:
+        scan.cell_id_hashes = None
+    if len(scans) < len(paths):  # cut the store again, without the sources left out
+        kept = {s.path for s in scans}
+        values = sum(v for p, v in zip(paths, n_values, strict=True) if p in kept)
+        layout = Layout.plan([s.n_cells for s in scans], values, cfg.shard_size)
+        union = gene_union(scans)
     hvg = None
     if cfg.genes == HVG:
         genes, hvg = genes_by_hvg(scans, union, cfg)
     else:
         genes = gene_list
     gene_names = [union.get(g, g) for g in genes]
-    return Plan(scans, vocabulary(scans), genes, gene_names, hvg, bad.entries())
+    return Plan(scans, vocabulary(scans), genes, gene_names, hvg, bad.entries(), layout)
 
 
 def source_entries(plan: Plan, min_genes: int) -> list[dict]:
     """Manifest ``sources`` entries; logs each source's counts."""
     store_genes = set(plan.genes)
-    present: dict[int, int] = {}  # id(gene tuple) -> store genes present (tuples are shared)
+    present: dict[tuple, int] = {}  # gene table -> store genes present
     entries = []
     for scan in plan.scans:
-        n_present = present.setdefault(
-            id(scan.gene_ids), len(store_genes.intersection(scan.gene_ids))
-        )
+        if scan.gene_ids not in present:
+            present[scan.gene_ids] = len(store_genes.intersection(scan.gene_ids))
+        n_present = present[scan.gene_ids]
         entry = {
             "file": str(scan.path),
             "n_cells": scan.n_cells,
@@ -219,42 +273,11 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
     return entries
 
 
-def write_groups(
-    cfg: PrepareConfig, plan: Plan, tmp: Path, layout: Layout, pool: Executor | None
-) -> None:
-    """Pass 2: every group file not left whole by an interrupted run, last group first: the
-    sources pass 1 read last are the likeliest to be still in the page cache."""
-    store_columns = pd.Index(plan.genes)
-    tables = list(dict.fromkeys(s.gene_ids for s in plan.scans))  # shared: few distinct
-    columns = [store_columns.get_indexer(t).astype(np.int32) for t in tables]
-    table_of = {id(t): k for k, t in enumerate(tables)}
-    n_cells = [s.n_cells for s in plan.scans]
-    tasks, sizes = [], []
-    for group in reversed(range(layout.n_groups)):
-        parts = [
-            (plan.scans[i].path, first, end, cell, table_of[id(plan.scans[i].gene_ids)])
-            for i, first, end, cell in layout.group_parts(n_cells, group)
-        ]
-        size = sum(end - first for _, first, end, _, _ in parts)
-        if not group_ready(group_path(tmp, group), size, layout):
-            task = GroupTask(
-                group, parts, columns, len(plan.genes), plan.vocab, layout, cfg.seed, cfg.chunk_rows
-            )
-            tasks.append((task, group_path(tmp, group)))
-            sizes.append(size)
-    if len(tasks) < layout.n_groups:
-        log.info(
-            "reusing %d of %d groups written by an interrupted run",
-            layout.n_groups - len(tasks),
-            layout.n_groups,
-        )
-    run_parallel(pool, write_group, tasks, "write groups", cfg.progress, sizes)
-
-
 def write_shards(
-    cfg: PrepareConfig, writer: StoreWriter, tmp: Path, layout: Layout, pool: Executor | None
+    cfg: PrepareConfig, plan: Plan, writer: StoreWriter, tmp: Path, pool: Executor | None
 ) -> list[dict]:
     """Pass 3: every shard not left whole by an interrupted run; all shards' manifest entries."""
+    layout = plan.layout
     shards = [
         finished_shard(writer.folder, s, layout, len(writer.genes)) for s in range(layout.n_shards)
     ]
@@ -266,7 +289,7 @@ def write_shards(
         for first in range(0, layout.n_shards, layout.run_shards)
     ]
     runs = [run for run in runs if run]
-    tasks = [(writer, run, tmp, layout) for run in runs]
+    tasks = [(writer, run, tmp, layout, plan.vocab) for run in runs]
     cells = [sum(layout.shard_cells(s) for s in run) for run in runs]
     written = run_parallel(pool, write_store_shard, tasks, "write shards", cfg.progress, cells)
     for run, entries in zip(runs, written, strict=True):
@@ -303,10 +326,11 @@ def build_store(
             ", ".join(Path(e["file"]).name for e in plan.skipped),
         )
     tmp = out / TMP_DIR
-    layout = Layout.plan(n_cells, sum(s.nnz for s in plan.scans), cfg.shard_size)
-    write_groups(cfg, plan, tmp, layout, pool)
+    paths = [s.path for s in plan.scans]
+    tasks = group_tasks(paths, n_cells, plan.layout, gene_table(plan.genes), cfg, 0.0)
+    run_groups(cfg, tasks, tmp, pool, "write groups")
     writer = StoreWriter(out, plan.genes, plan.gene_names)
-    shards = write_shards(cfg, writer, tmp, layout, pool)
+    shards = write_shards(cfg, plan, writer, tmp, pool)
     provenance["counts"] = {
         "n_sources": len(n_cells),
         "n_skipped_sources": len(plan.skipped),
@@ -367,15 +391,21 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
         return manifest
     check_output_folder(out)
     workers = cfg.workers or len(os.sched_getaffinity(0))
+    created, resumed = not out.exists(), same_run(out, fp)
     with run_log() as buffer, _process_pool(workers) as pool:
         log.info("preparing %s from %d sources with %d workers", out, len(sources), workers)
         plan = interrupted_plan(out, fp)
+        tmp = start_tmp(out, fp, resumed)
         if plan is None:
-            plan = plan_store(cfg, sources, pool)
+            try:
+                plan = plan_store(cfg, sources, pool, tmp)
+            except PrepareError:
+                shutil.rmtree(out if created else tmp)  # a refused run leaves nothing
+                raise
         else:
             log.info("%s: resuming an interrupted run with the same config", out)
-        clean_output(out, fp)
-        save_plan(out, fp, plan)
+        clean_output(out, resumed)
+        save_plan(out, plan)
         start_log_file(buffer, out / LOG_NAME)
         provenance = {
             "config": asdict(cfg),

@@ -1,28 +1,36 @@
-"""Passes 2 and 3: cells into group files sorted by their shuffled store row, then runs of shards
-gathered from the groups and written through the store writer.
+"""Groups and shards: cells, read from the sources, into group files sorted by their shuffled store
+row; then runs of shards gathered from the groups and written through the store writer.
 
 The shuffle is a seeded permutation of all cells across all sources, computed cell by cell
 (:func:`shuffled_rows`), so no process holds it whole. Its reach is the whole store: every shard
 is a random draw from every source. A **group** is a range of ``group_cells`` consecutive cells
-(in source order, possibly spanning or splitting sources): pass 2 writes each group's cells,
-store genes kept, sorted by store row into ``.prepare_tmp/group_XXXXX.h5``; pass 3 reads each run
-of shards' rows (one contiguous slice per group, located by the group's ``bounds``). A worker
-holds one group or one run of shards (about ``group_cells`` cells) at a time.
+(in source order, possibly spanning or splitting sources). :func:`read_group` reads a group's
+source rows once: it checks and scans them (:func:`~.checks.scan_rows`) and, when the store's
+genes are known, writes the group's cells, store genes kept, sorted by store row into
+``.prepare_tmp/group_XXXXX.h5`` with the scans (so a group read in pass 1 is not read again).
+Codes in a group index the group's own vocabulary; :func:`write_store_shard` maps them to the
+store's. Pass 3 reads each run of shards' rows (one contiguous slice per group, located by the
+group's ``bounds``). A worker holds one group or one run of shards (about ``group_cells`` cells)
+at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sweep.data.prepare.config import PrepareError
-from sweep.data.prepare.sources import SourceReader, expressed_genes, select_genes
+from sweep.data.prepare.checks import Scan, obs_columns, scan_rows
+from sweep.data.prepare.config import PrepareConfig, PrepareError
+from sweep.data.prepare.sources import GeneTable, SourceReader, read_ahead
 from sweep.data.store import (
     CODE_DTYPE,
     CODED_COLUMNS,
@@ -103,15 +111,18 @@ class Layout:
         return max(1, self.group_cells // self.shard_size)
 
     def group_parts(self, n_cells: list[int], group: int) -> list[tuple[int, int, int, int]]:
-        """Group ``group``'s cells: (source, first row, end row, first cell) per source part."""
+        """Group ``group``'s cells: (source, first row, end row, first cell) per source part; a
+        source without cells is a part of the group its position falls in (the last at the end)."""
         lo, hi = group * self.group_cells, min((group + 1) * self.group_cells, self.n_cells)
         starts = np.concatenate([[0], np.cumsum(n_cells)])
+        last = group == self.n_groups - 1
         parts = []
-        for source in range(int(np.searchsorted(starts, lo, side="right")) - 1, len(n_cells)):
+        at_lo = min(np.searchsorted(starts, lo, "left"), np.searchsorted(starts, lo, "right") - 1)
+        for source in range(int(at_lo), len(n_cells)):
             first, end = max(lo, starts[source]), min(hi, starts[source + 1])
-            if first >= hi:
+            if first > hi or (first == hi and not (last and n_cells[source] == 0)):
                 break
-            if end > first:
+            if end > first or n_cells[source] == 0:
                 offset = int(starts[source])
                 parts.append((source, int(first) - offset, int(end) - offset, int(first)))
         return parts
@@ -124,97 +135,186 @@ def group_path(tmp: Path, group: int) -> Path:
     return tmp / f"group_{group:05d}.h5"
 
 
-def _encode(reader: SourceReader, vocab: dict[str, list[str]]) -> np.ndarray:
-    """The coded columns as codes into the global vocabulary, int32 (cells, len(CODED_COLUMNS))."""
-    codes = np.empty((reader.n_cells, len(CODED_COLUMNS)), dtype=CODE_DTYPE)
-    for j, column in enumerate(CODED_COLUMNS):
-        codes[:, j] = pd.Categorical(reader.obs[column], categories=vocab[column]).codes
-    if (codes < 0).any():
-        raise PrepareError(f"{reader.path}: obs changed since it was scanned; prepare again")
-    return codes
+class Part(NamedTuple):
+    """Rows [first, end) of source ``index`` (``path``, ``n_cells`` cells), in a group; the first
+    is cell ``first_cell`` over all sources."""
+
+    path: Path
+    index: int
+    n_cells: int
+    first: int
+    end: int
+    first_cell: int
 
 
 @dataclass(frozen=True)
 class GroupTask:
-    """Pass 2 for one group: its source parts (path, first row, end row, first cell, gene
-    table) and, per gene table, each source gene's store column (-1: dropped), int32 (genes,)."""
+    """Read one group: check and scan its source parts with ``cfg`` (HVG sample drawn with
+    ``sample_probability``) and, with the store's ``genes``, write its group file."""
 
     index: int
-    parts: list[tuple[Path, int, int, int, int]]
-    columns: list[np.ndarray]
-    n_genes: int
-    vocab: dict[str, list[str]]
+    parts: list[Part]
+    genes: GeneTable | None
     layout: Layout
-    seed: int
-    chunk_rows: int
+    cfg: PrepareConfig
+    sample_probability: float
+
+    @property
+    def key(self) -> str:
+        """What the group file holds (parts, layout, genes): a file with another is rewritten."""
+        what = (
+            [(str(p.path), *p[1:]) for p in self.parts],
+            _layout_key(self.layout),
+            self.cfg.hvg_min_genes,
+            self.cfg.seed,
+        )
+        digest = hashlib.sha256(repr(what).encode())
+        digest.update(self.genes.blob if self.genes is not None else b"")
+        return digest.hexdigest()
+
+    @property
+    def n_cells(self) -> int:
+        return sum(p.end - p.first for p in self.parts)
 
 
-def group_ready(path: Path, n_cells: int, layout: Layout) -> bool:
-    """Whether ``path`` is a whole group file of ``n_cells`` cells cut by ``layout`` (left by an
-    interrupted run)."""
-    try:
-        with h5py.File(path, "r") as f:
-            cut = list(f.attrs.get("layout", []))
-            return len(f["dest"]) == n_cells and "bounds" in f and cut == _layout_key(layout)
-    except (OSError, KeyError):
-        return False
+def group_tasks(
+    paths: list[Path],
+    n_cells: list[int],
+    layout: Layout,
+    genes: GeneTable | None,
+    cfg: PrepareConfig,
+    sample_probability: float,
+) -> list[GroupTask]:
+    """One task per group of ``layout`` over the sources ``paths`` of ``n_cells`` cells."""
+    return [
+        GroupTask(
+            group,
+            [
+                Part(paths[i], i, n_cells[i], first, end, cell)
+                for i, first, end, cell in layout.group_parts(n_cells, group)
+            ],
+            genes,
+            layout,
+            cfg,
+            sample_probability,
+        )
+        for group in range(layout.n_groups)
+    ]
 
 
 def _layout_key(layout: Layout) -> list[int]:
     return [layout.n_cells, layout.group_cells, layout.shard_size]
 
 
-def write_group(task: GroupTask, path: Path) -> int:
-    """Write group ``task.index`` to ``path`` (atomically); return its cells.
+def stored_scans(path: Path, key: str) -> list[Scan] | None:
+    """The scans of a whole group file of ``key`` at ``path`` (written before), else None."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("key") != key or "bounds" not in f:
+                return None
+            return pickle.loads(f["scans"][()].tobytes())
+    except (OSError, KeyError):
+        return None
 
-    The file holds the group's cells sorted by store row: X (CSR, store genes), the FIELDS and
-    ``cell_ids``, and ``bounds`` int64 (shards + 1): where each shard's rows begin.
+
+def read_group(task: GroupTask, path: Path) -> list[Scan | PrepareError]:
+    """Read group ``task.index``: per source part its Scan, or the PrepareError that refuses the
+    source. With ``task.genes`` and no error, also write the group file to ``path`` (atomically).
+
+    The next part's file is read ahead while one part is processed (a cold disk and the CPU
+    work at once).
     """
-    matrices, fields, cell_ids = [], {name: [] for name in FIELDS}, []
-    for source, first, end, first_cell, table in task.parts:
-        columns = task.columns[table]
-        with SourceReader(source, (*CODED_COLUMNS, IS_PRIMARY), genes=False) as reader:
-            if reader.n_genes != len(columns) or reader.n_cells < end:
-                raise PrepareError(
-                    f"{source}: the file changed since it was checked; prepare again"
+    results, rows = [], []
+    for k, part in enumerate(task.parts):
+        if k + 1 < len(task.parts):
+            read_ahead(task.parts[k + 1].path)
+        try:
+            with SourceReader(part.path, obs_columns(task.cfg)) as reader:
+                if reader.n_cells != part.n_cells:
+                    raise PrepareError(
+                        f"{part.path}: the file changed since prepare opened it; prepare again"
+                    )
+                scan, X, n_genes_all = scan_rows(
+                    reader,
+                    task.cfg,
+                    part.index,
+                    (part.first, part.end),
+                    task.sample_probability,
+                    task.genes,
                 )
-            codes = _encode(reader, task.vocab)[first:end]
-            for _, chunk in reader.chunks(task.chunk_rows, first, end):
-                matrices.append(select_genes(chunk, columns, task.n_genes))
-                fields[N_GENES_ALL].append(expressed_genes(chunk))
-            fields["codes"].append(codes)
-            fields[IS_PRIMARY].append(reader.obs[IS_PRIMARY][first:end])
-            fields["dest"].append(np.arange(first_cell, first_cell + end - first))
-            cell_ids.append(reader.cell_ids[first:end])
-    rows = {name: np.concatenate(parts) for name, parts in fields.items()}
-    rows["dest"] = shuffled_rows(rows["dest"], task.layout.n_cells, task.seed)
-    order = np.argsort(rows["dest"], kind="stable")
-    rows = {name: values[order] for name, values in rows.items()}
-    X = sp.vstack(matrices, format="csr")[order]
+                coded = {c: reader.obs[c][part.first : part.end] for c in CODED_COLUMNS}
+                flags = reader.obs[IS_PRIMARY][part.first : part.end]
+                cell_ids = reader.cell_ids[part.first : part.end]
+        except PrepareError as err:
+            results.append(err)
+            continue
+        results.append(scan)
+        cells = np.arange(part.first_cell, part.first_cell + part.end - part.first)
+        rows.append((X, cells, coded, n_genes_all, flags, cell_ids))
+    if task.genes is not None and len(rows) == len(results):
+        _write_group(task, path, rows, results)
+    return results
+
+
+def _write_group(task: GroupTask, path: Path, rows: list[tuple], scans: list[Scan]) -> None:
+    """The group file: its cells sorted by store row: X (CSR, store genes), ``dest`` (store
+    rows), ``codes`` (cells, coded columns) into ``vocab/<column>``, N_GENES_ALL, IS_PRIMARY,
+    ``cell_ids``, ``bounds`` int64 (shards + 1: where each shard's rows begin) and the pickled
+    ``scans``."""
+    X, cells, coded, n_genes_all, flags, cell_ids = zip(*rows, strict=True)
+    dest = shuffled_rows(np.concatenate(cells), task.layout.n_cells, task.cfg.seed)
+    order = np.argsort(dest, kind="stable")
+    vocab = {c: np.unique(np.concatenate([p[c].categories for p in coded])) for c in CODED_COLUMNS}
+    codes = [
+        np.concatenate([np.searchsorted(vocab[c], p[c].categories)[p[c].codes] for p in coded])
+        for c in CODED_COLUMNS
+    ]
+    fields = {
+        "dest": dest,
+        "codes": np.stack(codes, axis=1).astype(CODE_DTYPE),
+        N_GENES_ALL: np.concatenate(n_genes_all),
+        IS_PRIMARY: np.concatenate(flags),
+    }
+    X = sp.vstack(X, format="csr")[order]
     starts = np.arange(task.layout.n_shards + 1) * task.layout.shard_size
     partial = path.with_name(path.name + ".tmp")
     with h5py.File(partial, "w") as out:
         out.create_dataset("data", data=X.data)
-        out.create_dataset("indices", data=X.indices.astype(gene_index_dtype(task.n_genes)))
+        out.create_dataset("indices", data=X.indices.astype(gene_index_dtype(len(task.genes))))
         out.create_dataset("indptr", data=X.indptr.astype(np.int64))
-        for name, values in rows.items():
-            out.create_dataset(name, data=values)
+        for name, values in fields.items():
+            out.create_dataset(name, data=values[order])
         ids = np.concatenate(cell_ids)[order].astype(object)
         out.create_dataset("cell_ids", data=ids, dtype=h5py.string_dtype())
-        out.create_dataset("bounds", data=np.searchsorted(rows["dest"], starts))
-        out.attrs["layout"] = _layout_key(task.layout)
+        for column, values in vocab.items():
+            out.create_dataset(
+                f"vocab/{column}",
+                data=values.astype(object),
+                dtype=h5py.string_dtype(),
+            )
+        out.create_dataset("scans", data=np.frombuffer(pickle.dumps(scans), dtype=np.uint8))
+        out.create_dataset("bounds", data=np.searchsorted(dest[order], starts))
+        out.attrs["key"] = task.key
     os.replace(partial, path)
-    return len(order)
 
 
-def _read_rows(group: h5py.File, first: int, end: int, n_genes: int) -> tuple:
-    """Rows [first, end) of a group: (CSR (rows, genes), {field: array (rows, ...)}, cell ids)."""
+def _read_rows(group: h5py.File, first: int, end: int, n_genes: int, vocab: dict) -> tuple:
+    """Rows [first, end) of a group: (CSR (rows, genes), {field: array (rows, ...)}, cell ids),
+    codes mapped to the store's ``vocab``."""
     indptr = group["indptr"][first : end + 1]
     lo, hi = int(indptr[0]), int(indptr[-1])
     X = sp.csr_matrix(
         (group["data"][lo:hi], group["indices"][lo:hi], indptr - lo), shape=(end - first, n_genes)
     )
     fields = {name: group[name][first:end] for name in FIELDS}
+    for j, column in enumerate(CODED_COLUMNS):
+        to_store = pd.Index(vocab[column]).get_indexer(group[f"vocab/{column}"].asstr()[()])
+        fields["codes"][:, j] = to_store[fields["codes"][:, j]]
+        if (fields["codes"][:, j] < 0).any():
+            raise PrepareError(
+                f"{group.filename}: its {column} values are not all in the store's vocabulary "
+                f"(a source changed): delete {Path(group.filename).parent} and prepare again"
+            )
     return X, fields, group["cell_ids"].asstr()[first:end]
 
 
@@ -232,9 +332,10 @@ def finished_shard(folder: Path, shard: int, layout: Layout, n_genes: int) -> di
 
 
 def write_store_shard(
-    writer: StoreWriter, shards: list[int], tmp: Path, layout: Layout
+    writer: StoreWriter, shards: list[int], tmp: Path, layout: Layout, vocab: dict
 ) -> list[dict]:
-    """Pass 3: gather the consecutive ``shards`` from every group in ``tmp``, write each.
+    """Pass 3: gather the consecutive ``shards`` from every group in ``tmp``, write each (codes
+    into the store's ``vocab``).
 
     Returns their manifest entries, in order.
     """
@@ -244,7 +345,7 @@ def write_store_shard(
         with h5py.File(group_path(tmp, group), "r") as f:
             first, end = (int(b) for b in f["bounds"][[lo, hi]])
             if end > first:
-                X, fields, cell_ids = _read_rows(f, first, end, len(writer.genes))
+                X, fields, cell_ids = _read_rows(f, first, end, len(writer.genes), vocab)
                 matrices.append(X)
                 parts.append(fields)
                 ids.append(cell_ids)

@@ -11,6 +11,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +29,25 @@ DENSE_CHUNK_VALUES = 1 << 25  # a dense source is read at most this many values 
 READ_AHEAD_BYTES = 256 << 20  # smaller sources are read ahead whole when opened
 READ_AHEAD_PIECE = 512 << 10  # bytes asked for per posix_fadvise call
 SHARED_TABLES = 64  # distinct gene tables a process keeps shared (see GeneTable)
+ID_WIDTH = 64  # bytes: gene ids are read as fixed-width strings of this width when they fit
 _shared: OrderedDict[bytes, GeneTable] = OrderedDict()
+_by_raw: OrderedDict[bytes, GeneTable] = OrderedDict()  # a var index's fixed-width bytes -> ids
+_columns: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()  # see store_columns
 
 
 class GeneTable(tuple):
     """A source's gene ids or names: a tuple of str, shared by every source with the same list in
     a process (:func:`gene_table`), that pickles as one bytes blob (a memcpy, not 60k str
-    objects) and unpickles into the receiving process's shared table."""
+    objects) and unpickles into the receiving process's shared table. Its hash is its blob's,
+    so a dict mixing GeneTables with plain tuples of the same strings would see them differ."""
 
     blob: bytes  # the strings, NUL-joined UTF-8
 
     def __reduce__(self) -> tuple:
         return (_shared_table, (self.blob,))
+
+    def __hash__(self) -> int:  # the blob's (cached by bytes): not 60k str hashes combined
+        return hash(self.blob)
 
 
 def gene_table(strings: list[str]) -> GeneTable:
@@ -50,11 +58,28 @@ def gene_table(strings: list[str]) -> GeneTable:
 def _shared_table(blob: bytes) -> GeneTable:
     table = _shared.get(blob)
     if table is None:
-        table = _shared[blob] = GeneTable(blob.decode().split("\0") if blob else ())
+        table = _remember(_shared, blob, GeneTable(blob.decode().split("\0") if blob else ()))
         table.blob = blob
-        if len(_shared) > SHARED_TABLES:
-            _shared.popitem(last=False)
     return table
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any) -> Any:
+    """``cache[key] = value``, the oldest of more than SHARED_TABLES entries dropped; ``value``."""
+    cache[key] = value
+    if len(cache) > SHARED_TABLES:
+        cache.popitem(last=False)
+    return value
+
+
+def store_columns(gene_ids: GeneTable, genes: GeneTable) -> np.ndarray:
+    """Each source gene's column among the store's ``genes`` (-1: dropped), int32 (source genes);
+    computed once per process for each pair of tables (thousands of sources share one)."""
+    key = (gene_ids.blob, genes.blob)
+    columns = _columns.get(key)
+    if columns is None:
+        position = pd.Index(genes).get_indexer(gene_ids).astype(np.int32)
+        columns = _remember(_columns, key, position)
+    return columns
 
 
 @contextmanager
@@ -110,7 +135,53 @@ def _read_strings(elem: h5py.Dataset | h5py.Group) -> np.ndarray:
     return values if values.dtype.kind == "U" else _as_str(values)
 
 
-def _read_ahead(path: Path) -> None:
+def _fixed_width(elem: h5py.Dataset | h5py.Group) -> bytes | None:
+    """A variable-length string dataset's values as ID_WIDTH-byte strings, all bytes (n *
+    ID_WIDTH), or None when it is not one or a value may not fit."""
+    if not isinstance(elem, h5py.Dataset):
+        return None
+    kind = h5py.check_string_dtype(elem.dtype)
+    if kind is None or kind.length is not None:
+        return None
+    values = elem.astype(f"S{ID_WIDTH}")[()]
+    if values.view(np.uint8).reshape(-1, ID_WIDTH)[:, -1].any():  # a value may be cut short
+        return None
+    return values.tobytes()
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A coded obs column: its values are ``categories[codes]``; ``categories`` sorted distinct
+    str (m,), ``codes`` int (cells,). ``coded[rows]`` keeps the categories, slices the codes."""
+
+    categories: np.ndarray
+    codes: np.ndarray
+
+    def __getitem__(self, rows: slice) -> Coded:
+        return Coded(self.categories, self.codes[rows])
+
+    def strings(self) -> np.ndarray:
+        """The values, str (cells,)."""
+        return self.categories[self.codes]
+
+    def present(self) -> list[str]:
+        """The distinct values present, sorted."""
+        return self.categories[np.unique(self.codes)].tolist()
+
+
+def _read_coded(elem: h5py.Dataset | h5py.Group) -> Coded:
+    """An h5ad column (string array or categorical), missing values as MISSING_LABEL."""
+    if isinstance(elem, h5py.Group) and "codes" in elem and "categories" in elem:
+        labels = np.append(_read_strings(elem["categories"]), MISSING_LABEL)
+        codes = elem["codes"][()]  # -1 (missing) -> the last label
+    else:
+        labels = _read_strings(elem)
+        codes = np.arange(len(labels))
+    categories, to_sorted = np.unique(labels, return_inverse=True)
+    return Coded(categories, to_sorted[codes])
+
+
+def read_ahead(path: Path) -> None:
     """Ask the kernel to read a file of at most READ_AHEAD_BYTES whole into the page cache now,
     in big sequential reads: HDF5's small scattered reads of a cold file are slower (a pass over
     120 small sources cold: 8.3 s with, 11.3 s without)."""
@@ -129,15 +200,16 @@ class SourceReader:
 
     Counts come from ``raw/X`` (with ``raw/var``) when the file has them, as CELLxGENE downloads
     keep raw counts there and normalised values in ``X``; otherwise from ``X``. ``X`` may be CSR
-    or dense; it is never loaded whole. The gene ids are read unless ``genes=False`` (a pass after
-    the check knows them), the names only by :meth:`read_gene_names`. Every problem raises
-    PrepareError naming the file.
+    or dense; it is never loaded whole. The gene ids are read unless ``genes=False``, the names
+    only by :meth:`read_gene_names`; with ``obs_columns=None`` only the matrix's header is read
+    (:func:`source_size`). Every problem raises PrepareError naming the file.
     """
 
-    def __init__(self, path: Path, obs_columns: tuple[str, ...], genes: bool = True):
+    def __init__(self, path: Path, obs_columns: tuple[str, ...] | None, genes: bool = True) -> None:
         self.path = path
         with _reading(path):
-            _read_ahead(path)
+            if obs_columns is not None:
+                read_ahead(path)
             self.file = h5py.File(path, "r")
             try:
                 self._read_header(obs_columns, genes)
@@ -151,7 +223,7 @@ class SourceReader:
     def __exit__(self, *exc: object) -> None:
         self.file.close()
 
-    def _read_header(self, obs_columns: tuple[str, ...], genes: bool) -> None:
+    def _read_header(self, obs_columns: tuple[str, ...] | None, genes: bool) -> None:
         f, path = self.file, self.path
         self.matrix_key, var_key = ("raw/X", "raw/var") if "raw/X" in f else ("X", "var")
         if self.matrix_key not in f or var_key not in f or "obs" not in f:
@@ -159,8 +231,16 @@ class SourceReader:
         self.matrix = f[self.matrix_key]
         self.n_cells, self.n_genes = self._shape()
         self.var_key = var_key
-        self.gene_ids = self._read_gene_ids(f[var_key]) if genes else None
-        self.cell_ids, self.obs = self._read_obs(f["obs"], obs_columns)
+        if obs_columns is not None:
+            self.gene_ids = self.read_gene_ids() if genes else None
+            self.cell_ids, self.obs = self._read_obs(f["obs"], obs_columns)
+
+    @property
+    def n_values(self) -> int:
+        """Values stored in the count matrix: CSR non-zeros, or cells x genes when dense."""
+        if isinstance(self.matrix, h5py.Dataset):
+            return self.n_cells * self.n_genes
+        return int(self.matrix["data"].shape[0])
 
     def _shape(self) -> tuple[int, int]:
         if isinstance(self.matrix, h5py.Dataset):
@@ -175,9 +255,24 @@ class SourceReader:
         n_cells, n_genes = self.matrix.attrs["shape"]
         return int(n_cells), int(n_genes)
 
-    def _read_gene_ids(self, var: h5py.Group) -> GeneTable:
-        """Gene ids (the var index), (genes,)."""
-        ids = _read_strings(var[var.attrs["_index"]]).tolist()
+    def read_gene_ids(self) -> GeneTable:
+        """Gene ids (the var index), (genes,): a list this process has read before is found by
+        its fixed-width bytes (a third faster to read than str objects) and not checked again."""
+        with _reading(self.path):
+            var = self.file[self.var_key]
+            elem = var[var.attrs["_index"]]
+            raw = _fixed_width(elem)
+            table = _by_raw.get(raw) if raw is not None else None
+            if table is None:
+                table = self._checked_gene_ids(_read_strings(elem).tolist())
+                if raw is not None:
+                    _remember(_by_raw, raw, table)
+            elif len(table) != self.n_genes:
+                self._checked_gene_ids(table)
+            return table
+
+    def _checked_gene_ids(self, ids: list[str]) -> GeneTable:
+        """``ids`` as a shared table; raises unless they are usable gene ids for this matrix."""
         problem = None
         if len(ids) != self.n_genes:
             problem = f"{len(ids)} ids for {self.n_genes} matrix columns"
@@ -198,13 +293,13 @@ class SourceReader:
         var = self.file[self.var_key]
         with _reading(self.path):
             if "feature_name" not in var:
-                return self._read_gene_ids(var)
+                return self._checked_gene_ids(_read_strings(var[var.attrs["_index"]]).tolist())
             return gene_table(_read_strings(var["feature_name"]).tolist())
 
     def _read_obs(
         self, obs: h5py.Group, columns: tuple[str, ...]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Cell ids (cells,) str and the requested columns (str arrays; IS_PRIMARY as bool)."""
+        """Cell ids (cells,) str and the requested columns (:class:`Coded`; IS_PRIMARY: bool)."""
         index_name = obs.attrs["_index"]
         have = [c for c in obs if c != index_name and not c.startswith("__")]
         missing = [c for c in columns if c not in have]
@@ -225,7 +320,7 @@ class SourceReader:
                 raw = elem[()] if isinstance(elem, h5py.Dataset) else read_elem(elem)
                 values[column] = _as_flags(raw, self.path, column)
             else:
-                values[column] = _read_strings(obs[column])
+                values[column] = _read_coded(obs[column])
         return cell_ids, values
 
     def chunks(
@@ -270,9 +365,11 @@ class SourceReader:
     def _check_counts(self, data: np.ndarray, indptr: np.ndarray, start: int) -> None:
         """Raise unless every value of rows ``start``... (CSR ``data``, ``indptr``) is a finite
         non-negative integer."""
-        bad = ~np.isfinite(data) | (data != np.floor(data)) | (data < 0)
-        if not bad.any():
+        if data.size == 0 or (
+            data.min() >= 0 and data.max() < np.inf and (np.trunc(data) == data).all()
+        ):
             return
+        bad = ~np.isfinite(data) | (data != np.floor(data)) | (data < 0)
         first = int(np.flatnonzero(bad)[0])
         row = start + int(np.searchsorted(indptr - indptr[0], first, side="right")) - 1
         kind = "negative" if data[first] < 0 else "non-integer"
@@ -284,6 +381,12 @@ class SourceReader:
         )
 
 
+def source_size(path: Path) -> tuple[int, int]:
+    """A source's cells and stored values (:attr:`SourceReader.n_values`), from its header."""
+    with SourceReader(path, None) as reader:
+        return reader.n_cells, reader.n_values
+
+
 def expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
     """Non-zero genes per row of a chunk without explicit zeros, shape (rows,) int32."""
     return np.diff(chunk.indptr).astype(np.int32)
@@ -291,7 +394,7 @@ def expressed_genes(chunk: sp.csr_matrix) -> np.ndarray:
 
 def select_genes(chunk: sp.csr_matrix, columns: np.ndarray, n_genes: int) -> sp.csr_matrix:
     """Re-index columns: source gene j -> ``columns[j]`` (-1 = dropped); CSR (rows, n_genes)."""
-    mapped = columns[chunk.indices]
+    mapped = np.take(columns, chunk.indices)
     kept = np.flatnonzero(mapped >= 0)
     out = sp.csr_matrix(
         (chunk.data[kept], mapped[kept], np.searchsorted(kept, chunk.indptr)),
