@@ -184,6 +184,7 @@ def test_report_states_verdicts_in_words(report):
         "2.40x training time"
     ) in text
     assert "exceeds 2 standard errors of that mean" in text  # the rule, stated
+    assert "No job has integration scores with a PCA baseline" in text
     assert "One seed per job" not in text
     assert "**seed**" not in text  # seeds are replicates, not a factor to judge
 

@@ -63,18 +63,17 @@ def names(part: pd.DataFrame) -> str:
 
 
 def baseline_lines(frame: pd.DataFrame, noun: str) -> list[str]:
-    """A "Against the PCA baseline" section: a markdown list item per aggregate with a baseline;
-    [] when there is none. ``frame``: a row per job or trial (``noun``), with its scores, its
-    ``pca_*`` scores and a :data:`LABEL` column."""
-    items = [line for m in AGGREGATES if (line := standing(frame, m, noun)) is not None]
-    if not items:
+    """An "Against the PCA baseline" section: a markdown list item per aggregate with a
+    baseline, or a note that there is none; [] for an empty ``frame``. ``frame``: a row per
+    complete job or trial (``noun``), with its scores, its ``pca_*`` scores and a :data:`LABEL`
+    column."""
+    if frame.empty:
         return []
-    return [
-        "## Against the PCA baseline",
-        "",
-        "The unintegrated baseline: PCA (50 components) of the same evaluation cells, scored "
-        "by the same metrics. An integration is worth its cost where it scores above it.",
-        "",
-        *items,
-        "",
-    ]
+    items = [line for m in AGGREGATES if (line := standing(frame, m, noun)) is not None]
+    about = (
+        "The unintegrated baseline: PCA (50 components) of the same evaluation cells, scored by "
+        "the same metrics. An integration is worth its cost where it scores above it."
+        if items
+        else f"No {noun} has integration scores with a PCA baseline (run with `evaluation=scib`)."
+    )
+    return ["## Against the PCA baseline", "", about, "", *items, *([""] if items else [])]

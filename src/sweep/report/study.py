@@ -32,6 +32,7 @@ from sweep.report.render import (
     markdown_table,
     write_figures,
 )
+from sweep.report.sweep_folder import numeric_metrics
 from sweep.study.attrs import COMMAND, ERROR, PRUNED_AT, RETRY_OF, RUN_DIR, VOID
 from sweep.study.storage import dashboard_command, open_storage, resolve
 
@@ -96,8 +97,9 @@ def run_folders(study: optuna.Study) -> pd.DataFrame:
         metrics = run_folder.read_metrics(Path(folder)) if folder else None
         if metrics:
             dataset = metrics.get(run_folder.CHOICES, {}).get("dataset")
-            numbers = {k: v for k, v in metrics.items() if isinstance(v, float | int)}
-            rows.append({LABEL: f"trial {t.number}", "dataset": dataset, **numbers})
+            rows.append(
+                {LABEL: f"trial {t.number}", "dataset": dataset, **numeric_metrics(metrics)}
+            )
     return pd.DataFrame(rows)
 
 
