@@ -1,10 +1,13 @@
-"""Shared fixtures: small stores written directly with the store writer (unit tests), and real
-synthetic sources prepared into a store (end-to-end tests), in pytest's tmp folders."""
+"""Shared fixtures: small stores written directly with the store writer (unit tests), real
+synthetic sources prepared into a store (end-to-end tests), and one trained job of
+``python train.py -m`` with everything a run folder gets, in pytest's tmp folders."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -16,6 +19,7 @@ import scipy.sparse as sp
 from sweep.data.prepare import prepare_store
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, StoreWriter
 from sweep.data.synthetic import SyntheticConfig, generate
+from sweep.paths import REPO_ROOT
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -100,6 +104,70 @@ def store(sources, tmp_path_factory) -> Path:
         }
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """2 datasets x 250 cells prepared: ~40 validation cells to score, 2 x 2 donors."""
+    folder = tmp_path_factory.mktemp("tiny")
+    generate(
+        SyntheticConfig(
+            output=str(folder / "sources"),
+            n_datasets=2,
+            cells_per_dataset=250,
+            n_genes=1000,
+            donors_per_dataset=2,
+            seed=0,
+        )
+    )
+    prepare_store(
+        {
+            "source": str(folder / "sources" / "*.h5ad"),
+            "output": str(folder / "store"),
+            "genes": "hvg",
+            "n_top_genes": 300,
+            "shard_size": 256,
+            "workers": 1,
+        }
+    )
+    return folder / "store"
+
+
+#: the overrides of :func:`trained_job` (after the store's): 3 epochs of the default groups,
+#: scored at the last only (scib-metrics compiles once per process), W&B offline, model saved
+TRAINED_JOB = (
+    "model=czi_128",
+    "trainer.max_epochs=3",
+    "evaluation.epochs=[]",
+    "loader.num_workers=0",
+    "trainer.enable_progress_bar=false",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_job(tiny_store, tmp_path_factory) -> Path:
+    """The run folder of the one job of ``python train.py -m`` (TRAINED_JOB) on the tiny store,
+    in ``<tmp>/sweep/0``; its multirun report in ``<tmp>/reports``. Several minutes on 2 cores:
+    tests of what a run folder holds share it."""
+    root = tmp_path_factory.mktemp("trained_job")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "-m",
+            "dataset=prepared",
+            f"dataset.path={tiny_store}",
+            *TRAINED_JOB,
+            f"hydra.sweep.dir={root / 'sweep'}",
+            f"hydra.callbacks.report.out_root={root / 'reports'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "sweep" / "0"
 
 
 # --- real services (tests/services.sh starts them; .ci/run does so before the tests) ---------

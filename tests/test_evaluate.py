@@ -12,52 +12,26 @@ import scipy.sparse as sp
 import torch
 
 from sweep.checkpoint import rng_untouched
-from sweep.data.prepare import prepare_store
 from sweep.data.synthetic import SyntheticConfig, generate
 from sweep.evaluate import (
     EVAL_BATCH,
     LABEL,
     MIN_CELLS,
     NEIGHBORS,
+    SOURCE_COLUMNS,
     EvaluationCells,
     check_scorable,
     epochs_to_within,
     pca_baseline,
     score,
     skipped_metrics,
+    umap_layout,
 )
 from sweep.train import fit
 from test_train import compose_train
 
 #: a short run on the tiny store, scored with the default evaluation (epochs 1, 2 and the last)
 TINY_RUN = ("trainer.max_epochs=3", "logger=none", "save_model=false", "loader.num_workers=0")
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    """2 datasets x 250 cells prepared: ~40 validation cells to score, 2 x 2 donors."""
-    folder = tmp_path_factory.mktemp("tiny")
-    generate(
-        SyntheticConfig(
-            output=str(folder / "sources"),
-            n_datasets=2,
-            cells_per_dataset=250,
-            n_genes=1000,
-            donors_per_dataset=2,
-            seed=0,
-        )
-    )
-    prepare_store(
-        {
-            "source": str(folder / "sources" / "*.h5ad"),
-            "output": str(folder / "store"),
-            "genes": "hvg",
-            "n_top_genes": 300,
-            "shard_size": 256,
-            "workers": 1,
-        }
-    )
-    return folder / "store"
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +206,36 @@ def test_scoring_leaves_the_training_exactly_as_without_it(tiny_store, tiny_scor
     assert scored["bio_conservation"].notna().sum() == 3  # scored at every epoch
     assert scored["elbo_validation"].tolist() == plain["elbo_validation"].tolist()
     assert scored["elbo_train"].tolist() == plain["elbo_train"].tolist()
+
+
+@pytest.mark.slow
+def test_the_umap_layout_is_seeded_and_keeps_cell_types_apart():
+    """Two cell types far apart in the latent space stay apart in 2-D; the same seed gives the
+    same layout, another seed another one; the cells' labels come along."""
+    rng = np.random.default_rng(0)
+    n = 80
+    types = np.repeat(["T cell", "B cell"], n // 2)
+    obs = pd.DataFrame(
+        {
+            EVAL_BATCH: rng.choice(["a|d1", "b|d2"], n),
+            LABEL: types,
+            **{column: rng.choice([f"{column}-1", f"{column}-2"], n) for column in SOURCE_COLUMNS},
+        }
+    )
+    latent = rng.normal(size=(n, 10)) + 20 * (types == "B cell")[:, None]
+    no_codes = np.zeros(n, np.int32), np.zeros((n, 0), np.int32)
+    cells = EvaluationCells(np.arange(n), sp.csr_matrix((n, 5)), *no_codes, obs, latent[:, :5])
+    layout = umap_layout(cells, latent, seed=0)
+    coordinates = ["umap_scvi_1", "umap_scvi_2", "umap_pca_1", "umap_pca_2"]
+    assert list(layout.columns) == [*coordinates, LABEL, *SOURCE_COLUMNS]
+    assert layout[[LABEL, *SOURCE_COLUMNS]].equals(obs[[LABEL, *SOURCE_COLUMNS]])
+    pd.testing.assert_frame_equal(umap_layout(cells, latent, seed=0), layout)
+    assert not np.allclose(umap_layout(cells, latent, seed=1)[coordinates], layout[coordinates])
+    for space in ("scvi", "pca"):  # each cell's 5 nearest neighbours in 2-D: of its own type
+        xy = layout[[f"umap_{space}_1", f"umap_{space}_2"]].to_numpy()
+        distances = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+        nearest = np.argsort(distances, axis=1)[:, 1:6]
+        assert (types[nearest] == types[:, None]).mean() > 0.95
 
 
 @pytest.mark.slow

@@ -61,6 +61,11 @@ def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, s
         "train_cells_per_s",
     } <= set(history.columns)
     assert (run_dir / "config_resolved.yaml").is_file()
+    # the run's page, without the embedding picture of a scored run
+    assert "Not scored (evaluation=none)." in (run_dir / "report.md").read_text()
+    assert (run_dir / "curves.png").is_file() and not (run_dir / "embedding.png").exists()
+    trainable = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
+    assert (metrics["model_parameters"], metrics["model_hidden"]) == (trainable, 128)
     record = json.loads((run_dir / "wandb_run.json").read_text())
     assert Path(record["dir"]).is_dir() and record["mode"] == "offline"
 

@@ -1,5 +1,6 @@
-"""A run whose KL warm-up outlasts its epochs says so in the log (before and after training) and
-in metrics.json (issue 10, defect 9: the demo's 10 epochs stop at KL weight 0.45 of 1)."""
+"""A run whose KL warm-up outlasts its epochs says so in the log (before and after training), in
+metrics.json and in its report's health (issue 10, defect 9: the demo's 10 epochs stop at KL
+weight 0.45 of 1; issue 13)."""
 
 import json
 import logging
@@ -33,7 +34,11 @@ def test_an_unfinished_kl_warmup_is_said_in_the_log_and_metrics(
     warnings = [r.getMessage() for r in caplog.records if r.name == "sweep.callbacks"]
     if complete:
         assert warnings == []
-    else:  # one warning as training starts, one as it ends
+        assert "kl_warmup_unfinished" not in metrics["health"]
+    else:  # one warning as training starts, one as it ends: the run's health says the latter
         assert len(warnings) == 2
         assert "plan.n_epochs_kl_warmup=20" in warnings[0] and "end at 0.05 of 1" in warnings[0]
         assert "had not finished" in warnings[1] and "0.05 of 1" in warnings[1]
+        assert metrics["health"]["kl_warmup_unfinished"] == warnings[1]
+        report = (tmp_path / "run" / "report.md").read_text()
+        assert f"- **WARNING**: {warnings[1]}" in report

@@ -77,13 +77,16 @@ class EpochStats(Callback):
 
 class KlWarmupWatch(Callback):
     """Says in the log, before training and after it, when the KL warm-up does not reach
-    ``max_kl_weight`` by the last training step: the ELBO is then from an unfinished schedule.
+    ``max_kl_weight`` by the last training step: the loss is then from an unfinished schedule.
 
-    ``complete`` (None before training ends): whether the last step trained at the full weight.
+    ``complete`` (None before training ends): whether the last step trained at the full weight;
+    ``unfinished``: the end-of-training warning, None when the warm-up finished (run health,
+    sweep.report.run_report, reports it too).
     """
 
     def __init__(self):
         self.complete: bool | None = None
+        self.unfinished: str | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         epochs, steps = pl_module.n_epochs_kl_warmup, pl_module.n_steps_kl_warmup
@@ -98,8 +101,8 @@ class KlWarmupWatch(Callback):
     def _warn(warmup: str, max_epochs: int, last: float, pl_module) -> None:
         log.warning(
             "the KL warm-up (%s) outlasts trainer.max_epochs=%d: the KL weight will end at %.2f "
-            "of %g, and the ELBO will be from an unfinished schedule; train longer or shorten the "
-            "warm-up (e.g. plan.n_epochs_kl_warmup=%d)",
+            "of %g, and the validation loss (negative ELBO) will be from an unfinished schedule; "
+            "train longer or shorten the warm-up (e.g. plan.n_epochs_kl_warmup=%d)",
             warmup,
             max_epochs,
             last,
@@ -110,12 +113,13 @@ class KlWarmupWatch(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         weight = float(pl_module.kl_weight)  # after the epoch's last step
         self.complete = weight >= pl_module.max_kl_weight - 1e-9
-        self._last_weight = weight
+        self.unfinished = (
+            None
+            if self.complete
+            else f"the KL warm-up had not finished: the last epoch trained at KL weight "
+            f"{weight:.2f} of {pl_module.max_kl_weight:g}"
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.complete is False:
-            log.warning(
-                "the KL warm-up had not finished: the last epoch trained at KL weight %.2f of %g",
-                self._last_weight,
-                pl_module.max_kl_weight,
-            )
+        if self.unfinished is not None:
+            log.warning(self.unfinished)

@@ -12,6 +12,9 @@ Small evaluation sets: settings that cannot be scored at all (fewer than :data:`
 one cell type, one evaluation batch) are refused before training (:func:`check_scorable`);
 neighbourhoods larger than the cells are cut to all cells, and a metric the cells cannot support
 is skipped with its reason (:func:`skipped_metrics`), in the log and integration.csv.
+
+At the last epoch the cells are also laid out in 2-D (:func:`umap_layout`: UMAP of scVI's latent
+space and of the PCA baseline) for the run's embedding pictures (sweep.report.embedding).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ NEIGHBORS = 90
 MIN_CELLS = 10
 #: skippable metrics: our name (integration.csv) -> scib-metrics' BatchCorrection field
 SKIPPABLE = {"bras": "bras", "kbet": "kbet_per_label"}
+#: store obs columns that say where a cell comes from, kept with the evaluation cells beside their
+#: label and evaluation batch: with the label, what the embedding pictures colour by
+SOURCE_COLUMNS = ("dataset_id", "assay", "suspension_type", "donor_id")
+#: UMAP's neighbourhood (cells; umap-learn's default)
+UMAP_NEIGHBORS = 15
 
 
 @dataclass
@@ -49,7 +57,8 @@ class EvaluationCells:
     """The cells every evaluation of a job scores: counts (n, genes) CSR, model inputs and labels.
 
     ``batch_codes`` (n,) and ``covariate_codes`` (n, k) are the model's own codes; ``obs`` holds
-    the evaluation batch label and the cell type as strings.
+    the evaluation batch label and the cell type as strings, and (from a store) the
+    :data:`SOURCE_COLUMNS`.
     """
 
     rows: np.ndarray
@@ -76,11 +85,12 @@ def choose_cells(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(validation, size=min(n_cells, len(validation)), replace=False))
     X = dm.counts(rows)
-    table = dm.obs_strings(rows, [*batch_keys, label_key])
+    table = dm.obs_strings(rows, list(dict.fromkeys([*batch_keys, label_key, *SOURCE_COLUMNS])))
     obs = pd.DataFrame(
         {
             EVAL_BATCH: table[batch_keys].astype(str).agg(separator.join, axis=1).to_numpy(),
             LABEL: table[label_key].astype(str).to_numpy(),
+            **{column: table[column].astype(str).to_numpy() for column in SOURCE_COLUMNS},
         }
     )
     return EvaluationCells(
@@ -226,16 +236,40 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
     return scores
 
 
+def umap_layout(cells: EvaluationCells, embedding: np.ndarray, seed: int) -> pd.DataFrame:
+    """The evaluation cells in 2-D: UMAP of scVI's latent space ``embedding`` (n, n_latent) and
+    of the PCA baseline, (n, 4) coordinates (no unit; sweep.report.embedding's ``SPACES`` and
+    ``layout_columns``) beside the cells' label and :data:`SOURCE_COLUMNS`. Seeded: umap-learn
+    draws from its own ``RandomState(seed)`` (one thread), so the same cells and embedding give
+    the same layout."""
+    import umap
+
+    from sweep.report.embedding import SPACES, layout_columns
+
+    coordinates = {}
+    for space, values in zip(SPACES, (embedding, cells.baseline), strict=True):
+        reducer = umap.UMAP(
+            n_neighbors=min(UMAP_NEIGHBORS, len(values) - 1), random_state=seed, n_jobs=1
+        )
+        coordinates.update(zip(layout_columns(space), reducer.fit_transform(values).T, strict=True))
+    labels = [c for c in (LABEL, *SOURCE_COLUMNS) if c in cells.obs]
+    return pd.concat([pd.DataFrame(coordinates), cells.obs[labels].reset_index(drop=True)], axis=1)
+
+
 class IntegrationScoring(Callback):
-    """Scores the latent space at the end of the listed epochs (1-based) and of the last one.
+    """Scores the latent space at the end of the listed epochs (1-based) and of the last one,
+    and lays the cells out in 2-D at the last one (``layout``, :func:`umap_layout`).
 
     Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``,
     with the largest neighbourhood used (cells) and the metrics skipped ("name: why; ...").
+    ``seed``: the UMAP layout's.
     """
 
-    def __init__(self, cells: EvaluationCells, epochs: list[int]):
+    def __init__(self, cells: EvaluationCells, epochs: list[int], seed: int = 0):
         self.cells = cells
         self.epochs = set(epochs)
+        self.seed = seed
+        self.layout: pd.DataFrame | None = None
         self.records: list[dict] = []
         self.baseline_scores: dict[str, float] = {}
         self.neighbors = min(NEIGHBORS, len(cells.rows))
@@ -279,6 +313,15 @@ class IntegrationScoring(Callback):
                 self.baseline_scores = {
                     k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
                 }
+            if epoch == trainer.max_epochs:
+                laid_out = time.perf_counter()
+                self.layout = umap_layout(self.cells, embedding, self.seed)
+                log.info(
+                    "epoch %d: UMAP of the %d evaluation cells (scVI, PCA baseline), %.1f s",
+                    epoch,
+                    len(self.layout),
+                    time.perf_counter() - laid_out,
+                )
         self.records.append(
             {
                 EPOCH: epoch,

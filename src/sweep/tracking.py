@@ -112,6 +112,24 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
     return logger
 
 
+def log_pictures(logger: Logger, run_dir: Path) -> None:
+    """Log the run folder's pictures to its W&B run as images: the embedding picture (key
+    ``embedding``, when the run was scored) and the curves (``curves``), sweep.report's files."""
+    from sweep.report.embedding import EMBEDDING_FIGURE
+    from sweep.report.run_report import CURVES_FIGURE
+
+    if not isinstance(logger, WandbLogger):
+        return
+    pictures = {"embedding": EMBEDDING_FIGURE, "curves": CURVES_FIGURE}
+    logger.experiment.log(
+        {
+            key: wandb.Image(str(Path(run_dir) / name), caption=name)
+            for key, name in pictures.items()
+            if (Path(run_dir) / name).is_file()
+        }
+    )
+
+
 def finish(logger: Logger | None, exit_code: int) -> None:
     """End the job's W&B run (also on failure, marked with the exit code). Never raises.
 

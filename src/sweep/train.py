@@ -11,6 +11,7 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import scvi
 from omegaconf import OmegaConf
@@ -30,6 +31,16 @@ from sweep.evaluate import (
     epochs_to_within,
 )
 from sweep.model import build_scvi
+from sweep.report.embedding import write_embedding
+from sweep.report.run_report import (
+    HEALTH,
+    LOSS_CHANGE,
+    WARMUP,
+    batch_category_sizes,
+    health,
+    last_epoch_change,
+    write_run_report,
+)
 from sweep.resume import prepare_resume
 from sweep.study.pruning import pruning_callback
 
@@ -136,7 +147,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             cfg.evaluation.min_genes,
         )
         check_scorable(cells.obs, cfg.evaluation, cfg.data)  # before training: fail at no cost
-        scoring = IntegrationScoring(cells, list(cfg.evaluation.epochs))
+        scoring = IntegrationScoring(cells, list(cfg.evaluation.epochs), cfg.evaluation.seed)
     history_logger = SimpleLogger(save_dir=None)
     loggers = [history_logger] + ([wandb_logger] if wandb_logger else [])
     stop_on_nan = StopOnNonFiniteLoss()
@@ -179,16 +190,26 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
         if cfg.save_model:
             model.save(str(run_dir / run_folder.MODEL_DIR), overwrite=True, save_anndata=False)
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
+        metrics.update(model_sizes(model))
         if scoring is not None:
             metrics.update(integration_summary(scoring, history, cfg.evaluation, run_dir))
+            if scoring.layout is not None:  # None when no epoch was left to train (resumed)
+                write_embedding(run_dir, scoring.layout)
         metrics["kl_warmup_complete"] = warmup.complete
         if pruning is not None:
             metrics.update(pruning.summary())
+        metrics[HEALTH] = health(metrics, warmup.unfinished)
+        for check, message in metrics[HEALTH].items():
+            if check != WARMUP:  # KlWarmupWatch said it as training ended
+                log.warning("run health: %s", message)
         run_folder.write_metrics(run_dir, metrics)
+        report = write_run_report(run_dir)
+        log.info("run report: %s", report)
         if wandb_logger is not None:
             wandb_logger.experiment.summary.update(
-                {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+                {k: v for k, v in metrics.items() if isinstance(v, int | float) or k == HEALTH}
             )
+            tracking.log_pictures(wandb_logger, run_dir)
         exit_code = 0
     finally:
         tracking.finish(wandb_logger, exit_code)
@@ -213,6 +234,20 @@ def integration_summary(
     return {**scoring.final, **convergence, "evaluation_cells": len(scoring.cells.rows)}
 
 
+def model_sizes(model: scvi.model.SCVI) -> dict:
+    """The built model's real sizes, read from its layers (not the config): genes, hidden units
+    and layers of the encoder, latent dimensions, trainable parameters."""
+    module = model.module
+    encoder_layers = [layer[0] for layer in module.z_encoder.encoder.fc_layers]  # their Linear
+    return {
+        "model_genes": module.decoder.px_scale_decoder[0].out_features,
+        "model_hidden": encoder_layers[0].out_features,
+        "model_layers": len(encoder_layers),
+        "model_latent": module.z_encoder.mean_encoder.out_features,
+        "model_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+    }
+
+
 def summarize(
     cfg,
     datamodule: StoreDataModule,
@@ -224,8 +259,11 @@ def summarize(
 ) -> dict:
     """The run's ``metrics.json``: final losses, cost, cell counts and what was run."""
     final = {name: float(history[name].iloc[-1]) for name in FINAL_METRICS if name in history}
+    encoding, train = datamodule.encoding, datamodule.split.train
+    batch_cells = np.bincount(encoding.batch_codes[train], minlength=datamodule.n_batch)
     return {
         **final,
+        LOSS_CHANGE: last_epoch_change(history[run_folder.ELBO_VALIDATION]),
         run_folder.EPOCHS: int(len(history)),
         "cells_seen": epoch_stats.cells_seen,
         run_folder.TRAIN_CELLS_PER_S: epoch_stats.cells_per_s,
@@ -234,6 +272,7 @@ def summarize(
         "peak_rss_mb": peak_rss_mb(),
         **datamodule.split.counts,
         "n_batch": datamodule.n_batch,
+        **batch_category_sizes(batch_cells, encoding.batch_categories),
         "n_cats_per_cov": datamodule.n_cats_per_cov or [],
         "n_genes": datamodule.n_vars,
         "store": str(store),
