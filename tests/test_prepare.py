@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,22 @@ def test_deterministic_for_a_seed(list_store, sources, gene_list, tmp_path):
     assert (first.X != second.X).nnz == 0
     other = prepare_store(config(sources, tmp_path / "seed1", genes=str(gene_list[0]), seed=1))
     assert list(read_store(tmp_path / "seed1", other).obs_names) != list(first.obs_names)
+
+
+def test_gene_list_sources_are_read_once_and_may_split_across_groups(
+    list_store, sources, gene_list, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(shards, "GROUP_NNZ", 20_000)  # more groups than sources: some split
+    caplog.set_level(logging.INFO, logger="sweep.data.prepare")
+    manifest = prepare_store(config(sources, tmp_path / "split", genes=str(gene_list[0])))
+    reused = re.search(r"reusing (\d+) of (\d+) groups written before", caplog.text)
+    assert reused and reused[1] == reused[2] and int(reused[1]) > len(sources)
+    assert "write groups: 0 tasks" in caplog.text  # pass 1 wrote them all
+    out, reference = list_store
+    assert manifest.sources == reference.sources and manifest.vocab == reference.vocab
+    got, expected = read_store(tmp_path / "split", manifest), read_store(out, reference)
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert (got.X != expected.X).nnz == 0 and got.obs.equals(expected.obs)
 
 
 def test_hvg_matches_scanpy_in_source_order(sources, source_data, tmp_path):
@@ -407,6 +424,30 @@ def test_skip_bad_sources_goes_on_without_them_and_lists_them(source_data, tmp_p
         prepare_store(
             PrepareConfig(source=str(truncated), output=str(tmp_path / "s2"), skip_bad_sources=True)
         )
+
+
+def test_skip_bad_sources_with_a_gene_list_writes_the_groups_again(
+    source_data, gene_list, tmp_path, caplog
+):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    source_data[0][:60].copy().write_h5ad(folder / "a_good.h5ad")
+    late = source_data[1][40:80].copy()
+    late.X[30, late.X[30].indices[0]] = -3.0
+    late.write_h5ad(folder / "b_late_negative.h5ad")
+    source_data[2][:50].copy().write_h5ad(folder / "c_good.h5ad")
+    caplog.set_level(logging.INFO, logger="sweep.data.prepare")
+    keys = {"genes": str(gene_list[0]), "shard_size": 16}
+    out = tmp_path / "store"
+    manifest = prepare_store(config([folder / "a_good.h5ad"], out, skip_bad_sources=True, **keys))
+    assert [Path(e["file"]).name for e in manifest.skipped_sources] == ["b_late_negative.h5ad"]
+    assert "write groups: 1 tasks" in caplog.text  # the group pass 1 wrote held the bad source
+    alone = config([folder / "a_good.h5ad"], tmp_path / "good", **keys)
+    alone.source = [str(folder / "a_good.h5ad"), str(folder / "c_good.h5ad")]
+    alone = prepare_store(alone)
+    got, expected = read_store(out, manifest), read_store(tmp_path / "good", alone)
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert (got.X != expected.X).nnz == 0 and got.obs.equals(expected.obs)
 
 
 def test_gene_list_matching_nothing(sources, tmp_path):

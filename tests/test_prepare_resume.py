@@ -132,3 +132,25 @@ def test_kill_during_pass_1_starts_over(sources, reference, tmp_path):
     got, expected = store_content(out, manifest), store_content(ref_out, ref)
     assert list(got.obs_names) == list(expected.obs_names)
     assert np.array_equal(got.X.toarray(), expected.X.toarray())
+
+
+def test_kill_in_pass_1_keeps_the_groups_read_with_a_gene_list(
+    sources, tmp_path, caplog, monkeypatch
+):
+    genes = tmp_path / "genes.tsv"
+    genes.write_text("\n".join(anndata.read_h5ad(sources[0], backed="r").var_names[::3]))
+    cfg = config(sources, tmp_path / "store") | {"genes": str(genes)}
+    out = Path(cfg["output"])
+    kill_when(cfg, lambda o: any((o / TMP_DIR).glob("group_*.h5")))
+    assert not (out / TMP_DIR / PLAN_FILE).exists()  # killed in pass 1, which writes groups
+    written = len(list((out / TMP_DIR).glob("group_*.h5")))
+
+    monkeypatch.setattr(shards, "GROUP_NNZ", GROUP_NNZ)
+    caplog.set_level(logging.INFO, logger="sweep.data.prepare")
+    manifest = prepare_store(cfg)
+    assert f"reusing {written} of" in caplog.text
+    reference = prepare_store(cfg | {"output": str(tmp_path / "reference")})
+    assert manifest.shards == reference.shards and manifest.sources == reference.sources
+    got, expected = store_content(out, manifest), store_content(tmp_path / "reference", reference)
+    assert list(got.obs_names) == list(expected.obs_names)
+    assert (got.X != expected.X).nnz == 0 and got.obs.equals(expected.obs)
