@@ -122,6 +122,7 @@ def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
             )
         ax.set_xticks(range(len(order)), names, rotation=0 if upright else 90, fontsize="small")
         ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
+        ax.set_xlabel(factor, fontsize="small")
         ax.set_ylabel(axis_label(metric.key), fontsize="small")
         ax.set_title(metric.label, fontsize="small")
     spread = "; error bars: sd across seeds" if seeded else ""

@@ -166,13 +166,13 @@ def verdicts(sweep: Sweep) -> list[str]:
 def seed_command(sweep: Sweep) -> str:
     """The sweep's own command with ``seed=0,1,2``: each override key with the values its jobs
     took, in job order (``python train.py -m model=czi_128,hidden_512 seed=0,1,2``)."""
-    values: dict[str, dict[str, None]] = {}  # key -> its values, an ordered set
+    values: dict[str, dict[str, None]] = {}  # "key=" (or "~key") -> its values, an ordered set
     for overrides in sweep.results["overrides"]:
         for override in overrides.split():
-            key, _, value = override.partition("=")
-            values.setdefault(key, {})[value] = None
-    values.pop(SEED, None)
-    parts = [shlex.quote(f"{key}={','.join(v)}") for key, v in values.items()]
+            key, equals, value = override.partition("=")
+            values.setdefault(key + equals, {})[value] = None
+    values.pop(f"{SEED}=", None)
+    parts = [shlex.quote(key + ",".join(v)) for key, v in values.items()]
     return " ".join(["python train.py -m", *parts, f"{SEED}={SEEDS}"])
 
 
