@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -19,7 +17,6 @@ import scipy.sparse as sp
 from sweep.data.prepare import prepare_store
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, StoreWriter
 from sweep.data.synthetic import SyntheticConfig, generate
-from sweep.paths import REPO_ROOT
 
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -149,20 +146,16 @@ def trained_job(tiny_store, tmp_path_factory) -> Path:
     """The run folder of the one job of ``python train.py -m`` (TRAINED_JOB) on the tiny store,
     in ``<tmp>/sweep/0``; its multirun report in ``<tmp>/reports``. Several minutes on 2 cores:
     tests of what a run folder holds share it."""
+    from test_train import run_train  # not at the top: it imports scvi-tools
+
     root = tmp_path_factory.mktemp("trained_job")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "-m",
-            "dataset=prepared",
-            f"dataset.path={tiny_store}",
-            *TRAINED_JOB,
-            f"hydra.sweep.dir={root / 'sweep'}",
-            f"hydra.callbacks.report.out_root={root / 'reports'}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_train(
+        "-m",
+        "dataset=prepared",
+        f"dataset.path={tiny_store}",
+        *TRAINED_JOB,
+        f"hydra.sweep.dir={root / 'sweep'}",
+        f"hydra.callbacks.report.out_root={root / 'reports'}",
         cwd=root,
         timeout=1200,
     )

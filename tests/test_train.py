@@ -143,24 +143,18 @@ def test_same_config_same_model(store, tmp_path):
 @pytest.mark.slow
 def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "train.py"),
-            "-m",
-            "dataset=prepared",
-            f"dataset.path={store}",
-            "model=czi_128,hidden_512",
-            "batch=czi_concat,covariates",
-            "trainer.max_epochs=1",
-            "evaluation=none",
-            "trainer.enable_progress_bar=false",
-            "loader.num_workers=0",
-            f"hydra.sweep.dir={sweep_dir}",
-            f"hydra.callbacks.report.out_root={tmp_path / 'reports'}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_train(
+        "-m",
+        "dataset=prepared",
+        f"dataset.path={store}",
+        "model=czi_128,hidden_512",
+        "batch=czi_concat,covariates",
+        "trainer.max_epochs=1",
+        "evaluation=none",
+        "trainer.enable_progress_bar=false",
+        "loader.num_workers=0",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.callbacks.report.out_root={tmp_path / 'reports'}",
         cwd=tmp_path,
         timeout=600,
     )
@@ -184,13 +178,14 @@ def test_multirun_gives_each_job_its_own_run_folder_and_wandb_run(store, tmp_pat
     assert (tmp_path / "reports" / "sweep" / "report.md").is_file()  # the end-of-sweep callback
 
 
-def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_train(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python train.py *overrides`` in ``cwd``, its output captured; at most ``timeout`` s."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "train.py"), *overrides],
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=300,
+        timeout=timeout,
     )
 
 
