@@ -4,11 +4,14 @@
 import logging
 import warnings
 
+import pytest
 from omegaconf import OmegaConf
 
 from sweep.config import ModelConfig
 from sweep.model import build_scvi
 from sweep.quiet import HARMLESS_RECORDS, HARMLESS_WARNINGS, quiet_known_harmless
+from sweep.train import fit
+from test_train import compose_train
 
 #: a warning about the user's data: never silenced
 REAL = "Category 3 in adata.obs['batch'] has fewer than 3 cells"
@@ -49,3 +52,16 @@ def test_harmless_log_records_are_dropped_and_others_kept(caplog):
     kept = [r.getMessage() for r in caplog.records if r.name in names]
     assert kept == ["GPU available: False, used: False"] * 2
     assert all(len(logging.getLogger(name).filters) == 1 for name, _ in HARMLESS_RECORDS)
+
+
+@pytest.mark.slow
+def test_a_checkpointed_epoch_logs_nothing_from_lightnings_checkpoint_connector(
+    store, tmp_path, caplog
+):
+    """Lightning logs "`weights_only` was not set" at every checkpoint that leaves it unsaid."""
+    connector = "lightning.pytorch.trainer.connectors.checkpoint_connector"
+    caplog.set_level(logging.INFO, logger=connector)
+    quick = ["logger=none", "loader.num_workers=0", "save_model=false", "trainer.max_epochs=2"]
+    fit(compose_train(store, *quick), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert [r.getMessage() for r in caplog.records if r.name == connector] == []

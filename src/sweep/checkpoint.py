@@ -79,7 +79,9 @@ class EpochCheckpoint(EarlyStopping):
         last = checkpoint_file(self.run_dir)
         last.parent.mkdir(parents=True, exist_ok=True)
         partial = last.with_name(CHECKPOINT_FILE + ".partial")
-        trainer.save_checkpoint(partial)  # every DDP rank takes part; rank 0 writes
+        # every DDP rank takes part; rank 0 writes. The whole training state (optimizer,
+        # callbacks) is what resume needs; saying so also keeps Lightning from logging it
+        trainer.save_checkpoint(partial, weights_only=False)
         if not trainer.is_global_zero:
             return
         os.replace(partial, last)
