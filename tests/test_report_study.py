@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep.report import build_study_report
+from sweep.report import build_study_report, write_report
 from sweep.report.study import (
     importances,
     load,
@@ -46,10 +46,16 @@ def run_dir(folder: Path, bio: float) -> Path:
     return folder
 
 
+def make_study_url(tmp_path: Path) -> str:
+    """The storage URL of :func:`make_study` in ``tmp_path``."""
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
 def make_study(tmp_path: Path, n_trials: int, objectives: int = 1) -> str:
     """A study of ``n_trials`` complete trials (the last one pruned) in a sqlite file; its
     storage URL."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    storage = make_study_url(tmp_path)
     directions = ["minimize", "maximize"][:objectives]
     study = optuna.create_study(study_name="s", storage=storage, directions=directions)
     study.set_metric_names(["elbo_validation", "integration_total"][:objectives])
@@ -112,3 +118,19 @@ def test_study_figures_lie_inside_their_images_with_integer_trials_and_a_colour_
 def test_a_pareto_figure_lies_inside_its_image(tmp_path):
     study = load("s", make_study(tmp_path, 20, objectives=2))
     assert_readable(plot_pareto(study, list(study.best_trials)), tmp_path / "pareto.png")
+
+
+def test_a_study_whose_run_folders_are_elsewhere_says_so(tmp_path):
+    storage = make_study(tmp_path, 3)
+    for folder in (tmp_path / "runs").iterdir():
+        (folder / "metrics.json").unlink()
+    text = build_study_report("s", storage, tmp_path / "report").read_text()
+    assert "Run folders not readable here: no data set or PCA baseline." in text
+
+
+def test_a_study_report_never_overwrites_another_studys_of_the_same_name(tmp_path):
+    root = tmp_path / "reports"
+    one = write_report(study="s", storage=make_study(tmp_path / "a", 3), out_root=root)
+    two = write_report(study="s", storage=make_study(tmp_path / "b", 3), out_root=root)
+    assert (one, two) == (root / "s" / "report.md", root / "s-2" / "report.md")
+    assert write_report(study="s", storage=make_study_url(tmp_path / "a"), out_root=root) == one
