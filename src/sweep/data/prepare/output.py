@@ -2,8 +2,9 @@
 run with the same config (resumed) or another incomplete one (cleaned); ``prepare.log`` in it.
 
 An interrupted run is resumed from what it left in ``.prepare_tmp``: pass 1's result
-(``plan.pkl``), the group files of pass 2 and the shards of pass 3, each written whole under a
-temporary name and renamed, so a kill at any point leaves only whole files.
+(``plan.pkl``), the group files (written by pass 1 with a gene list, else by pass 2) and the
+shards of pass 3, each written whole under a temporary name and renamed, so a kill at any point
+leaves only whole files.
 """
 
 from __future__ import annotations
