@@ -121,11 +121,24 @@ def _read_values(elem: h5py.Dataset | h5py.Group) -> np.ndarray:
             strings = elem.astype(np.dtypes.StringDType())[()]
             return strings.astype(f"U{max(1, np.strings.str_len(strings).max(initial=0))}")
         return elem[()]
-    if "codes" in elem and "categories" in elem:  # a categorical (read without its attrs: slow)
-        categories = _read_values(elem["categories"])
-        labels = np.append(categories.astype(str), MISSING_LABEL)  # code -1 -> the last one
-        return labels[elem["codes"][()]]
+    categorical = _categorical(elem)
+    if categorical is not None:
+        labels, codes = categorical
+        return labels[codes[()]]
     return read_elem(elem)
+
+
+def _categorical(elem: h5py.Dataset | h5py.Group) -> tuple[np.ndarray, h5py.Dataset] | None:
+    """A categorical column's labels, str (categories + 1: code -1 points to the last one,
+    MISSING_LABEL) and its codes dataset; None for any other element (told by its members, not
+    its attrs: slow)."""
+    if not isinstance(elem, h5py.Group):
+        return None
+    try:
+        categories, codes = elem["categories"], elem["codes"]
+    except KeyError:
+        return None
+    return np.append(_read_strings(categories), MISSING_LABEL), codes
 
 
 def _read_strings(elem: h5py.Dataset | h5py.Group) -> np.ndarray:
@@ -168,9 +181,9 @@ class Coded:
 
 def _read_coded(elem: h5py.Dataset | h5py.Group) -> Coded:
     """An h5ad column (string array or categorical), missing values as MISSING_LABEL."""
-    if isinstance(elem, h5py.Group) and "codes" in elem and "categories" in elem:
-        labels = np.append(_read_strings(elem["categories"]), MISSING_LABEL)
-        codes = elem["codes"][()]  # -1 (missing) -> the last label
+    categorical = _categorical(elem)
+    if categorical is not None:
+        labels, codes = categorical[0], categorical[1][()]
     else:
         labels = _read_strings(elem)
         codes = np.arange(len(labels))
