@@ -31,8 +31,8 @@ AGGREGATE_WORDS = {BIO: "bio conservation", BATCH: "batch correction", TOTAL: "t
 #: the validation loss still falls by more than this fraction an epoch at the end: not converged
 FALLING_PER_EPOCH = 0.01
 #: a batch category with fewer training cells than this is too small to learn its batch effect
-#: from (scVI learns a category's effect from its own cells only); CZI's census query drops
-#: nothing for it, so such categories stay in the model
+#: from: scVI learns each category's decoder weights from that category's cells only. A rule of
+#: thumb (a tenth of a 1,024-cell minibatch), named so that the report can say it
 SMALL_BATCH_CELLS = 100
 
 # metrics.json keys
@@ -189,14 +189,15 @@ def health_lines(metrics: dict) -> list[str]:
     """The health section: what was checked, each failed check as a warning, or none."""
     findings = metrics.get(HEALTH, {})
     checked = (
-        "KL warm-up finished; validation loss no longer falling by more than "
-        f"{FALLING_PER_EPOCH:.0%} an epoch; scVI at or above the PCA baseline; every batch "
-        f"category with {SMALL_BATCH_CELLS}+ training cells"
+        "whether the KL warm-up had finished by the last epoch, whether the validation loss was "
+        f"still falling by more than {FALLING_PER_EPOCH:.0%} an epoch at the end, whether scVI "
+        "scored below the PCA baseline on an aggregate score, and whether a batch category has "
+        f"fewer than {SMALL_BATCH_CELLS} training cells"
     )
     lines = [f"- **WARNING**: {message}" for message in findings.values()]
     if metrics.get(LOSS_CHANGE) is None:
         lines.append("- one epoch: whether the validation loss was still falling is not known")
-    return ["## Health", "", f"Checked: {checked}.", "", *(lines or ["- no warnings"]), ""]
+    return ["## Health", "", f"Checked {checked}.", "", *(lines or ["- no warnings"]), ""]
 
 
 def scores_lines(metrics: dict) -> list[str]:
