@@ -1,4 +1,5 @@
-"""One training job: config -> store -> datamodule -> scVI -> run folder (model, metrics, history).
+"""One training job: config -> store -> datamodule -> scVI -> run folder (model, metrics, history,
+embedding, health, report.md).
 
 ``run(cfg, run_dir)`` is what ``train.py`` calls for every Hydra job; it returns the value of
 ``cfg.optimized_metric`` from ``metrics.json`` so sweepers can optimise it.
