@@ -258,7 +258,8 @@ def read_group(task: GroupTask, path: Path) -> list[Scan | PrepareError]:
 
 def _write_group(task: GroupTask, path: Path, rows: list[tuple], scans: list[Scan]) -> None:
     """The group file: its cells sorted by store row: X (CSR, store genes), ``dest`` (store
-    rows), ``codes`` (cells, coded columns) into ``vocab/<column>``, N_GENES_ALL, IS_PRIMARY,
+    rows), ``codes`` (cells, coded columns) into ``vocab`` (each column's values, sorted, one
+    column after the other; ``vocab_sizes``: how many each), N_GENES_ALL, IS_PRIMARY,
     ``cell_ids``, ``bounds`` int64 (shards + 1: where each shard's rows begin) and the pickled
     ``scans``."""
     X, cells, coded, n_genes_all, flags, cell_ids = zip(*rows, strict=True)
@@ -286,29 +287,30 @@ def _write_group(task: GroupTask, path: Path, rows: list[tuple], scans: list[Sca
             out.create_dataset(name, data=values[order])
         ids = np.concatenate(cell_ids)[order].astype(object)
         out.create_dataset("cell_ids", data=ids, dtype=h5py.string_dtype())
-        for column, values in vocab.items():
-            out.create_dataset(
-                f"vocab/{column}",
-                data=values.astype(object),
-                dtype=h5py.string_dtype(),
-            )
+        values = np.concatenate([vocab[c] for c in CODED_COLUMNS]).astype(object)
+        out.create_dataset("vocab", data=values, dtype=h5py.string_dtype())
+        out.create_dataset("vocab_sizes", data=[len(vocab[c]) for c in CODED_COLUMNS])
         out.create_dataset("scans", data=np.frombuffer(pickle.dumps(scans), dtype=np.uint8))
         out.create_dataset("bounds", data=np.searchsorted(dest[order], starts))
         out.attrs["key"] = task.key
     os.replace(partial, path)
 
 
-def _read_rows(group: h5py.File, first: int, end: int, n_genes: int, vocab: dict) -> tuple:
+def _read_rows(
+    group: h5py.File, first: int, end: int, n_genes: int, vocab: dict[str, pd.Index]
+) -> tuple:
     """Rows [first, end) of a group: (CSR (rows, genes), {field: array (rows, ...)}, cell ids),
-    codes mapped to the store's ``vocab``."""
+    codes mapped to the store's ``vocab`` (per coded column)."""
     indptr = group["indptr"][first : end + 1]
     lo, hi = int(indptr[0]), int(indptr[-1])
     X = sp.csr_matrix(
         (group["data"][lo:hi], group["indices"][lo:hi], indptr - lo), shape=(end - first, n_genes)
     )
     fields = {name: group[name][first:end] for name in FIELDS}
+    values = group["vocab"].asstr()[()]
+    starts = np.cumsum([0, *group["vocab_sizes"][()]])
     for j, column in enumerate(CODED_COLUMNS):
-        to_store = pd.Index(vocab[column]).get_indexer(group[f"vocab/{column}"].asstr()[()])
+        to_store = vocab[column].get_indexer(values[starts[j] : starts[j + 1]])
         fields["codes"][:, j] = to_store[fields["codes"][:, j]]
         if (fields["codes"][:, j] < 0).any():
             raise PrepareError(
@@ -340,12 +342,13 @@ def write_store_shard(
     Returns their manifest entries, in order.
     """
     lo, hi = shards[0], shards[-1] + 1
+    store_vocab = {column: pd.Index(vocab[column]) for column in CODED_COLUMNS}
     matrices, parts, ids = [], [], []
     for group in range(layout.n_groups):
         with h5py.File(group_path(tmp, group), "r") as f:
             first, end = (int(b) for b in f["bounds"][[lo, hi]])
             if end > first:
-                X, fields, cell_ids = _read_rows(f, first, end, len(writer.genes), vocab)
+                X, fields, cell_ids = _read_rows(f, first, end, len(writer.genes), store_vocab)
                 matrices.append(X)
                 parts.append(fields)
                 ids.append(cell_ids)
