@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -227,7 +228,8 @@ def read_group(task: GroupTask, path: Path) -> list[Scan | PrepareError]:
     results, rows = [], []
     for k, part in enumerate(task.parts):
         if k + 1 < len(task.parts):
-            read_ahead(task.parts[k + 1].path)
+            with suppress(OSError):  # only a hint: a file that cannot be read fails below
+                read_ahead(task.parts[k + 1].path)
         try:
             with SourceReader(part.path, obs_columns(task.cfg)) as reader:
                 if reader.n_cells != part.n_cells:
