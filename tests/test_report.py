@@ -334,6 +334,27 @@ def test_report_lists_every_job_and_embeds_the_figures(report, sweep_dir):
     assert "## Running / unfinished jobs\n\n- job 5 (`model=hidden_512" in text
 
 
+def test_the_report_counts_the_jobs_that_failed_each_health_check(sweep_dir, tmp_path):
+    assert (
+        "## Run health\n\nThe checks of each job's `report.md` (its Health section), over "
+        "complete jobs:\n\n- no job has a warning\n"
+        in build_report(sweep_dir, tmp_path / "quiet").read_text()
+    )
+    unfinished = "the KL warm-up had not finished: the last epoch trained at KL weight 0.15 of 1"
+    for job, findings in (
+        (1, {"kl_warmup_unfinished": unfinished}),
+        (3, {"kl_warmup_unfinished": unfinished, "below_baseline": "below PCA on bio"}),
+    ):
+        metrics = json.loads((sweep_dir / str(job) / "metrics.json").read_text())
+        (sweep_dir / str(job) / "metrics.json").write_text(
+            json.dumps({**metrics, "health": findings})
+        )
+    text = build_report(sweep_dir, tmp_path / "report").read_text()
+    assert f"- **kl_warmup_unfinished**: 2 of 4 complete jobs (1, 3); job 1: {unfinished}\n" in text
+    assert "- **below_baseline**: 1 of 4 complete jobs (3); job 3: below PCA on bio\n" in text
+    assert "no job has a warning" not in text
+
+
 def test_levels_without_a_matching_job_are_named(tmp_path):
     for number, (model, batch) in enumerate([("czi_128", "a"), ("hidden_512", "b")]):
         overrides = [f"model={model}", f"batch={batch}"]

@@ -200,6 +200,20 @@ def test_the_multirun_report_places_each_jobs_embedding_in_a_row(trained_job, tm
     assert embedding_lines([unscored], out) == []
 
 
+@pytest.mark.slow
+def test_a_real_multiruns_report_shows_each_jobs_embedding_and_health(trained_job):
+    (report,) = (trained_job.parents[1] / "reports").glob("*/report.md")
+    text = report.read_text()
+    assert "| 0 | job 0 | ![embedding of job 0](embedding_0.png) |" in text
+    assert text.index("## Figures") < text.index("## Embeddings")
+    copy = report.parent / "embedding_0.png"
+    assert copy.read_bytes() == (trained_job / "embedding.png").read_bytes()
+    findings = json.loads((trained_job / "metrics.json").read_text())["health"]
+    assert findings  # the tiny store's 3 epochs end mid-warm-up, with small batch categories
+    for check, message in findings.items():
+        assert f"- **{check}**: 1 of 1 complete jobs (0); job 0: {message}\n" in text
+
+
 def test_the_warmup_watch_keeps_its_end_of_training_warning_for_the_health_check():
     watch = KlWarmupWatch()
     module = type("Plan", (), {"kl_weight": 0.45, "max_kl_weight": 1.0})()

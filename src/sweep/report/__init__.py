@@ -8,7 +8,9 @@
 - ``verdicts``: each swept level against the reference level, in words, judged against the spread
   across seeds
 - ``baseline``: where each job or trial stands against the PCA baseline, in words
-- ``multirun``: the multirun report (results.csv, figures, report.md)
+- ``embedding``: a run's UMAP picture (embedding.png) and the multirun report's gallery of them
+- ``run_report``: a run's own page (report.md, curves.png) and its health checks
+- ``multirun``: the multirun report (results.csv, figures, health, embeddings, report.md)
 - ``study``: the study report (trials.csv, figures, report.md), read from the study's storage
 - ``entry``: ``write_report``, the one entry point of the command line (``__main__``) and of the
   end-of-sweep callback (sweep.hydra_callbacks); it tells a sweep folder from a study and picks a

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sweep.report.baseline import LABEL, baseline_lines
+from sweep.report.embedding import embedding_lines
 from sweep.report.headline import axis_label, label
 from sweep.report.render import (
     CHAR_WIDTH,
@@ -26,7 +27,7 @@ from sweep.report.render import (
     panel_figure,
     write_figures,
 )
-from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, load_sweep
+from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, job_dirs, load_sweep
 from sweep.report.verdicts import RULE, SEED, levels, present_metrics, seed_note, verdicts
 from sweep.run_folder import (
     BASELINE_PREFIX,
@@ -230,8 +231,33 @@ def convergence_lines(sweep: Sweep) -> list[str]:
     return [*lines, ""]
 
 
-def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
-    """The text of report.md."""
+def health_lines(sweep: Sweep) -> list[str]:
+    """A "Run health" section: each health check (sweep.report.run_report.health) that some
+    complete job failed, with the jobs that failed it and the first one's message; [] without
+    complete jobs."""
+    if not sweep.health:
+        return []
+    failed: dict[str, list[int]] = {}
+    for job, findings in sweep.health.items():
+        for check in findings:
+            failed.setdefault(check, []).append(job)
+    lines = [
+        f"- **{check}**: {len(jobs)} of {len(sweep.health)} complete jobs "
+        f"({', '.join(map(str, jobs))}); job {jobs[0]}: {sweep.health[jobs[0]][check]}"
+        for check, jobs in failed.items()
+    ]
+    return [
+        "## Run health",
+        "",
+        "The checks of each job's `report.md` (its Health section), over complete jobs:",
+        "",
+        *(lines or ["- no job has a warning"]),
+        "",
+    ]
+
+
+def report_text(sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[str] = ()) -> str:
+    """The text of report.md; ``embeddings``: the lines of embedding_lines (none by default)."""
     folder = sweep.folder.resolve()
     counts = sweep.results["status"].value_counts()
     swept = "; ".join(
@@ -263,6 +289,7 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
         *(verdicts(sweep) or ["Nothing to compare: no factor but the seed was swept."]),
         "",
         *baseline_lines(labelled, "job"),
+        *health_lines(sweep),
         *convergence_lines(sweep),
         "## Jobs",
         "",
@@ -271,6 +298,7 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]]) -> str:
         "## Figures",
         "",
         *figure_lines(figures),
+        *embeddings,
     ]
     for status, title in ((FAILED, "Failed jobs"), (RUNNING, "Running / unfinished jobs")):
         if status in counts:
@@ -285,6 +313,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sweep.results.to_csv(out / RESULTS_FILE, index=False)
     figures = write_figures(planned_figures(sweep), out)
+    embeddings = embedding_lines(job_dirs(sweep.folder), out, job_labels(sweep))
     report = out / REPORT_FILE
-    report.write_text(report_text(sweep, figures))
+    report.write_text(report_text(sweep, figures, embeddings))
     return report

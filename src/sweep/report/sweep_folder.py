@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweep import run_folder
+from sweep.report.run_report import HEALTH
 
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
 #: value of an override key in a job that does not set it
@@ -42,6 +43,7 @@ class Sweep:
     results: pd.DataFrame
     factors: list[str]  # override keys whose value differs between jobs, in override order
     histories: dict[int, pd.DataFrame]  # job number -> history.csv of the jobs that have one
+    health: dict[int, dict[str, str]]  # job number -> metrics.json's run health (complete jobs)
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -151,4 +153,5 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         results=results,
         factors=[k for k in override_keys(jobs) if results[k].nunique(dropna=False) > 1],
         histories={job.number: job.history for job in jobs if job.history is not None},
+        health={job.number: job.metrics.get(HEALTH, {}) for job in jobs if job.status == COMPLETE},
     )
