@@ -10,7 +10,7 @@ A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multiru
     config_resolved.yaml      the job's config, interpolations resolved
     history.csv               one row per finished epoch (EPOCH 1, 2, ...): losses, KL weight, ...
     integration.csv           one row per evaluated epoch: every integration score (sweep.evaluate)
-    embedding.csv, .png       the evaluation cells' UMAP layouts and their picture (sweep.report.embedding)
+    embedding.csv, .png       the evaluation cells' UMAP layouts and their picture
     metrics.json              written last: final metrics, cost, what was run; a run that has it
                               finished
     report.md, curves.png     the run's page, written after metrics.json (sweep.report.run_report)
