@@ -1,13 +1,16 @@
-"""Runs that survive a crash: a checkpoint every N epochs, resuming, and a stop on NaN loss.
+"""Runs that survive a crash: a checkpoint every N epochs or N steps, resuming, a stop on NaN loss.
 
 ``<run folder>/checkpoints/last.ckpt`` is Lightning's full training state (weights, optimizer,
 learning-rate schedule, epoch and step counters, so the KL warmup continues where it was) plus
 what Lightning's checkpoint lacks: the per-epoch history so far (scvi-tools keeps it in an
 in-memory logger), our epoch statistics and the RNG states. The loader's order depends only on
-(seed, epoch), so a resumed run reads the same batches the uninterrupted run would have.
-``last.json`` beside it says which epoch the checkpoint holds: ``{"epoch": N}`` after N finished
-epochs, as history.csv counts them (Lightning's 0-based counter stays inside the checkpoint).
-Finding a run to continue is :mod:`sweep.resume`'s job.
+(seed, epoch), so a resumed run reads the same batches the uninterrupted run would have; a
+checkpoint written in the middle of an epoch (:class:`StepCheckpoint`) also holds the training
+loader's place in it (``EpochLoader.state_dict``), and the resumed loader leaves out the batches
+trained before it. ``last.json`` beside it says where the checkpoint is: ``{"epoch": N, "step":
+S, "batches": B}`` after N finished epochs, as history.csv counts them (Lightning's 0-based
+counter stays inside the checkpoint), S optimizer steps in all and B batches of epoch N + 1
+(0 at an epoch's end). Finding a run to continue is :mod:`sweep.resume`'s job.
 """
 
 from __future__ import annotations
@@ -76,16 +79,7 @@ class EpochCheckpoint(EarlyStopping):
         if trainer.is_global_zero:  # DDP ranks > 0 keep no history
             self._pending_epoch = epoch
             self._pending_metrics = epoch_metrics(logged, self.history_logger)
-        last = checkpoint_file(self.run_dir)
-        last.parent.mkdir(parents=True, exist_ok=True)
-        partial = last.with_name(CHECKPOINT_FILE + ".partial")
-        # every DDP rank takes part; rank 0 writes. The whole training state (optimizer,
-        # callbacks) is what resume needs; saying so also keeps Lightning from logging it
-        trainer.save_checkpoint(partial, weights_only=False)
-        if not trainer.is_global_zero:
-            return
-        os.replace(partial, last)
-        write_checkpoint_info(self.run_dir, epoch=epoch + 1, step=trainer.global_step)
+        save_last(trainer, self.run_dir, epochs=epoch + 1, batches=0)
 
     def state_dict(self) -> dict:
         if not is_rank_zero():  # DDP ranks > 0 keep no history; rank 0's checkpoint is the one
@@ -121,6 +115,43 @@ class EpochCheckpoint(EarlyStopping):
                 data[name].index.name = "epoch"
             if data[name].index.name == "epoch" and epoch not in data[name].index:
                 data[name].loc[epoch, name] = value
+
+
+def save_last(trainer, run_dir: Path, epochs: int, batches: int) -> None:
+    """Write ``run_dir/checkpoints/last.ckpt`` atomically (tmp + rename) and its ``last.json``:
+    ``epochs`` finished, ``batches`` of the next one trained. Every DDP rank takes part; rank 0
+    writes. The whole training state (optimizer, callbacks, the training loader's place) is
+    what resume needs; saying so also keeps Lightning from logging it."""
+    last = checkpoint_file(run_dir)
+    last.parent.mkdir(parents=True, exist_ok=True)
+    partial = last.with_name(CHECKPOINT_FILE + ".partial")
+    trainer.save_checkpoint(partial, weights_only=False)
+    if not trainer.is_global_zero:
+        return
+    os.replace(partial, last)
+    write_checkpoint_info(run_dir, epoch=epochs, step=trainer.global_step, batches=batches)
+
+
+class StepCheckpoint(Callback):
+    """Writes the run's checkpoint (as :class:`EpochCheckpoint`, into the same ``last.ckpt``)
+    after every ``every_n_steps``-th optimizer step, in the middle of an epoch; 0: never. A
+    SLURM requeue or a crash then loses at most ``every_n_steps`` steps.
+
+    Not after an epoch's last batch: its validation and epoch-end hooks have not run yet, and
+    Lightning would take a checkpoint written there for a finished epoch (the epoch checkpoint,
+    when one is due, follows a moment later).
+    """
+
+    def __init__(self, run_dir: Path, every_n_steps: int):
+        self.run_dir = Path(run_dir)
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        save_last(trainer, self.run_dir, epochs=trainer.current_epoch, batches=batch_idx + 1)
 
 
 def rng_state() -> dict:
