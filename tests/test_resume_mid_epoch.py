@@ -85,6 +85,9 @@ def test_a_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path, monk
     assert history["train_cells_epoch"].tolist() == [metrics["cells_train"]] * EPOCHS
     assert metrics["cells_seen"] == reference["cells_seen"] == EPOCHS * metrics["cells_train"]
     assert metrics["kl_weight"] == reference["kl_weight"] == 1.0  # the warm-up ended in step
+    # the interrupted epoch's training means are over all of its batches, before and after
+    for key in ("train_loss", "elbo_train", "reconstruction_loss_train", "kl_local_train"):
+        assert history[key].tolist() == pytest.approx(expected[key].tolist(), rel=1e-5), key
     # the epoch before the interruption comes from the checkpoint: exactly the same
     assert history["elbo_validation"].iloc[0] == pytest.approx(expected["elbo_validation"].iloc[0])
     assert value == pytest.approx(reference["elbo_validation"], rel=1e-3)

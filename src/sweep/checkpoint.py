@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 from scvi.train._logger import SimpleLogger
+from torchmetrics.utilities.data import dim_zero_sum
 
 from sweep.distributed import is_rank_zero
 from sweep.run_folder import (
@@ -140,18 +142,97 @@ class StepCheckpoint(Callback):
     Not after an epoch's last batch: its validation and epoch-end hooks have not run yet, and
     Lightning would take a checkpoint written there for a finished epoch (the epoch checkpoint,
     when one is due, follows a moment later).
+
+    Its state is what Lightning's checkpoint lacks in the middle of an epoch: the epoch's
+    running sums of the training metrics logged per epoch (:func:`running_sums`; each DDP
+    rank's own), added back at the first step of the resumed run, so the epoch's training means
+    in history.csv are over all of its batches.
     """
 
     def __init__(self, run_dir: Path, every_n_steps: int):
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
+        self._saved: dict = {}  # the running sums as the last checkpoint of this epoch took them
+        self._resumed: dict = {}  # those of the checkpoint this run resumed from, until used
+
+    @property
+    def state_key(self) -> str:
+        return "StepCheckpoint"
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._saved = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._resumed:
+            resumed, self._resumed = self._resumed, {}
+            if (resumed["epoch"], resumed["batches"]) == (trainer.current_epoch, batch_idx):
+                add_running_sums(trainer, resumed["names"], resumed["values"])
         if self.every_n_steps <= 0 or trainer.global_step % self.every_n_steps:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
+        names, values = running_sums(trainer.fit_loop.epoch_loop._results)
+        gathered = trainer.strategy.all_gather(values.to(trainer.strategy.root_device))
+        self._saved = {
+            "epoch": trainer.current_epoch,
+            "batches": batch_idx + 1,
+            "names": names,
+            "values": gathered.cpu().reshape(trainer.world_size, len(names)),
+        }
         save_last(trainer, self.run_dir, epochs=trainer.current_epoch, batches=batch_idx + 1)
+
+    def state_dict(self) -> dict:
+        return dict(self._saved)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = dict(state)
+
+
+def running_sums(results) -> tuple[list[list[str]], torch.Tensor]:
+    """The running sums Lightning keeps in memory only (not in its checkpoints) for the epoch
+    means of the metrics logged with ``on_epoch=True`` (``results``: the training loop's
+    collection): ([result key, state name] each, (n,) float64 values). A mean is a weighted sum
+    and its weight; a torchmetrics metric (scvi-tools' ELBO terms), its summed states."""
+    names, values = [], []
+    for key, result in results.items():
+        if not isinstance(result, _ResultMetric) or not result.meta.on_epoch:
+            continue
+        if result.is_tensor:
+            meta = result.meta
+            states = ["value", "cumulated_batch_size"] if meta.is_mean_reduction else ["value"]
+            if not (meta.is_mean_reduction or meta.is_sum_reduction):
+                continue
+            holder = result
+        else:
+            holder = result.value
+            states = [n for n, reduce in holder._reductions.items() if reduce is dim_zero_sum]
+        for state in states:
+            value = getattr(holder, state)
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                names.append([key, state])
+                values.append(float(value))
+    return names, torch.tensor(values, dtype=torch.float64)
+
+
+def add_running_sums(trainer, names: list[list[str]], values: torch.Tensor) -> None:
+    """Add the running sums of :func:`running_sums` (``values`` (world_size, n): each rank's)
+    to this rank's, in the training loop's collection after the resumed run's first step."""
+    if values.shape[0] != trainer.world_size:
+        log.warning(
+            "resumed on %d devices from a checkpoint of %d: this epoch's training means in "
+            "history.csv are over the batches since the resume only",
+            trainer.world_size,
+            values.shape[0],
+        )
+        return
+    results = trainer.fit_loop.epoch_loop._results
+    for (key, state), value in zip(names, values[trainer.global_rank], strict=True):
+        result = results.get(key)
+        if not isinstance(result, _ResultMetric):
+            continue
+        holder = result if result.is_tensor else result.value
+        current = getattr(holder, state)
+        setattr(holder, state, current + value.to(current.dtype).to(current.device))
 
 
 def rng_state() -> dict:
