@@ -84,6 +84,7 @@ class EpochCheckpoint(EarlyStopping):
         save_last(trainer, self.run_dir, epochs=epoch + 1, batches=0)
 
     def state_dict(self) -> dict:
+        rng = rng_states_of_ranks()  # every DDP rank takes part (Lightning asks them all)
         if not is_rank_zero():  # DDP ranks > 0 keep no history; rank 0's checkpoint is the one
             return {}
         history = {
@@ -98,11 +99,14 @@ class EpochCheckpoint(EarlyStopping):
             },
             "epoch": self._pending_epoch,
             "epoch_metrics": self._pending_metrics,
-            "rng": rng_state(),
+            "rng": rng[0],
+            "rng_of_rank": rng,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        set_rng_state(state["rng"])
+        rank, world_size = distributed_rank()
+        of_rank = state.get("rng_of_rank", [])  # not in checkpoints written before it was kept
+        set_rng_state(of_rank[rank] if len(of_rank) == world_size else state["rng"])
         if not is_rank_zero():
             return
         data = self.history_logger.experiment.data
@@ -245,6 +249,26 @@ def rng_state() -> dict:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "python": random.getstate(),
     }
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(this process's rank, the number of ranks) of the DDP job; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def rng_states_of_ranks() -> list[dict]:
+    """:func:`rng_state` of every DDP rank, gathered (every rank must call it together): the
+    ranks' random streams differ (a rank that halves batches draws other numbers of dropout
+    values), so a resumed rank takes up its own; [this process's] without DDP."""
+    state = rng_state()
+    _, world_size = distributed_rank()
+    if world_size == 1:
+        return [state]
+    states: list = [None] * world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
 def set_rng_state(state: dict) -> None:

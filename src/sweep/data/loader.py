@@ -152,24 +152,19 @@ def resume_point(counts: np.ndarray, handoff: int, trained: int) -> tuple[np.nda
         raise ValueError(f"{trained} batches trained, but the epoch has {counts.sum()}")
     skip = np.zeros_like(counts)
     lead = np.zeros(len(counts), dtype=bool)
-    left, round_ = trained, 0
-    while left:
+    left = trained
+    for round_ in itertools.count():
+        if not left:
+            break
+        lead[:] = False  # the lists of the rounds before were all trained
         for worker in range(len(counts)):
-            size = int(np.clip(counts[worker] - round_ * handoff, 0, handoff))
-            if size and left < size:  # stopped within this worker's list
-                skip[worker] += left
-                left = 0
-                break
-            skip[worker] += size
-            left -= size
-            lead[worker] = size > 0
+            size = int(np.clip(counts[worker] - round_ * handoff, 0, handoff))  # its list's
+            taken = min(size, left)
+            skip[worker] += taken
+            left -= taken
+            lead[worker] = 0 < size == taken
             if not left:
                 break
-        else:
-            lead[:] = False  # every list of the round trained: the next round starts afresh
-            round_ += 1
-            continue
-        break
     lead &= (skip < counts) & (len(counts) > 1)  # one with nothing left (or alone) sends none
     return skip, lead
 
