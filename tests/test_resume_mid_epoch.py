@@ -3,6 +3,9 @@
 rate going on exactly, and the uninterrupted run's final validation ELBO."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +13,8 @@ import pytest
 import sweep.train
 from sweep.checkpoint import StepCheckpoint
 from sweep.config import ConfigError, validate
-from sweep.run_folder import CHECKPOINT_DIR, CHECKPOINT_INFO_FILE, read_checkpoint_info
+from sweep.paths import REPO_ROOT
+from sweep.run_folder import read_checkpoint_info
 from sweep.train import fit, run
 from test_train import compose_train
 
@@ -38,14 +42,11 @@ class Killed(RuntimeError):
 
 
 class DiesAfterAMidEpochCheckpoint(StepCheckpoint):
+    """Every DDP rank stops at the same step: right after that checkpoint was written."""
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        info = self.run_dir / CHECKPOINT_DIR / CHECKPOINT_INFO_FILE
-        if info.exists() and json.loads(info.read_text()) == {
-            "epoch": 1,
-            "step": trainer.global_step,
-            "batches": batch_idx + 1,
-        }:
+        if self._saved.get("epoch") == 1 and self._saved["batches"] == batch_idx + 1:
             raise Killed(f"stopped at step {trainer.global_step}")
 
 
@@ -94,3 +95,53 @@ def test_a_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path, monk
     for key in ("elbo_validation", "reconstruction_loss_validation"):
         assert metrics[key] == pytest.approx(reference[key], rel=1e-3)
     print(f"workers={workers}: {value!r} resumed vs {reference['elbo_validation']!r}")
+
+
+def train_ddp(store: Path, run_dir: Path, *more: str, dies: bool = False):
+    """``python train.py trainer=ddp trainer.devices=2`` (gloo CPU processes) of
+    :func:`overrides` into ``run_dir``; ``dies``: through tests/train_dies_mid_epoch.py (both
+    ranks run it: Lightning starts rank 1 by re-running the command)."""
+    script = Path(__file__).with_name("train_dies_mid_epoch.py") if dies else REPO_ROOT / "train.py"
+    return subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "dataset=prepared",
+            f"dataset.path={store}",
+            "evaluation=none",
+            "trainer.enable_progress_bar=false",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "loader.block_size=16",  # the tiny store's cells dealt evenly to 2 ranks
+            *overrides(0, "trainer.checkpoint_every_n_steps=2", *more),
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=run_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_ddp_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path):
+    """2 ranks: each leaves out its own share of the trained batches and takes up its own
+    random streams and running sums; the same history as the uninterrupted run."""
+    done = train_ddp(tiny_store, tmp_path / "reference")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stopped = train_ddp(tiny_store, tmp_path / "run", dies=True)
+    assert stopped.returncode != 0 and "Killed: stopped at step" in stopped.stderr
+    info = read_checkpoint_info(tmp_path / "run")
+    assert info["epoch"] == 1 and info["batches"] > 0
+    resumed = train_ddp(tiny_store, tmp_path / "run", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"and {info['batches']} batches of epoch 2" in resumed.stdout + resumed.stderr
+
+    expected = pd.read_csv(tmp_path / "reference" / "history.csv")
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(history["epoch"]) == list(range(1, EPOCHS + 1))
+    assert history["train_cells_epoch"].tolist() == [metrics["cells_train"]] * EPOCHS
+    for key in ("elbo_validation", "elbo_train", "kl_weight"):
+        assert history[key].tolist() == pytest.approx(expected[key].tolist(), rel=1e-5), key
