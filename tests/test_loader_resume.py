@@ -132,4 +132,14 @@ def test_an_epoch_cut_at_k_and_resumed_reads_every_training_cell_once(small_stor
 def test_a_loader_state_says_where_training_is(small_store):
     dataset, _ = make_batches(small_store)
     loader = EpochLoader(dataset, epoch_of=lambda: 4, slot_bytes=0, trained_of=lambda: 17)
-    assert loader.state_dict() == {"epoch": 4, "batches": 17}
+    state = loader.state_dict()
+    assert state == {"epoch": 4, "batches": 17, "world_size": 1, "workers": 0, "handoff": 1}
+
+
+def test_resuming_with_other_readers_is_said(small_store, caplog):
+    dataset, _ = make_batches(small_store)
+    loader = EpochLoader(dataset, epoch_of=lambda: 4, slot_bytes=1 << 20, num_workers=2)
+    loader.load_state_dict({"epoch": 4, "batches": 6, "world_size": 1, "workers": 2, "handoff": 1})
+    assert "other loader readers" not in caplog.text
+    loader.load_state_dict({"epoch": 4, "batches": 6, "world_size": 1, "workers": 3, "handoff": 1})
+    assert "the middle of epoch 5 with other loader readers" in caplog.text

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import functools
 import itertools
+import logging
 import multiprocessing
 import queue
 import signal
@@ -30,6 +31,8 @@ from sweep.data.densify import X_DATA, X_INDICES, X_INDPTR, X_RELEASE
 from sweep.data.epoch_plan import EpochPlan, Reader
 from sweep.data.fetch import X_SLOT, Fetch, OpenShards, StoreCells
 from sweep.data.handoff import SlotRing, WorkerSlots
+
+log = logging.getLogger(__name__)
 
 #: what SLURM sends every process of a job: the signal to checkpoint and requeue it (submitit:
 #: SIGUSR2, Lightning's SLURM auto-requeue: SIGUSR1) and SIGTERM (the requeue itself, scancel, the
@@ -302,14 +305,40 @@ class EpochLoader(DataLoader):
         self.reader_thread = reader_thread and not num_workers
 
     def state_dict(self) -> dict[str, int]:
-        """Where training is: ``{"epoch": e, "batches": n}``, n batches of epoch e (from 0)
-        trained on this rank (DDP ranks step in lockstep: the same n on every rank)."""
-        return {"epoch": int(self.epoch_of()), "batches": int(self.trained_of())}
+        """Where training is: ``{"epoch": e, "batches": n, ...}``, n batches of epoch e (from 0)
+        trained on this rank (DDP ranks step in lockstep: the same n on every rank), and the
+        readers that split them (ranks, workers, batches per handoff)."""
+        return {
+            "epoch": int(self.epoch_of()),
+            "batches": int(self.trained_of()),
+            **self._layout(),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Leave out the first ``state["batches"]`` batches when epoch ``state["epoch"]`` is
-        read next (a checkpoint written in the middle of it)."""
+        read next (a checkpoint written in the middle of it). They are this loader's readers'
+        shares of them only with the same ranks, workers and handoff: else a warning says that
+        this epoch may repeat or miss some cells."""
+        saved = {key: state[key] for key in self._layout() if key in state}
+        if state["batches"] and saved != self._layout():
+            log.warning(
+                "resumed in the middle of epoch %d with other loader readers (%s, then %s): the "
+                "rest of the epoch is left out as these readers split it, so some of its cells "
+                "may be read twice or not at all; resume with the same trainer.devices and "
+                "loader.num_workers (set it: null follows the CPUs) to read each cell once",
+                int(state["epoch"]) + 1,
+                saved,
+                self._layout(),
+            )
         self.dataset.resume_at[:] = [int(state["epoch"]), int(state["batches"])]
+
+    def _layout(self) -> dict[str, int]:
+        """How this loader's rank splits its batches: its ranks, workers, batches per handoff."""
+        return {
+            "world_size": self.dataset.world_size,
+            "workers": self.num_workers,
+            "handoff": self.dataset.handoff,
+        }
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch = self.epoch_of()
