@@ -22,7 +22,7 @@ EPOCHS = 3
 
 
 def overrides(workers: int, *more: str) -> list[str]:
-    """3 epochs of ~13 batches of 32 on the tiny store, a checkpoint every 5 steps, a KL weight
+    """3 epochs of 14 batches of 32 on the tiny store, a checkpoint every 5 steps, a KL weight
     that grows every step (plan=czi_kl_steps) until step 20, in epoch 2, where the run stops."""
     return [
         "logger=none",
