@@ -45,7 +45,12 @@ def test_metrics_and_tables_read_back_as_written(tmp_path):
 def test_checkpoint_info_and_wandb_record_read_back(tmp_path):
     run_folder.checkpoint_file(tmp_path).parent.mkdir()
     run_folder.write_checkpoint_info(tmp_path, epoch=3, step=120)
-    assert run_folder.read_checkpoint_info(tmp_path) == {"epoch": 3, "step": 120}
+    assert run_folder.read_checkpoint_info(tmp_path) == {"epoch": 3, "step": 120, "batches": 0}
+    run_folder.write_checkpoint_info(tmp_path, epoch=3, step=125, batches=5)  # mid-epoch 4
+    assert run_folder.read_checkpoint_info(tmp_path) == {"epoch": 3, "step": 125, "batches": 5}
+    info = tmp_path / "checkpoints" / "last.json"
+    info.write_text('{"epoch": 2, "step": 80}')  # written before mid-epoch checkpoints
+    assert run_folder.read_checkpoint_info(tmp_path) == {"epoch": 2, "step": 80, "batches": 0}
     assert run_folder.checkpoint_file(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
     assert run_folder.read_wandb_record(tmp_path) is None
     run_folder.write_wandb_record(tmp_path, {"id": "abc", "group": None})

@@ -33,6 +33,16 @@ class EpochStats(Callback):
         self.epoch_rates: list[float] = []  # training cells/s of each epoch
         self._epoch_cells = 0
         self._epoch_start = 0.0
+        self._kl_weight = float("nan")
+        self._lr = float("nan")
+        self._resumed_elapsed: float | None = None  # s of an epoch resumed in its middle
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """A run resumed in the middle of an epoch gets no ``on_train_epoch_start``: that
+        epoch's clock goes on from the time it had trained."""
+        if self._resumed_elapsed is not None:
+            self._epoch_start = time.perf_counter() - self._resumed_elapsed
+            self._resumed_elapsed = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_cells = 0
@@ -59,16 +69,26 @@ class EpochStats(Callback):
         pl_module.log("lr", self._lr, on_epoch=True)
 
     def state_dict(self) -> dict:
-        """What a resumed run needs (see sweep.checkpoint): the totals so far."""
+        """What a resumed run needs (see sweep.checkpoint): the totals so far, and the current
+        epoch's so far (cells of this rank, s trained, KL weight and lr as it started) for a
+        checkpoint written in its middle."""
         return {
             "cells_seen": self.cells_seen,
             "train_time_s": self.train_time_s,
             "epoch_rates": self.epoch_rates,
+            "epoch_cells": self._epoch_cells,
+            "epoch_elapsed_s": time.perf_counter() - self._epoch_start,
+            "epoch_kl_weight": self._kl_weight,
+            "epoch_lr": self._lr,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.cells_seen, self.train_time_s = state["cells_seen"], state["train_time_s"]
         self.epoch_rates = list(state["epoch_rates"])
+        if "epoch_cells" in state:  # not in checkpoints written before mid-epoch ones
+            self._epoch_cells = state["epoch_cells"]
+            self._resumed_elapsed = state["epoch_elapsed_s"]
+            self._kl_weight, self._lr = state["epoch_kl_weight"], state["epoch_lr"]
 
     @property
     def cells_per_s(self) -> float:

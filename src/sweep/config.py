@@ -115,6 +115,9 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     log_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1  # checkpoints/last.ckpt in the run folder; 0: none
+    checkpoint_every_n_steps: int = (
+        0  # also in the middle of epochs, every N optimizer steps; 0: none
+    )
 
 
 @dataclass
@@ -204,6 +207,7 @@ RANGES = (
     ("loader.batches_per_handoff", 1, None),
     ("trainer.max_epochs", 1, None),
     ("trainer.checkpoint_every_n_epochs", 0, None),
+    ("trainer.checkpoint_every_n_steps", 0, None),
     ("evaluation.n_cells", 10, None),
     ("evaluation.convergence_tolerance", 0.0, None),
 )

@@ -109,5 +109,8 @@ def prepare_resume(cfg, run_dir: Path) -> Resume:
         log.info("resume=true: %s finished this run already; its results are reused", found)
         return Resume(metrics=metrics)
     info = run_folder.read_checkpoint_info(run_dir)
-    log.info("resuming %s after epoch %d (step %d)", found, info["epoch"], info["step"])
+    within = (
+        f" and {info['batches']} batches of epoch {info['epoch'] + 1}" if info["batches"] else ""
+    )
+    log.info("resuming %s after epoch %d%s (step %d)", found, info["epoch"], within, info["step"])
     return Resume(checkpoint=run_folder.checkpoint_file(run_dir))

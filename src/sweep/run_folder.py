@@ -25,6 +25,7 @@ No heavy imports at module level: train.py reaches the override parser before Hy
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,15 +144,20 @@ def checkpoint_file(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
 
 
-def write_checkpoint_info(run_dir: Path, epoch: int, step: int) -> None:
-    """``checkpoints/last.json``: the finished epochs (from 1) and optimizer steps of last.ckpt."""
+def write_checkpoint_info(run_dir: Path, epoch: int, step: int, batches: int = 0) -> None:
+    """``checkpoints/last.json``: the finished epochs (from 1), optimizer steps and batches of
+    the next epoch trained (0 at an epoch's end) of last.ckpt."""
     path = Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_INFO_FILE
-    path.write_text(json.dumps({"epoch": epoch, "step": step}))
+    partial = path.with_name(CHECKPOINT_INFO_FILE + ".partial")
+    partial.write_text(json.dumps({"epoch": epoch, "step": step, "batches": batches}))
+    os.replace(partial, path)  # whole for a reader at any moment (a watcher, a requeue)
 
 
 def read_checkpoint_info(run_dir: Path) -> dict:
-    """``checkpoints/last.json``: ``{"epoch": N, "step": S}``."""
-    return json.loads((Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_INFO_FILE).read_text())
+    """``checkpoints/last.json``: ``{"epoch": N, "step": S, "batches": B}`` (B is 0 in files
+    written before mid-epoch checkpoints)."""
+    info = json.loads((Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_INFO_FILE).read_text())
+    return {"batches": 0} | info
 
 
 def write_wandb_record(run_dir: Path, record: dict) -> None:

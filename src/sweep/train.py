@@ -20,7 +20,7 @@ from scvi.train._logger import SimpleLogger
 
 from sweep import run_folder, tracking
 from sweep.callbacks import KL_WEIGHT_LOGGED, EpochStats, KlWarmupWatch
-from sweep.checkpoint import EpochCheckpoint, StopOnNonFiniteLoss
+from sweep.checkpoint import EpochCheckpoint, StepCheckpoint, StopOnNonFiniteLoss
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
 from sweep.distributed import check_launch, is_rank_zero
@@ -155,6 +155,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
     epoch_checkpoint = EpochCheckpoint(
         run_dir, cfg.trainer.checkpoint_every_n_epochs, history_logger
     )
+    step_checkpoint = StepCheckpoint(run_dir, cfg.trainer.checkpoint_every_n_steps)
     exit_code = 1
     try:
         log.info(
@@ -177,7 +178,15 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             logger=loggers,
             callbacks=[
                 c
-                for c in (epoch_stats, warmup, scoring, pruning, stop_on_nan, epoch_checkpoint)
+                for c in (
+                    epoch_stats,
+                    warmup,
+                    scoring,
+                    pruning,
+                    stop_on_nan,
+                    epoch_checkpoint,
+                    step_checkpoint,
+                )
                 if c is not None
             ],
             ckpt_path=str(resume_from) if resume_from else None,

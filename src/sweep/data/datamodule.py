@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import replace
@@ -217,9 +218,18 @@ class StoreDataModule(LightningDataModule):
         on_cpu = self.trainer is None or self.trainer.strategy.root_device.type == "cpu"
         return self.loader(dataset, trains_on_cpu=on_cpu)
 
+    def _drawn_before(self, validation: bool) -> bool:
+        """Whether the run this trainer resumes had read the training set (``validation``: the
+        validation set) before its checkpoint: the training set always; the validation set
+        once an epoch had finished (was validated)."""
+        if self.trainer is None or self.trainer.ckpt_path is None:
+            return False
+        return not validation or self.trainer.current_epoch >= 1
+
     def loader(self, dataset: ShardBatches, trains_on_cpu: bool) -> EpochLoader:
         """The loader of ``dataset`` (``train_set`` or ``val_set``) for this module's trainer:
         batches dense for one on the CPU, else CSR, densified on the device."""
+        validation = dataset is self.val_set
         if self.trainer is not None:
             dataset = replace(
                 dataset, rank=self.trainer.global_rank, world_size=self.trainer.world_size
@@ -228,6 +238,8 @@ class StoreDataModule(LightningDataModule):
         return EpochLoader(
             dataset,
             epoch_of=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            trained_of=self._batches_trained,
+            drawn_before_of=functools.partial(self._drawn_before, validation),
             slot_bytes=self.slot_bytes,
             reader_thread=self.loader_cfg.reader_thread,
             batches_per_handoff=self.loader_cfg.batches_per_handoff,
@@ -237,6 +249,13 @@ class StoreDataModule(LightningDataModule):
             persistent_workers=self.loader_cfg.persistent_workers and workers > 0,
             pin_memory=self.loader_cfg.pin_memory,
         )
+
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch the trainer has taken so far (a checkpoint written at
+        the end of a training step counts that step's): where a resumed epoch restarts."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> EpochLoader:
         return self._loader(self.train_set)

@@ -228,22 +228,62 @@ class EpochPlan:
         parts = np.split(group, np.searchsorted(ends, cuts, side="left") + 1)
         return [part for part in parts if len(part)]
 
-    def requests(self, epoch: int, reader: Reader) -> Iterator[FetchRequest]:
+    def batch_counts(self, epoch: int, world_size: int, workers: int) -> np.ndarray:
+        """Batches each reader yields this epoch, (world_size, workers): its full batches, those
+        of them sent as two halves once more, and its short last one unless ``drop_last``."""
+        readers = [
+            Reader(r, world_size, w, workers) for r in range(world_size) for w in range(workers)
+        ]
+        if self.shuffle:
+            cells = self.reader_cells(epoch, world_size, workers).ravel()
+        else:
+            cells = np.array(
+                [
+                    sum(int(self.block_cells[g].sum()) for g in self.reader_groups(epoch, reader))
+                    for reader in readers
+                ],
+                dtype=np.int64,
+            )
+        full = cells // self.batch_size
+        short = np.zeros_like(full) if self.drop_last else (cells % self.batch_size > 0)
+        halved = np.array([self.halved_batches(epoch, reader) for reader in readers])
+        return (full + short + halved).reshape(world_size, workers)
+
+    def requests(self, epoch: int, reader: Reader, start: int = 0) -> Iterator[FetchRequest]:
         """``reader``'s fetches this epoch, in order; their batches, in order, are its batches.
 
         The cells of all the fetches, each fetch in :meth:`fetch_order`, form one sequence cut
         into batches of ``batch_size``; the first :meth:`halved_batches` full ones go as two
         halves each, the last short one is dropped with ``drop_last``.
+
+        ``start``: the reader's first ``start`` batches were trained already (a run resumed in
+        the middle of the epoch): the same sequence, without them. Fetches holding none of the
+        rest are left out, but those whose carry reaches the first batch kept, which come with
+        no batches (their cells are read, only to be carried). The first request yielded reads
+        its group and the next one ahead; the first of each later group, the group after it.
         """
         rng = np.random.default_rng([self.seed, epoch, reader.index, 1])
         to_halve = self.halved_batches(epoch, reader)
         groups = [group for group in self.reader_groups(epoch, reader) if len(group)]
         fetches = [(g, f) for g, group in enumerate(groups) for f in self.fetches(group)]
-        carried = 0
-        for i, (g, blocks) in enumerate(fetches):
-            starts_group = i == 0 or fetches[i - 1][0] != g
-            read_ahead = [groups[g]] if i == 0 else []
-            read_ahead += groups[g + 1 : g + 2] if starts_group else []
+        first = True  # no request yielded yet
+        carried = 0  # cells carried into this fetch
+        done = 0  # the reader's batches before this fetch
+        pending: list[tuple] = []  # left out so far, carrying cells on: (i, blocks, carry, carried)
+
+        def request(i: int, blocks, batches, carry) -> FetchRequest:
+            nonlocal first
+            g = fetches[i][0]
+            if first:
+                ahead = groups[g : g + 2]
+            else:
+                ahead = groups[g + 1 : g + 2] if fetches[i - 1][0] != g else []
+            first = False
+            return FetchRequest(
+                blocks, tuple(batches), carry, np.concatenate(ahead) if ahead else blocks[:0]
+            )
+
+        for i, (_, blocks) in enumerate(fetches):
             fetched = self.fetch_order(int(self.block_cells[blocks].sum()), rng)
             order = np.concatenate([np.arange(carried), carried + fetched])
             size, batches = self.batch_size, []
@@ -255,6 +295,20 @@ class EpochPlan:
             if i == len(fetches) - 1:  # the last short batch: sent or dropped
                 batches += [carry] if len(carry) and not self.drop_last else []
                 carry = carry[:0]
-            ahead = np.concatenate(read_ahead) if read_ahead else blocks[:0]
-            yield FetchRequest(blocks, tuple(batches), carry, ahead)
+            kept = batches[max(0, start - done) :]
+            done += len(batches)
+            if first and start and not kept:  # before the restart point: left out
+                # a fetch with a full batch took in all the cells carried into it (fewer than a
+                # batch, and first in its order): the chain of carries restarts with it
+                pending = ([] if batches else pending) + (
+                    [(i, blocks, carry, carried)] if len(carry) else []
+                )
+                carried = len(carry)
+                continue
+            for k, (p, p_blocks, p_carry, p_carried) in enumerate(pending):
+                # the chain's first fetch is read with nothing carried into it: its carry (all
+                # of its own cells, past the p_carried carried ones) moves down by p_carried
+                yield request(p, p_blocks, (), p_carry - (p_carried if k == 0 else 0))
+            pending = []
+            yield request(i, blocks, kept, carry)
             carried = len(carry)
