@@ -11,20 +11,26 @@ from sweep.train import fit
 from test_train import compose_train
 
 QUICK = ["logger=none", "loader.num_workers=0", "save_model=false", "trainer.max_epochs=2"]
+#: training steps of the 2 epochs of QUICK on the `store` fixture (2,177 cells: 3 batches an epoch)
+STEPS = 6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("plan", "complete", "last_weight"),
+    ("plan", "complete", "last_weight", "end_weight"),
     [
         # CZI's 20-epoch warm-up over 2 epochs: the last epoch trains at 1/20
-        (["plan=czi"], False, 0.05),
+        (["plan=czi"], False, 0.05, 0.05),
         # a 1-epoch warm-up: the second epoch trains at the full weight
-        (["plan=czi", "plan.n_epochs_kl_warmup=1"], True, 1.0),
+        (["plan=czi", "plan.n_epochs_kl_warmup=1"], True, 1.0, 1.0),
+        # a step warm-up twice the 2 epochs' STEPS: the last epoch starts at 3/12 and the
+        # weight ends at 6/12 (Lightning cannot count the steps of an iterable loader: the
+        # first warning said "end at -0.00" before the datamodule counted them)
+        (["plan=czi_kl_steps", f"plan.n_steps_kl_warmup={2 * STEPS}"], False, 0.25, 0.5),
     ],
 )
 def test_an_unfinished_kl_warmup_is_said_in_the_log_and_metrics(
-    store, tmp_path, caplog, plan, complete, last_weight
+    store, tmp_path, caplog, plan, complete, last_weight, end_weight
 ):
     caplog.set_level(logging.WARNING, logger="sweep.callbacks")
     fit(compose_train(store, *QUICK, *plan), tmp_path / "run")
@@ -37,8 +43,9 @@ def test_an_unfinished_kl_warmup_is_said_in_the_log_and_metrics(
         assert "kl_warmup_unfinished" not in metrics["health"]
     else:  # one warning as training starts, one as it ends: the run's health says the latter
         assert len(warnings) == 2
-        assert "plan.n_epochs_kl_warmup=20" in warnings[0] and "end at 0.05 of 1" in warnings[0]
-        assert "had not finished" in warnings[1] and "0.05 of 1" in warnings[1]
+        warmup = plan[-1].split("=")[0] if len(plan) > 1 else "plan.n_epochs_kl_warmup=20"
+        assert warmup in warnings[0] and f"end at {end_weight:.2f} of 1" in warnings[0]
+        assert "had not finished" in warnings[1] and f"{end_weight:.2f} of 1" in warnings[1]
         assert metrics["health"]["kl_warmup_unfinished"] == warnings[1]
         report = (tmp_path / "run" / "report.md").read_text()
         assert f"- **WARNING**: {warnings[1]}" in report

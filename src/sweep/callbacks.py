@@ -95,6 +95,17 @@ class EpochStats(Callback):
         return self.cells_seen / self.train_time_s if self.train_time_s else 0.0
 
 
+def planned_steps(trainer) -> float:
+    """The training steps a run will take: Lightning's estimate, or, where it has none (it
+    returns ``max_steps``, -1, for a loader without a length, as ours), the datamodule's
+    count (sweep.data.datamodule.StoreDataModule.train_steps); inf when neither knows."""
+    estimate = trainer.estimated_stepping_batches
+    if 0 <= estimate < float("inf"):
+        return estimate
+    count = getattr(trainer.datamodule, "train_steps", None)
+    return count(trainer.max_epochs) if count else float("inf")
+
+
 class KlWarmupWatch(Callback):
     """Says in the log, before training and after it, when the KL warm-up does not reach
     ``max_kl_weight`` by the last training step: the loss is then from an unfinished schedule.
@@ -113,8 +124,8 @@ class KlWarmupWatch(Callback):
         if epochs is not None and trainer.max_epochs <= epochs:
             last = pl_module.max_kl_weight * (trainer.max_epochs - 1) / epochs
             self._warn(f"plan.n_epochs_kl_warmup={epochs}", trainer.max_epochs, last, pl_module)
-        elif epochs is None and steps is not None and trainer.estimated_stepping_batches < steps:
-            last = pl_module.max_kl_weight * trainer.estimated_stepping_batches / steps
+        elif epochs is None and steps is not None and planned_steps(trainer) < steps:
+            last = pl_module.max_kl_weight * planned_steps(trainer) / steps
             self._warn(f"plan.n_steps_kl_warmup={steps}", trainer.max_epochs, last, pl_module)
 
     @staticmethod

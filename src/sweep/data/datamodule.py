@@ -130,6 +130,16 @@ class StoreDataModule(LightningDataModule):
     def n_obs(self) -> int:
         return self.n_train + self.n_val
 
+    def train_steps(self, epochs: int) -> int:
+        """Training steps of this module's rank in ``epochs`` epochs: its batches of the first
+        epoch as its readers (workers) split them, times ``epochs`` (with several readers a
+        later epoch may split into a batch or so more or fewer). Lightning cannot count them:
+        the loader is iterable."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        counts = self.train_set.batch_counts(0, world, max(1, self.num_workers))
+        return int(counts[rank].sum()) * epochs
+
     @property
     def per_cell_bytes(self) -> int:
         """Bytes of the per-cell arrays (n_cells,) this module holds through training: the
