@@ -334,6 +334,30 @@ def test_report_lists_every_job_and_embeds_the_figures(report, sweep_dir):
     assert "## Running / unfinished jobs\n\n- job 5 (`model=hidden_512" in text
 
 
+def test_losses_on_different_validation_cells_are_not_compared(sweep_dir, tmp_path):
+    """A level that validates on other cells (a cell filter, as `data=none`) gets no verdict on
+    its validation losses: the demo's `none` looked 9% "better" on its tiny extra cells."""
+    for job, cells in ((0, 100), (1, 100), (2, 120), (3, 120)):
+        metrics = json.loads((sweep_dir / str(job) / "metrics.json").read_text())
+        (sweep_dir / str(job) / "metrics.json").write_text(
+            json.dumps({**metrics, "cells_validation": cells})
+        )
+    (line,) = verdict_lines(build_report(sweep_dir, tmp_path / "report"))
+    assert line.startswith(  # cells/s, on the training cells, is judged as before
+        "- **model**: `hidden_512` vs `czi_128` (2 job pairs): validation negative ELBO not "
+        "compared (measured on different cells: 100 vs 120), validation reconstruction loss not "
+        "compared (measured on different cells: 100 vs 120), training cells/s -1000 (-50.00%, "
+    )
+    # the same cells: judged as before
+    for job in (2, 3):
+        metrics = json.loads((sweep_dir / str(job) / "metrics.json").read_text())
+        (sweep_dir / str(job) / "metrics.json").write_text(
+            json.dumps({**metrics, "cells_validation": 100})
+        )
+    (line,) = verdict_lines(build_report(sweep_dir, tmp_path / "again"))
+    assert "not compared" not in line and "validation negative ELBO -17.5 (-1.74%" in line
+
+
 def test_the_report_counts_the_jobs_that_failed_each_health_check(sweep_dir, tmp_path):
     assert (
         "## Run health\n\nThe checks of each job's `report.md` (its Health section), over "

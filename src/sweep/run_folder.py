@@ -66,6 +66,8 @@ KL_WEIGHT = "kl_weight"
 TRAIN_CELLS_PER_S, TRAIN_TIME = "train_cells_per_s", "train_time_s"
 #: epochs trained (metrics.json)
 EPOCHS = "epochs"
+#: validation cells the validation losses are measured on (metrics.json, from the data split)
+CELLS_VALIDATION = "cells_validation"
 #: integration scores (scib's Total = 0.4 batch + 0.6 bio): metrics.json, per evaluated epoch in
 #: history.csv and integration.csv
 BIO, BATCH, TOTAL = "bio_conservation", "batch_correction", "integration_total"

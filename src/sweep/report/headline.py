@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sweep.run_folder import (
     BATCH,
     BIO,
+    CELLS_VALIDATION,
     ELBO_VALIDATION,
     EPOCH,
     KL_WEIGHT,
@@ -33,6 +34,9 @@ class Metric:
     unit: str  # what one unit of the value is: "per cell", "cells/s", "score 0-1"
     higher_is_better: bool
     relative: bool  # state the change in % of the reference (losses, rates) or as a difference
+    #: metrics.json key of the number of cells the metric is measured on, where it depends on
+    #: the job's settings: jobs measured on different numbers of cells are not compared
+    cells: str | None = None
 
 
 HEADLINE = (
@@ -42,6 +46,7 @@ HEADLINE = (
         "per cell",
         higher_is_better=False,
         relative=True,
+        cells=CELLS_VALIDATION,
     ),
     Metric(
         RECONSTRUCTION_VALIDATION,
@@ -49,6 +54,7 @@ HEADLINE = (
         "per cell",
         higher_is_better=False,
         relative=True,
+        cells=CELLS_VALIDATION,
     ),
     Metric(TRAIN_CELLS_PER_S, "training cells/s", "cells/s", higher_is_better=True, relative=True),
     Metric(BIO, "bio conservation", SCORE_UNIT, higher_is_better=True, relative=False),

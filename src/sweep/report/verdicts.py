@@ -43,6 +43,8 @@ class Change:
     seeds: int  # seeds among the pairs
     spread: float | None  # sd across seeds of the per-seed change (in % if metric.relative)
     beyond_spread: bool  # |mean per-seed change| > SE_FACTOR x its standard error
+    #: (reference, level) mean cell counts of metric.cells where they differ: not compared
+    cells: tuple[float, float] | None = None
 
 
 def levels(results: pd.DataFrame, factor: str) -> list[str]:
@@ -77,6 +79,11 @@ def change(pairs: pd.DataFrame, metric: Metric, seeded: bool) -> Change | None:
         return None
     ref, new = pairs[f"{metric.key}_ref"], pairs[f"{metric.key}_level"]
     difference = float((new - ref).mean())
+    if metric.cells and f"{metric.cells}_ref" in pairs:
+        cells = pairs[f"{metric.cells}_ref"], pairs[f"{metric.cells}_level"]
+        if (cells[0] != cells[1]).any():  # e.g. a cell filter: other validation cells
+            means = (float(cells[0].mean()), float(cells[1].mean()))
+            return Change(metric, difference, difference / abs(ref.mean()), 1, None, False, means)
     seeds = pairs[SEED].nunique() if seeded else 1
     spread, beyond = None, False
     if seeds > 1:
@@ -110,7 +117,14 @@ def judgement(c: Change) -> str | None:
 
 def describe(c: Change) -> str:
     """One metric's change in words: ``validation negative ELBO -17.5 (-1.74%, better; 2 seeds
-    sd ±0.36%)``; with one seed only the numbers: ``bio conservation +0.020``."""
+    sd ±0.36%)``; with one seed only the numbers: ``bio conservation +0.020``; measured on
+    different cells, no numbers: ``validation negative ELBO not compared (measured on
+    different cells: 2,525 vs 2,727)`` (mean counts of the reference's and the level's jobs)."""
+    if c.cells is not None:
+        return (
+            f"{c.metric.label} not compared (measured on different cells: {c.cells[0]:,.0f} vs "
+            f"{c.cells[1]:,.0f})"
+        )
     if c.metric.relative:
         width = "{:.2f}%"
         head, notes = f"{c.metric.label} {c.difference:+.4g}", [f"{100 * c.relative:+.2f}%"]
@@ -127,7 +141,9 @@ def verdict(sweep: Sweep, factor: str, reference: str, level: str) -> str | None
     None when no two complete jobs differ only in ``factor`` between these levels."""
     metrics = present_metrics(sweep.complete)
     times = [TRAIN_TIME] if TRAIN_TIME in sweep.results else []
-    pairs = matched_pairs(sweep, factor, reference, level, [m.key for m in metrics] + times)
+    counts = list(dict.fromkeys(m.cells for m in metrics if m.cells in sweep.results))
+    columns = [m.key for m in metrics] + counts + times
+    pairs = matched_pairs(sweep, factor, reference, level, columns)
     if pairs.empty:
         return None
     seeded = SEED in sweep.factors
