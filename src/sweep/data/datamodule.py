@@ -21,6 +21,7 @@ from sweep.data.heap import retain_freed_blocks
 from sweep.data.loader import EpochLoader, ShardBatches
 from sweep.data.selection import CellTable, Split, split_cells
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
+from sweep.run_folder import CELLS_VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class StoreDataModule(LightningDataModule):
 
     @property
     def n_val(self) -> int:
-        return self.split.counts["cells_validation"]
+        return self.split.counts[CELLS_VALIDATION]
 
     @property
     def n_obs(self) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sweep.data.store import IS_PRIMARY, N_GENES_ALL, Manifest, Shard
+from sweep.run_folder import CELLS_VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ def split_cells(
     is_val = validation_flags(n, validation_fraction, seed)
     split = Split(train=keep & ~is_val, validation=keep & is_val, counts=counts)
     counts["cells_train"] = int(split.train.sum())
-    counts["cells_validation"] = int(split.validation.sum())
-    if counts["cells_validation"] == 0:
+    counts[CELLS_VALIDATION] = int(split.validation.sum())
+    if counts[CELLS_VALIDATION] == 0:
         raise ValueError(
             f"data.validation_fraction={validation_fraction} leaves no validation cells of the "
             f"{counts['cells_after_filter']} that pass the filter; raise it (e.g. 0.1)"

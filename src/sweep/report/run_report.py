@@ -177,7 +177,8 @@ def trained_lines(metrics: dict) -> list[str]:
         + ".",
         "",
         f"{metrics[run_folder.EPOCHS]} epochs on {metrics['cells_train']:,} training cells "
-        f"({metrics['cells_validation']:,} validation), {metrics[run_folder.TRAIN_TIME]:.0f} s of "
+        f"({metrics[run_folder.CELLS_VALIDATION]:,} validation), "
+        f"{metrics[run_folder.TRAIN_TIME]:.0f} s of "
         f"training ({metrics[run_folder.TRAIN_CELLS_PER_S]:,.0f} cells/s), "
         f"{metrics['wall_time_s']:.0f} s wall. Final validation loss (negative ELBO, lower is "
         f"better): {metrics[ELBO_VALIDATION]:.6g} at KL weight {metrics[KL_WEIGHT]:.2f}.",
