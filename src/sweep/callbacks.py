@@ -124,9 +124,11 @@ class KlWarmupWatch(Callback):
         if epochs is not None and trainer.max_epochs <= epochs:
             last = pl_module.max_kl_weight * (trainer.max_epochs - 1) / epochs
             self._warn(f"plan.n_epochs_kl_warmup={epochs}", trainer.max_epochs, last, pl_module)
-        elif epochs is None and steps is not None and planned_steps(trainer) < steps:
-            last = pl_module.max_kl_weight * planned_steps(trainer) / steps
-            self._warn(f"plan.n_steps_kl_warmup={steps}", trainer.max_epochs, last, pl_module)
+        elif epochs is None and steps is not None:
+            planned = planned_steps(trainer)
+            if planned < steps:
+                last = pl_module.max_kl_weight * planned / steps
+                self._warn(f"plan.n_steps_kl_warmup={steps}", trainer.max_epochs, last, pl_module)
 
     @staticmethod
     def _warn(warmup: str, max_epochs: int, last: float, pl_module) -> None:

@@ -256,8 +256,8 @@ def health_lines(sweep: Sweep) -> list[str]:
     ]
 
 
-def report_text(sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[str] = ()) -> str:
-    """The text of report.md; ``embeddings``: the lines of embedding_lines (none by default)."""
+def report_text(sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[str]) -> str:
+    """The text of report.md; ``embeddings``: the lines of embedding_lines."""
     folder = sweep.folder.resolve()
     counts = sweep.results["status"].value_counts()
     swept = "; ".join(
