@@ -208,16 +208,19 @@ def test_one_ddp_job_over_two_slurm_tasks_sees_the_training_set_once_per_epoch_r
     assert "Jobs: 1 complete, 0 failed" in report(tmp_path)[1]
 
 
-#: the requeue test's job: longer than the time before SLURM's signal, even on an idle node
-REQUEUED_EPOCHS = 400
+#: the requeue test's job: longer than the time before SLURM's signal (at most 60 s after the
+#: job starts) on a fast node: 400 epochs took 41 s of training on an idle node (2026-12-01), so
+#: the job ended before its signal; 1,000 take ~100 s there and ~6 minutes on the slowest node
+#: seen (2.8 epochs/s)
+REQUEUED_EPOCHS = 1000
 
 
 def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_completes(
     store, tmp_path, slurm_cluster, start_sweep
 ):
     """The defaults (loader workers, W&B offline), ``resume=true``, ``max_num_timeout=2``, a
-    3-minute limit with the signal 100 s before it: SLURM signals every process of the job
-    50-80 s after it starts (up to 30 s early). The training process alone checkpoints the
+    3-minute limit with the signal 120 s before it: SLURM signals every process of the job
+    30-60 s after it starts (up to 30 s early), after its first epoch checkpoints. The training process alone checkpoints the
     submission and requeues the job, which starts again in its run folder, continues after its
     last checkpoint and its W&B run, and ends with each epoch once; the sweep waits for it and
     reports it complete.
@@ -230,7 +233,7 @@ def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_co
         slurm_cluster,
         "hydra.launcher.cpus_per_task=2",  # the default loader: 1 worker beside the trainer
         "hydra.launcher.timeout_min=3",
-        "hydra.launcher.signal_delay_s=100",
+        "hydra.launcher.signal_delay_s=120",
         "hydra.launcher.max_num_timeout=2",
         "resume=true",
         f"trainer.max_epochs={REQUEUED_EPOCHS}",
