@@ -220,10 +220,10 @@ def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_co
 ):
     """The defaults (loader workers, W&B offline), ``resume=true``, ``max_num_timeout=2``, a
     3-minute limit with the signal 120 s before it: SLURM signals every process of the job
-    30-60 s after it starts (up to 30 s early), after its first epoch checkpoints. The training process alone checkpoints the
-    submission and requeues the job, which starts again in its run folder, continues after its
-    last checkpoint and its W&B run, and ends with each epoch once; the sweep waits for it and
-    reports it complete.
+    30-60 s after it starts (up to 30 s early), after its first epoch checkpoints. The training
+    process alone checkpoints the submission and requeues the job, which starts again in its run
+    folder, continues after its last checkpoint and its W&B run, and ends with each epoch once;
+    the sweep waits for it and reports it complete.
 
     Once SLURM shows the job requeued, the test lets it start at once (SLURM would wait 2 min)
     and raises its limit, so that the rest of the training ends whatever the node's speed."""
@@ -292,13 +292,23 @@ def timeline(job_log: str, train_log: str, requeued_at: str, resumed_after: int)
     )
 
 
+CANCELLED_EPOCHS = 100
+
+
 def test_a_job_cancelled_while_the_sweep_runs_is_reported_failed_and_the_other_completes(
     store, tmp_path, slurm_cluster, start_sweep
 ):
     """``scancel`` of job 0 once it trains: it ends without a result (SLURM: CANCELLED); the
     sweep still waits for job 1, reports 1 complete and 1 failed with the state, exits non-zero."""
+    # 100 epochs: job 0 still trains when the test, polling each second, sees its first
+    # checkpoint, on an idle node too (8-10 epochs/s there; 30 epochs left ~2 s)
     command = sweep_command(
-        store, tmp_path, slurm_cluster, "seed=0,1", "trainer.max_epochs=30", "logger=none"
+        store,
+        tmp_path,
+        slurm_cluster,
+        "seed=0,1",
+        f"trainer.max_epochs={CANCELLED_EPOCHS}",
+        "logger=none",
     )
     sweep = start_sweep(command)
     checkpoint = tmp_path / "sweep" / "0" / "checkpoints" / "last.json"
@@ -309,7 +319,8 @@ def test_a_job_cancelled_while_the_sweep_runs_is_reported_failed_and_the_other_c
     assert status != 0
     assert ended(cancelled) == "CANCELLED"
     assert not (tmp_path / "sweep" / "0" / "metrics.json").exists()
-    assert json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())["epochs"] == 30
+    metrics = json.loads((tmp_path / "sweep" / "1" / "metrics.json").read_text())
+    assert metrics["epochs"] == CANCELLED_EPOCHS
     table, text = report(tmp_path)
     assert table.set_index("job")["status"].to_dict() == {0: "failed", 1: "complete"}
     assert "1 complete, 1 failed" in text
