@@ -257,6 +257,17 @@ def test_a_one_seed_sweep_calls_no_level_better_or_worse_and_gives_the_seed_comm
     assert "**Demo data**" in text
 
 
+def test_the_seed_command_keeps_an_override_with_a_space_whole(tmp_path):
+    """An override whose value holds a space (a list) is one argument of the seed command (the
+    command was cut at the space when it was read back from results.csv's joined column)."""
+    for number, model in enumerate(("czi_128", "hidden_512")):
+        overrides = [f"model={model}", "evaluation.epochs=[1, 2]"]
+        scored_job(tmp_path / "sweep", number, overrides, 0.6, 1)
+    text = build_report(tmp_path / "sweep", tmp_path / "report").read_text()
+    command = "python train.py -m model=czi_128,hidden_512 'evaluation.epochs=[1, 2]' seed=0,1,2"
+    assert f"Add seeds with `{command}`." in text
+
+
 def test_three_seeds_call_a_difference_beyond_their_spread_better(tmp_path):
     bio = {("czi_128", s): 0.6 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}
     bio |= {("hidden_512", s): 0.7 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}

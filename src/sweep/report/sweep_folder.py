@@ -44,6 +44,7 @@ class Sweep:
     factors: list[str]  # override keys whose value differs between jobs, in override order
     histories: dict[int, pd.DataFrame]  # job number -> history.csv of the jobs that have one
     health: dict[int, dict[str, str]]  # job number -> metrics.json's run health (complete jobs)
+    overrides: dict[int, list[str]]  # job number -> its overrides, as on the command line
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -154,4 +155,5 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         factors=[k for k in override_keys(jobs) if results[k].nunique(dropna=False) > 1],
         histories={job.number: job.history for job in jobs if job.history is not None},
         health={job.number: job.metrics.get(HEALTH, {}) for job in jobs if job.status == COMPLETE},
+        overrides={job.number: job.overrides for job in jobs},
     )

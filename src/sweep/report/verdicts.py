@@ -183,8 +183,8 @@ def seed_command(sweep: Sweep) -> str:
     """The sweep's own command with ``seed=0,1,2``: each override key with the values its jobs
     took, in job order (``python train.py -m model=czi_128,hidden_512 seed=0,1,2``)."""
     values: dict[str, dict[str, None]] = {}  # "key=" (or "~key") -> its values, an ordered set
-    for overrides in sweep.results["overrides"]:
-        for override in overrides.split():
+    for overrides in sweep.overrides.values():
+        for override in overrides:
             key, equals, value = override.partition("=")
             values.setdefault(key + equals, {})[value] = None
     values.pop(f"{SEED}=", None)
