@@ -115,9 +115,8 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     log_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1  # checkpoints/last.ckpt in the run folder; 0: none
-    checkpoint_every_n_steps: int = (
-        0  # also in the middle of epochs, every N optimizer steps; 0: none
-    )
+    # also in the middle of epochs, every N optimizer steps; 0: none
+    checkpoint_every_n_steps: int = 0
 
 
 @dataclass

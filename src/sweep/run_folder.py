@@ -15,8 +15,8 @@ A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multiru
                               finished
     report.md, curves.png     the run's page, written after metrics.json (sweep.report.run_report)
     model/                    scvi-tools' saved model (``save_model=true``)
-    checkpoints/last.ckpt     the training state every N epochs (sweep.checkpoint)
-    checkpoints/last.json     which epoch and step last.ckpt holds
+    checkpoints/last.ckpt     the training state every N epochs or steps (sweep.checkpoint)
+    checkpoints/last.json     which epoch, step and batch of the next epoch last.ckpt holds
     wandb/, wandb_run.json    the W&B run's files, and its id, name and group (sweep.tracking)
 
 No heavy imports at module level: train.py reaches the override parser before Hydra starts.
