@@ -136,14 +136,9 @@ class GpuUtilisation:
 @functools.cache
 def _configs(model: str):
     """The composed ``model`` and ``plan`` configs of ``model=<model>``."""
-    from hydra import compose, initialize_config_dir
+    from sweep.config import compose_train
 
-    from sweep.config import register_schema
-    from sweep.paths import CONF_DIR
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}"])
+    cfg = compose_train([f"model={model}"])
     return cfg.model, cfg.plan
 
 

@@ -227,17 +227,13 @@ def train_rate(store: Path, workers: int, batch_size: int, epochs: int, in_memor
     """``model=czi_128`` training cells/s (best epoch, no validation) fed by this loader, or by
     the same batches already densified in memory (the model-only ceiling)."""
     import scvi
-    from hydra import compose, initialize_config_dir
 
     from sweep.callbacks import EpochStats
-    from sweep.config import register_schema
+    from sweep.config import compose_train
     from sweep.data.densify import densify
     from sweep.model import build_scvi
-    from sweep.paths import CONF_DIR
 
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        model_cfg = compose("train", overrides=["model=czi_128"]).model
+    model_cfg = compose_train(["model=czi_128"]).model
     dm = store_datamodule(store, workers, batch_size)
     if in_memory:
         dm = InMemoryBatches(dm, [densify(b, dm.n_vars) for b in dm.train_dataloader()])

@@ -21,9 +21,9 @@ from sweep.evaluate import (
     SOURCE_COLUMNS,
     EvaluationCells,
     check_scorable,
-    epochs_to_within,
     pca_baseline,
     score,
+    settled_at,
     skipped_metrics,
     umap_layout,
 )
@@ -113,14 +113,14 @@ def test_scvi_corrects_batches_better_than_pca_and_keeps_cell_types(store, tmp_p
     assert 1 <= on_disk["epochs_to_1pct_elbo_validation"] <= 30
 
 
-def test_epochs_to_within_counts_from_the_last_excursion():
+def test_settled_at_counts_from_the_last_excursion():
     values = pd.Series([100.0, 50.0, 20.0, 10.5, 10.2, 10.0])
     epochs = pd.Series(range(1, 7))
-    assert epochs_to_within(values, epochs, 0.05) == 4  # 10.5 (epoch 4) is within 5% of 10
-    assert epochs_to_within(values, epochs, 0.01) == 6
-    assert epochs_to_within(values, epochs, 20.0) == 1
-    assert epochs_to_within(values.iloc[[0, 2, 5]], epochs.iloc[[0, 2, 5]], 0.05) == 6  # scored
-    assert epochs_to_within(pd.Series([np.nan, np.nan]), pd.Series([1, 2]), 0.1) is None
+    assert settled_at(values, epochs, 0.05) == 4  # 10.5 (epoch 4) is within 5% of 10
+    assert settled_at(values, epochs, 0.01) == 6
+    assert settled_at(values, epochs, 20.0) == 1
+    assert settled_at(values.iloc[[0, 2, 5]], epochs.iloc[[0, 2, 5]], 0.05) == 6  # scored
+    assert settled_at(pd.Series([np.nan, np.nan]), pd.Series([1, 2]), 0.1) is None
 
 
 @pytest.mark.slow

@@ -22,8 +22,9 @@ EPOCHS = 3
 
 
 def overrides(workers: int, *more: str) -> list[str]:
-    """3 epochs of 14 batches of 32 on the tiny store, a checkpoint every 5 steps, a KL weight
-    that grows every step (plan=czi_kl_steps) until step 20, in epoch 2, where the run stops."""
+    """3 epochs of 14 batches of 32 on the tiny store, a checkpoint every 5 steps, the
+    validation loss every 3 (steps.csv), a KL weight that grows every step
+    (plan=czi_kl_steps) until step 20, in epoch 2, where the run stops."""
     return [
         "logger=none",
         "save_model=false",
@@ -31,6 +32,7 @@ def overrides(workers: int, *more: str) -> list[str]:
         "loader.batch_size=32",
         f"loader.num_workers={workers}",
         "trainer.checkpoint_every_n_steps=5",
+        "trainer.validate_every_n_steps=3",
         "plan=czi_kl_steps",
         "plan.n_steps_kl_warmup=20",
         *more,
@@ -92,9 +94,28 @@ def test_a_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path, monk
     # the epoch before the interruption comes from the checkpoint: exactly the same
     assert history["elbo_validation"].iloc[0] == pytest.approx(expected["elbo_validation"].iloc[0])
     assert value == pytest.approx(reference["elbo_validation"], rel=1e-3)
+    assert_same_steps(run_dir, tmp_path / "reference", info["step"])
     for key in ("elbo_validation", "reconstruction_loss_validation"):
         assert metrics[key] == pytest.approx(reference[key], rel=1e-3)
     print(f"workers={workers}: {value!r} resumed vs {reference['elbo_validation']!r}")
+
+
+def assert_same_steps(run_dir: Path, reference_dir: Path, stopped_at: int) -> None:
+    """steps.csv of the resumed run: each step-level validation once, at the same steps and
+    cells seen as the uninterrupted run's, the same values up to the interruption (after
+    step ``stopped_at``)."""
+    steps = pd.read_csv(run_dir / "steps.csv")
+    expected = pd.read_csv(reference_dir / "steps.csv")
+    for key in ("global_step", "cells_seen", "kl_weight"):
+        assert steps[key].tolist() == expected[key].tolist(), key
+    before = steps["global_step"] <= stopped_at
+    assert before.any()
+    assert steps["elbo_validation"][before].tolist() == pytest.approx(
+        expected["elbo_validation"][before].tolist(), rel=1e-6
+    )
+    assert steps["elbo_validation"].tolist() == pytest.approx(
+        expected["elbo_validation"].tolist(), rel=1e-3
+    )
 
 
 def train_ddp(store: Path, run_dir: Path, *more: str, dies: bool = False):
@@ -145,3 +166,4 @@ def test_a_ddp_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path):
     assert history["train_cells_epoch"].tolist() == [metrics["cells_train"]] * EPOCHS
     for key in ("elbo_validation", "elbo_train", "kl_weight"):
         assert history[key].tolist() == pytest.approx(expected[key].tolist(), rel=1e-5), key
+    assert_same_steps(tmp_path / "run", tmp_path / "reference", info["step"])

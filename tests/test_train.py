@@ -13,26 +13,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
-from hydra import compose, initialize_config_dir
 
-from sweep.config import register_schema
-from sweep.paths import CONF_DIR, REPO_ROOT
+from sweep import config
+from sweep.paths import REPO_ROOT
 from sweep.train import fit
 
 
 def compose_train(store: Path, *overrides: str):
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "dataset=prepared",
-                f"dataset.path={store}",
-                "trainer.enable_progress_bar=false",
-                "evaluation=none",  # scib scoring has its own tests (test_evaluate.py)
-                *overrides,
-            ],
-        )
+    """train.yaml on ``store``, no progress bar, no scoring, and ``overrides``."""
+    return config.compose_train(
+        [
+            "dataset=prepared",
+            f"dataset.path={store}",
+            "trainer.enable_progress_bar=false",
+            "evaluation=none",  # scib scoring has its own tests (test_evaluate.py)
+            *overrides,
+        ]
+    )
 
 
 @pytest.mark.slow

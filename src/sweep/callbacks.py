@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
-from sweep.run_folder import TRAIN_CELLS_PER_S
+from sweep.run_folder import CELLS_SEEN, GLOBAL_STEP, TRAIN_CELLS_PER_S
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ class EpochStats(Callback):
 
     Logs per epoch ``train_cells_per_s`` (cells/s), ``epoch_time_s`` (s), ``lr`` and
     ``kl_weight_epoch``, both as the epoch starts (scvi-tools logs its own ``kl_weight`` per step,
-    which leaves gaps in a per-epoch history). ``cells_seen`` and ``train_time_s`` add up.
+    which leaves gaps in a per-epoch history), and where training is at the epoch's end:
+    ``global_step`` and ``cells_seen``. ``cells_seen`` and ``train_time_s`` add up;
+    :meth:`cells_so_far` counts in the middle of an epoch too.
     """
 
     def __init__(self):
@@ -36,6 +38,7 @@ class EpochStats(Callback):
         self._kl_weight = float("nan")
         self._lr = float("nan")
         self._resumed_elapsed: float | None = None  # s of an epoch resumed in its middle
+        self._epoch_counted = False  # the current epoch's cells are in cells_seen
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed in the middle of an epoch gets no ``on_train_epoch_start``: that
@@ -46,6 +49,7 @@ class EpochStats(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_cells = 0
+        self._epoch_counted = False
         self._epoch_start = time.perf_counter()
         self._kl_weight = float(pl_module.kl_weight)
         self._lr = float(trainer.optimizers[0].param_groups[0]["lr"])
@@ -60,6 +64,7 @@ class EpochStats(Callback):
             trainer.strategy.reduce(torch.tensor(self._epoch_cells), reduce_op="sum")
         )
         self.cells_seen += self._epoch_cells
+        self._epoch_counted = True
         self.train_time_s += elapsed
         self.epoch_rates.append(self._epoch_cells / max(elapsed, 1e-9))
         pl_module.log("epoch_time_s", elapsed, on_epoch=True)
@@ -67,6 +72,16 @@ class EpochStats(Callback):
         pl_module.log("train_cells_epoch", float(self._epoch_cells), on_epoch=True)
         pl_module.log(KL_WEIGHT_LOGGED, self._kl_weight, on_epoch=True)
         pl_module.log("lr", self._lr, on_epoch=True)
+        pl_module.log(GLOBAL_STEP, float(trainer.global_step), on_epoch=True)
+        pl_module.log(CELLS_SEEN, float(self.cells_seen), on_epoch=True)
+
+    def cells_so_far(self, trainer) -> int:
+        """Training cells of all DDP ranks so far, those of the current epoch included: a
+        collective under DDP (every rank calls it at the same step) until the epoch ends."""
+        if self._epoch_counted:
+            return self.cells_seen
+        epoch = trainer.strategy.reduce(torch.tensor(self._epoch_cells), reduce_op="sum")
+        return self.cells_seen + int(epoch)
 
     def state_dict(self) -> dict:
         """What a resumed run needs (see sweep.checkpoint): the totals so far, and the current

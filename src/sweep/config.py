@@ -117,6 +117,10 @@ class TrainerConfig:
     checkpoint_every_n_epochs: int = 1  # checkpoints/last.ckpt in the run folder; 0: none
     # also in the middle of epochs, every N optimizer steps; 0: none
     checkpoint_every_n_steps: int = 0
+    # the validation loss also every N optimizer steps (steps.csv), on step_validation_cells
+    # validation cells (seeded, the same for every job of a data filter); 0: at epoch ends only
+    validate_every_n_steps: int = 1000
+    step_validation_cells: int = 10000
 
 
 @dataclass
@@ -141,6 +145,7 @@ class EvaluationConfig:
     label_key: str = "cell_type"
     min_genes: int = 0  # score only cells with n_genes_all >= this (same cells across data filters)
     epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100])  # + the last
+    every_n_steps: int = 10000  # also every N optimizer steps (integration.csv); 0: epochs only
     convergence_tolerance: float = 0.01  # "epochs until within 1% of the final value"
 
 
@@ -207,6 +212,9 @@ RANGES = (
     ("trainer.max_epochs", 1, None),
     ("trainer.checkpoint_every_n_epochs", 0, None),
     ("trainer.checkpoint_every_n_steps", 0, None),
+    ("trainer.validate_every_n_steps", 0, None),
+    ("trainer.step_validation_cells", 1, None),
+    ("evaluation.every_n_steps", 0, None),
     ("evaluation.n_cells", 10, None),
     ("evaluation.convergence_tolerance", 0.0, None),
 )
@@ -323,3 +331,15 @@ def check_command_line(argv: list[str], conf_dir) -> None:
 def register_schema() -> None:
     """Make ``train_schema`` available to the defaults list of ``conf/train.yaml``."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def compose_train(overrides: list[str]):
+    """``conf/train.yaml`` composed with ``overrides`` outside a Hydra app (tests, benchmarks,
+    tools); not validated (:func:`validate`)."""
+    from hydra import compose, initialize_config_dir
+
+    from sweep.paths import CONF_DIR
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)

@@ -15,6 +15,10 @@ is skipped with its reason (:func:`skipped_metrics`), in the log and integration
 
 At the last epoch the cells are also laid out in 2-D (:func:`umap_layout`: UMAP of scVI's latent
 space and of the PCA baseline) for the run's embedding pictures (sweep.report.embedding).
+
+Also here, for evaluation between epoch ends (sweep.step_evaluation) and the run's summary: the
+validation loss of given cells (:func:`validation_loss`) and when a recorded value settled
+(:func:`settled_at`, the ``epochs_to_*``/``cells_to_*`` metrics).
 """
 
 from __future__ import annotations
@@ -30,9 +34,21 @@ import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
+from sweep.callbacks import EpochStats
 from sweep.checkpoint import rng_untouched
 from sweep.data.datamodule import StoreDataModule
-from sweep.run_folder import BASELINE_PREFIX, BATCH, BIO, EPOCH, TOTAL
+from sweep.run_folder import (
+    BASELINE_PREFIX,
+    BATCH,
+    BIO,
+    CELLS_SEEN,
+    ELBO_VALIDATION,
+    EPOCH,
+    GLOBAL_STEP,
+    KL_LOCAL_VALIDATION,
+    RECONSTRUCTION_VALIDATION,
+    TOTAL,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +69,54 @@ UMAP_NEIGHBORS = 15
 
 
 @dataclass
-class EvaluationCells:
-    """The cells every evaluation of a job scores: counts (n, genes) CSR, model inputs and labels.
-
-    ``batch_codes`` (n,) and ``covariate_codes`` (n, k) are the model's own codes; ``obs`` holds
-    the evaluation batch label and the cell type as strings, and (from a store) the
-    :data:`SOURCE_COLUMNS`.
-    """
+class ModelCells:
+    """Cells as the model takes them: counts (n, genes) CSR and the model's own codes,
+    ``batch_codes`` (n,) and ``covariate_codes`` (n, k); ``rows``: their store rows."""
 
     rows: np.ndarray
     X: sp.csr_matrix
     batch_codes: np.ndarray
     covariate_codes: np.ndarray
+
+    def tensors(self, part: slice, device) -> dict[str, torch.Tensor]:
+        """The model's input tensors of the cells ``part`` on ``device``."""
+        codes = self.batch_codes[part]
+        tensors = {
+            REGISTRY_KEYS.X_KEY: torch.as_tensor(self.X[part].toarray(), device=device),
+            REGISTRY_KEYS.BATCH_KEY: torch.as_tensor(
+                codes, dtype=torch.int64, device=device
+            ).reshape(-1, 1),
+            REGISTRY_KEYS.LABELS_KEY: torch.zeros(
+                (codes.shape[0], 1), dtype=torch.int64, device=device
+            ),
+        }
+        if self.covariate_codes.shape[1]:
+            tensors[REGISTRY_KEYS.CAT_COVS_KEY] = torch.as_tensor(
+                self.covariate_codes[part], dtype=torch.int64, device=device
+            )
+        return tensors
+
+
+@dataclass
+class EvaluationCells(ModelCells):
+    """The cells every evaluation of a job scores: :class:`ModelCells` with labels.
+
+    ``obs`` holds the evaluation batch label and the cell type as strings, and (from a store)
+    the :data:`SOURCE_COLUMNS`.
+    """
+
     obs: pd.DataFrame
     baseline: np.ndarray  # (n, n_pcs) PCA of log-normalised counts
+
+
+def model_cells(dm: StoreDataModule, candidates: np.ndarray, n_cells: int, seed: int) -> ModelCells:
+    """``n_cells`` of the store rows ``candidates`` (all when fewer), drawn with ``seed``, in
+    store order, as the model takes them."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(candidates, size=min(n_cells, len(candidates)), replace=False))
+    return ModelCells(
+        rows, dm.counts(rows), dm.encoding.batch_codes[rows], dm.encoding.covariate_codes[rows]
+    )
 
 
 def choose_cells(
@@ -82,10 +132,10 @@ def choose_cells(
     read what scoring needs about them; their evaluation batch is the values of ``batch_keys``
     joined with ``separator`` (``batch.separator``, as the model's batch labels are)."""
     validation = np.flatnonzero(dm.split.validation & (dm.n_genes_all >= min_genes))
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(validation, size=min(n_cells, len(validation)), replace=False))
-    X = dm.counts(rows)
-    table = dm.obs_strings(rows, list(dict.fromkeys([*batch_keys, label_key, *SOURCE_COLUMNS])))
+    cells = model_cells(dm, validation, n_cells, seed)
+    table = dm.obs_strings(
+        cells.rows, list(dict.fromkeys([*batch_keys, label_key, *SOURCE_COLUMNS]))
+    )
     obs = pd.DataFrame(
         {
             EVAL_BATCH: table[batch_keys].astype(str).agg(separator.join, axis=1).to_numpy(),
@@ -93,14 +143,7 @@ def choose_cells(
             **{column: table[column].astype(str).to_numpy() for column in SOURCE_COLUMNS},
         }
     )
-    return EvaluationCells(
-        rows,
-        X,
-        dm.encoding.batch_codes[rows],
-        dm.encoding.covariate_codes[rows],
-        obs,
-        pca_baseline(X),
-    )
+    return EvaluationCells(**vars(cells), obs=obs, baseline=pca_baseline(cells.X))
 
 
 def check_scorable(obs: pd.DataFrame, evaluation_cfg, data_cfg) -> None:
@@ -158,31 +201,41 @@ def pca_baseline(X: sp.csr_matrix, n_pcs: int = 50) -> np.ndarray:
 
 
 @torch.no_grad()
-def latent(module, cells: EvaluationCells, chunk: int = 1024) -> np.ndarray:
+def latent(module, cells: ModelCells, chunk: int = 1024) -> np.ndarray:
     """Posterior means of the latent space for ``cells``, (n, n_latent); training mode restored."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
     means = []
     for first in range(0, cells.X.shape[0], chunk):
-        part = slice(first, first + chunk)
-        tensors = {
-            REGISTRY_KEYS.X_KEY: torch.as_tensor(cells.X[part].toarray(), device=device),
-            REGISTRY_KEYS.BATCH_KEY: torch.as_tensor(
-                cells.batch_codes[part], dtype=torch.int64, device=device
-            ).reshape(-1, 1),
-            REGISTRY_KEYS.LABELS_KEY: torch.zeros(
-                (cells.batch_codes[part].shape[0], 1), dtype=torch.int64, device=device
-            ),
-        }
-        if cells.covariate_codes.shape[1]:
-            tensors[REGISTRY_KEYS.CAT_COVS_KEY] = torch.as_tensor(
-                cells.covariate_codes[part], dtype=torch.int64, device=device
-            )
+        tensors = cells.tensors(slice(first, first + chunk), device)
         inference = module.inference(**module._get_inference_input(tensors))
         means.append(inference["qz"].loc.cpu().numpy())
     module.train(was_training)
     return np.concatenate(means)
+
+
+@torch.no_grad()
+def validation_loss(module, cells: ModelCells, chunk: int = 1024) -> dict[str, float]:
+    """The loss terms of ``cells`` as scvi-tools' validation computes them (eval mode, z
+    sampled: draw under :func:`~sweep.checkpoint.rng_untouched`), means per cell in nats:
+    ``elbo_validation`` (reconstruction + local KL, unweighted), its two terms. Training mode
+    restored."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    reconstruction = kl_local = 0.0
+    for first in range(0, cells.X.shape[0], chunk):
+        losses = module(cells.tensors(slice(first, first + chunk), device))[2]
+        reconstruction += float(losses.reconstruction_loss_sum)
+        kl_local += float(losses.kl_local_sum)
+    module.train(was_training)
+    n = cells.X.shape[0]
+    return {
+        ELBO_VALIDATION: (reconstruction + kl_local) / n,
+        RECONSTRUCTION_VALIDATION: reconstruction / n,
+        KL_LOCAL_VALIDATION: kl_local / n,
+    }
 
 
 def exact_neighbors(X: np.ndarray, k: int):
@@ -256,18 +309,30 @@ def umap_layout(cells: EvaluationCells, embedding: np.ndarray, seed: int) -> pd.
     return pd.concat([pd.DataFrame(coordinates), cells.obs[labels].reset_index(drop=True)], axis=1)
 
 
+def position(at: dict) -> str:
+    """Where training was (``at``: GLOBAL_STEP, EPOCH, CELLS_SEEN) in words, for the log."""
+    if float(at[EPOCH]).is_integer():
+        return f"epoch {int(at[EPOCH])}"
+    return f"step {at[GLOBAL_STEP]} ({at[CELLS_SEEN]:,} cells seen, epoch {at[EPOCH]:.2f})"
+
+
 class IntegrationScoring(Callback):
     """Scores the latent space at the end of the listed epochs (1-based) and of the last one,
-    and lays the cells out in 2-D at the last one (``layout``, :func:`umap_layout`).
+    and lays the cells out in 2-D at the last one (``layout``, :func:`umap_layout`); scores at
+    other moments through :meth:`evaluate` (every N steps: sweep.step_evaluation).
 
-    Each evaluation's scores are logged per epoch (history.csv, W&B) and kept in ``records``,
-    with the largest neighbourhood used (cells) and the metrics skipped ("name: why; ...").
-    ``seed``: the UMAP layout's.
+    Each scoring is kept in ``records``, with where training was (GLOBAL_STEP, EPOCH, fractional
+    between epoch ends, CELLS_SEEN from ``counter``), the largest neighbourhood used (cells) and
+    the metrics skipped ("name: why; ..."); epoch-end scores are also logged per epoch
+    (history.csv, W&B). ``seed``: the UMAP layout's.
     """
 
-    def __init__(self, cells: EvaluationCells, epochs: list[int], seed: int = 0):
+    def __init__(
+        self, cells: EvaluationCells, epochs: list[int], counter: EpochStats, seed: int = 0
+    ):
         self.cells = cells
         self.epochs = set(epochs)
+        self.counter = counter
         self.seed = seed
         self.layout: pd.DataFrame | None = None
         self.records: list[dict] = []
@@ -289,12 +354,24 @@ class IntegrationScoring(Callback):
         still restores its scores."""
         return "IntegrationCheckpoints"
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def due(self, trainer) -> bool:
+        """Whether the current epoch's end is scored: a listed epoch, or the last."""
         epoch = trainer.current_epoch + 1
-        if epoch not in self.epochs and epoch != trainer.max_epochs:
+        return epoch in self.epochs or epoch == trainer.max_epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.due(trainer) or not trainer.is_global_zero:  # with DDP, rank 0 scores
             return
-        if not trainer.is_global_zero:  # with DDP, rank 0 scores for all
-            return
+        epoch = trainer.current_epoch + 1
+        at = {GLOBAL_STEP: trainer.global_step, EPOCH: epoch, CELLS_SEEN: self.counter.cells_seen}
+        scores = self.evaluate(pl_module, at, layout=epoch == trainer.max_epochs)
+        for name in AGGREGATES.values():
+            pl_module.log(name, scores[name], on_epoch=True)
+
+    def evaluate(self, pl_module, at: dict, layout: bool = False) -> dict[str, float]:
+        """Score the latent space now (one process: DDP's rank 0), and with ``layout`` lay the
+        cells out in 2-D; ``at``: where training is (GLOBAL_STEP, EPOCH, CELLS_SEEN), kept with
+        the scores in ``records``. The scores: :func:`score`'s."""
         started = time.perf_counter()
         # scvi-tools samples z even in eval mode (torch); scib-metrics, sklearn and umap may draw
         # from numpy's global RNG: none of it may shift the training's random streams
@@ -304,48 +381,50 @@ class IntegrationScoring(Callback):
                 scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
             else:
                 log.info(
-                    "scoring epoch %d with the PCA baseline: in a process's first scoring, "
+                    "scoring %s with the PCA baseline: in a process's first scoring, "
                     "scib-metrics compiles its kernels (JAX, numba) first, 45 s to 5 minutes on "
                     "a CPU, while the progress bar stands still",
-                    epoch,
+                    position(at),
                 )
                 scores = score(self.cells, embedding)
                 self.baseline_scores = {
                     k: v for k, v in scores.items() if k.startswith(BASELINE_PREFIX)
                 }
-            if epoch == trainer.max_epochs:
+            if layout:
                 laid_out = time.perf_counter()
                 self.layout = umap_layout(self.cells, embedding, self.seed)
                 log.info(
-                    "epoch %d: UMAP of the %d evaluation cells (scVI, PCA baseline), %.1f s",
-                    epoch,
+                    "%s: UMAP of the %d evaluation cells (scVI, PCA baseline), %.1f s",
+                    position(at),
                     len(self.layout),
                     time.perf_counter() - laid_out,
                 )
         self.records.append(
             {
-                EPOCH: epoch,
+                **at,
                 **scores,
                 "evaluation_neighbors": self.neighbors,
                 "evaluation_skipped": self.skipped,
             }
         )
-        for name in AGGREGATES.values():
-            pl_module.log(name, scores[name], on_epoch=True)
         log.info(
-            "epoch %d: bio conservation %.3f, batch correction %.3f (baseline %.3f, %.3f), %.1f s",
-            epoch,
+            "%s: bio conservation %.3f, batch correction %.3f (baseline %.3f, %.3f), %.1f s",
+            position(at),
             scores[BIO],
             scores[BATCH],
             scores[BASELINE_PREFIX + BIO],
             scores[BASELINE_PREFIX + BATCH],
             time.perf_counter() - started,
         )
+        return scores
 
     @property
     def final(self) -> dict:
-        """The last evaluation's record, without its epoch (for metrics.json)."""
-        return {k: v for k, v in self.records[-1].items() if k != EPOCH} if self.records else {}
+        """The last evaluation's record, without where it was taken (for metrics.json)."""
+        if not self.records:
+            return {}
+        where = (EPOCH, GLOBAL_STEP, CELLS_SEEN)
+        return {k: v for k, v in self.records[-1].items() if k not in where}
 
     def state_dict(self) -> dict:
         """What a resumed run needs (see sweep.checkpoint): the scores so far."""
@@ -355,14 +434,15 @@ class IntegrationScoring(Callback):
         self.records, self.baseline_scores = state["records"], state["baseline_scores"]
 
 
-def epochs_to_within(values: pd.Series, epochs: pd.Series, tolerance: float) -> int | None:
-    """The epoch (of ``epochs``, counted from 1) from which ``values`` stay within ``tolerance``
-    (relative) of the last value; None if there are no values."""
-    values, epochs = values.dropna(), epochs[values.dropna().index]
+def settled_at(values: pd.Series, positions: pd.Series, tolerance: float) -> float | None:
+    """The position (of ``positions``: epochs, counted from 1, or cells seen) from which
+    ``values`` stay within ``tolerance`` (relative) of the last value; an int when it is whole;
+    None if there are no values."""
+    values, positions = values.dropna(), positions[values.dropna().index]
     if values.empty:
         return None
     final = values.iloc[-1]
     outside = np.abs(values.to_numpy() - final) > tolerance * max(abs(final), 1e-12)
     last_outside = np.flatnonzero(outside)
-    position = last_outside[-1] + 1 if len(last_outside) else 0
-    return int(epochs.iloc[position])
+    found = float(positions.iloc[last_outside[-1] + 1 if len(last_outside) else 0])
+    return int(found) if found.is_integer() else found

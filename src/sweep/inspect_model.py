@@ -22,10 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweep.config import ModelConfig, register_schema
+from sweep.config import ModelConfig, compose_train
 from sweep.paths import CONF_DIR
 
 #: the ``model`` group's keys (scvi-tools constructor arguments), in schema order
@@ -330,9 +329,7 @@ def inspect_model(path: str | Path) -> ModelReport:
 
 def compose_models(overrides: list[str]) -> list:
     """The ``model`` group of ``conf/train.yaml`` composed with each override (e.g. model=NAME)."""
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return [compose("train", overrides=[override]).model for override in overrides]
+    return [compose_train([override]).model for override in overrides]
 
 
 def differences(report: ModelReport, model_cfg) -> dict[str, tuple]:

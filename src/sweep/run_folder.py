@@ -8,8 +8,13 @@ A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multiru
     .hydra/hydra.yaml         Hydra: its config, with the group choices (runtime.choices)
     train.log                 Hydra's job log (``<hydra.job.name>.log``, named in train.yaml)
     config_resolved.yaml      the job's config, interpolations resolved
-    history.csv               one row per finished epoch (EPOCH 1, 2, ...): losses, KL weight, ...
-    integration.csv           one row per evaluated epoch: every integration score (sweep.evaluate)
+    history.csv               one row per finished epoch (EPOCH 1, 2, ...): losses, KL weight,
+                              GLOBAL_STEP and CELLS_SEEN at its end, ...
+    steps.csv                 one row per step-level validation (``trainer.validate_every_n_steps``,
+                              sweep.step_evaluation): GLOBAL_STEP, EPOCH (fractional), CELLS_SEEN,
+                              the validation losses on a fixed subsample, KL weight, lr
+    integration.csv           one row per scoring (evaluated epochs, and every
+                              ``evaluation.score_every_n_steps`` steps): every integration score
     embedding.csv, .png       the evaluation cells' UMAP layouts and their picture
     metrics.json              written last: final metrics, cost, what was run; a run that has it
                               finished
@@ -44,6 +49,7 @@ LOG_FILE = "train.log"
 LOG_FILES = "*.log"
 CONFIG_FILE = "config_resolved.yaml"
 HISTORY_FILE = "history.csv"
+STEPS_FILE = "steps.csv"
 INTEGRATION_FILE = "integration.csv"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
@@ -57,10 +63,14 @@ DDP_HYDRA_DIRS = ".pl_ddp_hydra_*"
 
 # --- metric names: metrics.json keys, history.csv and integration.csv columns ------------------
 
-#: the N-th finished epoch, counted from 1 (Lightning's ``current_epoch`` + 1)
+#: the N-th finished epoch, counted from 1 (Lightning's ``current_epoch`` + 1); in step-indexed
+#: rows the epochs trained so far, fractional (CELLS_SEEN / training cells)
 EPOCH = "epoch"
+#: optimizer steps so far (Lightning's ``global_step``); training cells so far, all DDP ranks'
+GLOBAL_STEP, CELLS_SEEN = "global_step", "cells_seen"
 ELBO_VALIDATION = "elbo_validation"
 RECONSTRUCTION_VALIDATION = "reconstruction_loss_validation"
+KL_LOCAL_VALIDATION = "kl_local_validation"
 KL_WEIGHT = "kl_weight"
 #: training cells/s, and training time (s, validation excluded)
 TRAIN_CELLS_PER_S, TRAIN_TIME = "train_cells_per_s", "train_time_s"
@@ -68,13 +78,16 @@ TRAIN_CELLS_PER_S, TRAIN_TIME = "train_cells_per_s", "train_time_s"
 EPOCHS = "epochs"
 #: validation cells the validation losses are measured on (metrics.json, from the data split)
 CELLS_VALIDATION = "cells_validation"
+#: the validation cells of the step-level validation loss (metrics.json; steps.csv's)
+STEP_VALIDATION_CELLS = "step_validation_cells"
 #: integration scores (scib's Total = 0.4 batch + 0.6 bio): metrics.json, per evaluated epoch in
 #: history.csv and integration.csv
 BIO, BATCH, TOTAL = "bio_conservation", "batch_correction", "integration_total"
 #: prefix of the unintegrated (PCA) baseline's scores
 BASELINE_PREFIX = "pca_"
-#: prefix of the convergence metrics: ``epochs_to_<tolerance>_<metric>``
-CONVERGENCE_PREFIX = "epochs_to_"
+#: prefixes of the convergence metrics: ``epochs_to_<tolerance>_<metric>`` and the same in
+#: training cells seen, ``cells_to_<tolerance>_<metric>``
+CONVERGENCE_PREFIX, CELLS_CONVERGENCE_PREFIX = "epochs_to_", "cells_to_"
 #: metrics.json: the job's overrides (a list) and config group choices (group -> option)
 OVERRIDES, CHOICES = "overrides", "choices"
 
@@ -129,12 +142,13 @@ def read_metrics(run_dir: Path) -> dict | None:
 
 
 def write_table(run_dir: Path, name: str, table: pd.DataFrame) -> None:
-    """A per-epoch table (:data:`HISTORY_FILE`, :data:`INTEGRATION_FILE`) as CSV, no index."""
+    """A table of the run (:data:`HISTORY_FILE`, :data:`STEPS_FILE`, :data:`INTEGRATION_FILE`)
+    as CSV, no index."""
     table.to_csv(Path(run_dir) / name, index=False)
 
 
 def read_table(run_dir: Path, name: str) -> pd.DataFrame | None:
-    """A per-epoch table written by :func:`write_table`, or None when there is none."""
+    """A table written by :func:`write_table`, or None when there is none."""
     import pandas as pd
 
     path = Path(run_dir) / name

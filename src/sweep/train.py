@@ -1,5 +1,5 @@
 """One training job: config -> store -> datamodule -> scVI -> run folder (model, metrics, history,
-embedding, health, report.md).
+step-level history, embedding, health, report.md).
 
 ``run(cfg, run_dir)`` is what ``train.py`` calls for every Hydra job; it returns the value of
 ``cfg.optimized_metric`` from ``metrics.json`` so sweepers can optimise it.
@@ -29,7 +29,8 @@ from sweep.evaluate import (
     IntegrationScoring,
     check_scorable,
     choose_cells,
-    epochs_to_within,
+    model_cells,
+    settled_at,
 )
 from sweep.model import build_scvi
 from sweep.report.embedding import write_embedding
@@ -43,6 +44,7 @@ from sweep.report.run_report import (
     write_run_report,
 )
 from sweep.resume import prepare_resume
+from sweep.step_evaluation import StepEvaluation
 from sweep.study.pruning import pruning_callback
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ FINAL_METRICS = (
     "kl_local_train",
     run_folder.ELBO_VALIDATION,
     run_folder.RECONSTRUCTION_VALIDATION,
-    "kl_local_validation",
+    run_folder.KL_LOCAL_VALIDATION,
     run_folder.KL_WEIGHT,
 )
 
@@ -73,6 +75,8 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     }
     columns[run_folder.KL_WEIGHT] = columns.pop(KL_WEIGHT_LOGGED)  # see EpochStats
     table = pd.DataFrame(columns)
+    for count in (run_folder.GLOBAL_STEP, run_folder.CELLS_SEEN):  # logged as floats
+        table[count] = pd.to_numeric(table[count]).round().astype("Int64")
     table.index = table.index + 1
     table.index.name = run_folder.EPOCH
     return table.reset_index()
@@ -148,7 +152,24 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             cfg.evaluation.min_genes,
         )
         check_scorable(cells.obs, cfg.evaluation, cfg.data)  # before training: fail at no cost
-        scoring = IntegrationScoring(cells, list(cfg.evaluation.epochs), cfg.evaluation.seed)
+        scoring = IntegrationScoring(
+            cells, list(cfg.evaluation.epochs), epoch_stats, cfg.evaluation.seed
+        )
+    step_evaluation = StepEvaluation(
+        model_cells(
+            datamodule,
+            np.flatnonzero(datamodule.split.validation),
+            cfg.trainer.step_validation_cells,
+            cfg.data.split_seed,
+        )
+        if cfg.trainer.validate_every_n_steps
+        else None,
+        cfg.trainer.validate_every_n_steps,
+        scoring,
+        cfg.evaluation.every_n_steps,
+        epoch_stats,
+        datamodule.n_train,
+    )
     history_logger = SimpleLogger(save_dir=None)
     loggers = [history_logger] + ([wandb_logger] if wandb_logger else [])
     stop_on_nan = StopOnNonFiniteLoss()
@@ -182,6 +203,7 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
                     epoch_stats,
                     warmup,
                     scoring,
+                    step_evaluation,  # before the step checkpoint: a step's row is in it
                     pruning,
                     stop_on_nan,
                     epoch_checkpoint,
@@ -197,12 +219,20 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
             return model, {}
         history = history_frame(model.history)
         run_folder.write_table(run_dir, run_folder.HISTORY_FILE, history)
+        steps = pd.DataFrame(step_evaluation.records)
+        if len(steps):
+            run_folder.write_table(run_dir, run_folder.STEPS_FILE, steps)
         if cfg.save_model:
             model.save(str(run_dir / run_folder.MODEL_DIR), overwrite=True, save_anndata=False)
         metrics = summarize(cfg, datamodule, history, epoch_stats, identity, store, started)
         metrics.update(model_sizes(model))
+        loss_record = steps if len(steps) else history  # the finest record of the loss
+        tolerance = cfg.evaluation.convergence_tolerance
+        metrics.update(convergence({run_folder.ELBO_VALIDATION: loss_record}, tolerance))
+        if len(steps):
+            metrics[run_folder.STEP_VALIDATION_CELLS] = len(step_evaluation.cells.rows)
         if scoring is not None:
-            metrics.update(integration_summary(scoring, history, cfg.evaluation, run_dir))
+            metrics.update(integration_summary(scoring, cfg.evaluation, run_dir))
             if scoring.layout is not None:  # None when no epoch was left to train (resumed)
                 write_embedding(run_dir, scoring.layout)
         metrics["kl_warmup_complete"] = warmup.complete
@@ -226,22 +256,32 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
     return model, metrics
 
 
-def integration_summary(
-    scoring: IntegrationScoring, history: pd.DataFrame, evaluation_cfg, run_dir: Path
-) -> dict:
-    """Final integration scores, their baseline, and epochs until each headline value is within
-    ``convergence_tolerance`` of its final value; every evaluation goes to integration.csv."""
-    records = pd.DataFrame(scoring.records)
-    run_folder.write_table(run_dir, run_folder.INTEGRATION_FILE, records)
-    tolerance = evaluation_cfg.convergence_tolerance
+def convergence(tables: dict[str, pd.DataFrame], tolerance: float) -> dict:
+    """For each metric name -> the table recording it (history.csv, steps.csv or
+    integration.csv rows, in training order): the epochs (``epochs_to_<tolerance>_<name>``) and
+    the training cells seen (``cells_to_...``) from which it stays within ``tolerance``
+    (relative) of its last value, checked where the table has it."""
     percent = f"{tolerance:.0%}".replace("%", "pct")
-    convergence = {}
-    for name in (run_folder.ELBO_VALIDATION, *AGGREGATES.values()):
-        table = history if name == run_folder.ELBO_VALIDATION else records
-        convergence[f"{run_folder.CONVERGENCE_PREFIX}{percent}_{name}"] = epochs_to_within(
-            table[name], table[run_folder.EPOCH], tolerance
-        )
-    return {**scoring.final, **convergence, "evaluation_cells": len(scoring.cells.rows)}
+    found = {}
+    for name, table in tables.items():
+        for prefix, position in (
+            (run_folder.CONVERGENCE_PREFIX, run_folder.EPOCH),
+            (run_folder.CELLS_CONVERGENCE_PREFIX, run_folder.CELLS_SEEN),
+        ):
+            found[f"{prefix}{percent}_{name}"] = settled_at(table[name], table[position], tolerance)
+    return found
+
+
+def integration_summary(scoring: IntegrationScoring, evaluation_cfg, run_dir: Path) -> dict:
+    """Final integration scores, their baseline, and when each aggregate settled within
+    ``convergence_tolerance`` of its final value (:func:`convergence`); every scoring goes to
+    integration.csv, in training order."""
+    records = pd.DataFrame(scoring.records)  # in training order
+    run_folder.write_table(run_dir, run_folder.INTEGRATION_FILE, records)
+    settled = convergence(
+        {name: records for name in AGGREGATES.values()}, evaluation_cfg.convergence_tolerance
+    )
+    return {**scoring.final, **settled, "evaluation_cells": len(scoring.cells.rows)}
 
 
 def model_sizes(model: scvi.model.SCVI) -> dict:
@@ -275,7 +315,7 @@ def summarize(
         **final,
         LOSS_CHANGE: last_epoch_change(history[run_folder.ELBO_VALIDATION]),
         run_folder.EPOCHS: int(len(history)),
-        "cells_seen": epoch_stats.cells_seen,
+        run_folder.CELLS_SEEN: epoch_stats.cells_seen,
         run_folder.TRAIN_CELLS_PER_S: epoch_stats.cells_per_s,
         run_folder.TRAIN_TIME: epoch_stats.train_time_s,
         "wall_time_s": time.perf_counter() - started,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sweep.run_folder import (
     BATCH,
     BIO,
+    CELLS_SEEN,
     CELLS_VALIDATION,
     ELBO_VALIDATION,
     EPOCH,
@@ -67,6 +68,7 @@ AGGREGATES = tuple(m for m in HEADLINE if m.key in (BIO, BATCH, TOTAL))
 #: axis labels of the other per-epoch and per-job columns the figures show
 AXIS_LABELS = {
     EPOCH: "epoch",
+    CELLS_SEEN: "training cells seen",
     KL_WEIGHT: "KL weight (0-1)",
     TRAIN_TIME: "training time (s)",
 }

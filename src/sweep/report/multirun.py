@@ -19,6 +19,7 @@ from sweep.report.render import (
     CHAR_WIDTH,
     REPORT_FILE,
     PlannedFigure,
+    cells_seen_axis,
     colours,
     data_note,
     figure_legend,
@@ -33,6 +34,8 @@ from sweep.run_folder import (
     BASELINE_PREFIX,
     BATCH,
     BIO,
+    CELLS_CONVERGENCE_PREFIX,
+    CELLS_SEEN,
     CONVERGENCE_PREFIX,
     ELBO_VALIDATION,
     EPOCH,
@@ -56,33 +59,46 @@ def job_labels(sweep: Sweep) -> dict[int, str]:
     }
 
 
-def plot_histories(sweep: Sweep, columns: list[str], title: str) -> Figure | None:
-    """``columns`` of history.csv per epoch, a panel each, one line per job with a marker at each
-    epoch (so a one-epoch run shows); the legend below (None without data)."""
-    columns = [c for c in columns if any(c in h for h in sweep.histories.values())]
+def plot_histories(
+    sweep: Sweep,
+    columns: list[str],
+    title: str,
+    tables: dict[int, pd.DataFrame] | None = None,
+    x: str = EPOCH,
+) -> Figure | None:
+    """``columns`` of each job's table (``tables``, default history.csv) against ``x`` (epoch,
+    or CELLS_SEEN), a panel each, one line per job; per epoch with a marker at each epoch (so
+    a one-epoch run shows); the legend below (None without data)."""
+    tables = {n: t for n, t in (sweep.histories if tables is None else tables).items() if x in t}
+    columns = [c for c in columns if any(c in t for t in tables.values())]
     if not columns:
         return None
     labels = job_labels(sweep)
-    last = max(int(h[EPOCH].max()) for h in sweep.histories.values() if len(h))
+    last = max(t[x].max() for t in tables.values() if len(t))
     fig, axes = panel_figure(len(columns))
     for ax, column in zip(axes, columns, strict=True):
-        for (number, history), colour in zip(
-            sweep.histories.items(), colours(len(sweep.histories)), strict=True
-        ):
-            if column in history:
-                points = history[[EPOCH, column]].dropna()  # scores exist at some epochs only
-                ax.plot(
-                    points[EPOCH], points[column], "o-", ms=4, color=colour, label=labels[number]
-                )
-        ax.set_xlim(0.5, last + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_xlabel(axis_label(EPOCH))
+        for (number, table), colour in zip(tables.items(), colours(len(tables)), strict=True):
+            if column in table:
+                points = table[[x, column]].dropna()  # scores exist at scored points only
+                style = dict(marker="o", ms=4) if x == EPOCH else dict(marker=".", ms=3)
+                ax.plot(points[x], points[column], color=colour, label=labels[number], **style)
+        if x == EPOCH:
+            ax.set_xlim(0.5, last + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.set_xlabel(axis_label(x))
+        else:
+            cells_seen_axis(ax, last)
         ax.set_ylabel(axis_label(column), fontsize="small")
         if len(columns) > 1:
-            ax.set_title(label(column), fontsize="small")
+            ax.set_title(axis_label(column).split(" (")[0], fontsize="small")  # no unit
     figure_legend(fig, *axes[0].get_legend_handles_labels())
     fig.suptitle(title)
     return fig
+
+
+def scored_between_epochs(scorings: pd.DataFrame) -> bool:
+    """Whether a job's integration.csv has a scoring between epoch ends (a fractional epoch)."""
+    return bool((scorings[EPOCH] % 1 > 0).any())
 
 
 def seed_spread(data: pd.DataFrame, factor: str, column: str) -> pd.Series:
@@ -171,6 +187,34 @@ def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
             "integration scores per evaluated epoch (higher is better)",
             lambda: plot_histories(sweep, [BIO, BATCH, TOTAL], "integration scores per epoch"),
         ),
+        (
+            "by_cells_seen.png",
+            f"{label(ELBO_VALIDATION)} measured between epoch ends (steps.csv), against "
+            "training cells seen",
+            lambda: plot_histories(
+                sweep,
+                [ELBO_VALIDATION, KL_WEIGHT],
+                "every few steps, against training cells seen",
+                sweep.steps,
+                CELLS_SEEN,
+            ),
+        ),
+        (
+            "scores_by_cells_seen.png",
+            "integration scores against training cells seen, where jobs scored between epoch "
+            "ends (higher is better)",
+            lambda: plot_histories(
+                sweep,
+                [BIO, BATCH, TOTAL],
+                "integration scores",
+                {
+                    n: sweep.scorings[n]
+                    for n in sweep.scorings
+                    if scored_between_epochs(sweep.scorings[n])
+                },
+                CELLS_SEEN,
+            ),
+        ),
         *[
             (
                 f"by_{factor.replace('/', '_')}.png",
@@ -209,24 +253,36 @@ def job_list(sweep: Sweep, status: str) -> list[str]:
 
 
 def convergence_lines(sweep: Sweep) -> list[str]:
-    """A "Convergence" section from the ``epochs_to_*`` metrics: their range over complete jobs."""
-    columns = [c for c in sweep.results.columns if c.startswith(CONVERGENCE_PREFIX)]
+    """A "Convergence" section from the ``epochs_to_*`` and ``cells_to_*`` metrics: their
+    range over complete jobs."""
+    prefixes = (CONVERGENCE_PREFIX, CELLS_CONVERGENCE_PREFIX)
+    columns = [c for c in sweep.results.columns if c.startswith(prefixes)]
     complete = sweep.results[sweep.results["status"] == COMPLETE]
     if not columns or complete.empty:
         return []
     lines = [
         "## Convergence",
         "",
-        "Epochs until a value stays within the tolerance of its value at the last epoch "
-        "(checked at the evaluated epochs for integration scores), over complete jobs:",
+        "Epochs, and training cells seen, until a value stays within the tolerance of its value "
+        "at the end of training, checked where it was measured (the validation loss between "
+        "epoch ends where the jobs measured it there, steps.csv; integration scores at their "
+        "scorings), over complete jobs:",
         "",
     ]
     for column in columns:
         values = complete[column].dropna()
-        if len(values):
+        if not len(values):
+            continue
+        if column.startswith(CELLS_CONVERGENCE_PREFIX):
+            of = complete[CELLS_SEEN].max() if CELLS_SEEN in complete else values.max()
             lines.append(
-                f"- `{column}`: median {values.median():g} "
-                f"(range {values.min():g}-{values.max():g}, of {complete[EPOCHS].max():g})"
+                f"- `{column}`: median {values.median():,.0f} "
+                f"(range {values.min():,.0f}-{values.max():,.0f}, of {of:,.0f} cells)"
+            )
+        else:
+            lines.append(
+                f"- `{column}`: median {values.median():.3g} "
+                f"(range {values.min():.3g}-{values.max():.3g}, of {complete[EPOCHS].max():g})"
             )
     return [*lines, ""]
 

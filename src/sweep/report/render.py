@@ -107,6 +107,17 @@ def figure_legend(fig: Figure, handles: list, labels: list[str]) -> None:
     )
 
 
+def cells_seen_axis(ax, last: float) -> None:
+    """An x-axis of training cells seen from 0 to ``last`` (cells), ticks in plain numbers, or
+    in millions (``1.5M``) from 1M on."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlim(0, last * 1.03)
+    ax.set_xlabel("training cells seen")
+    if last >= 1e6:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1e6:g}M"))
+
+
 def write_figures(planned: Iterable[PlannedFigure], out_dir: Path) -> list[tuple[str, str]]:
     """Plot and write each planned figure into ``out_dir`` as PNG; (file name, caption) of each
     written (those without data are skipped)."""

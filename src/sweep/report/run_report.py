@@ -19,11 +19,24 @@ from sweep.report.embedding import EMBEDDING_FIGURE, draw_embedding
 from sweep.report.render import (
     DPI,
     REPORT_FILE,
+    cells_seen_axis,
     figure_lines,
     markdown_table,
     write_figures,
 )
-from sweep.run_folder import BASELINE_PREFIX, BATCH, BIO, ELBO_VALIDATION, EPOCH, KL_WEIGHT, TOTAL
+from sweep.run_folder import (
+    BASELINE_PREFIX,
+    BATCH,
+    BIO,
+    CELLS_CONVERGENCE_PREFIX,
+    CELLS_SEEN,
+    CONVERGENCE_PREFIX,
+    ELBO_VALIDATION,
+    EPOCH,
+    KL_WEIGHT,
+    STEP_VALIDATION_CELLS,
+    TOTAL,
+)
 
 CURVES_FIGURE = "curves.png"
 #: the aggregate integration scores -> their words
@@ -113,27 +126,64 @@ def health(metrics: dict, warmup_unfinished: str | None) -> dict[str, str]:
 # --- the page ----------------------------------------------------------------------------------
 
 
-def plot_curves(history: pd.DataFrame, metrics: dict) -> Figure:
-    """The run per epoch, a panel each: its loss (negative ELBO, validation and training), KL
-    weight and, at the scored epochs, integration scores on a 0-1 axis with the PCA baseline's
-    (``metrics``: metrics.json's) as dashed lines; whole-epoch ticks, one epoch as dots."""
-    panels = [  # (history columns -> legend, title, y-axis unit)
-        (
-            {ELBO_VALIDATION: "validation", "elbo_train": "training"},
-            "loss = negative ELBO",
-            "nats per cell (lower is better)",
-        ),
-        ({KL_WEIGHT: "KL weight"}, "KL weight of the loss's KL term", "weight (0-1)"),
-        (AGGREGATE_WORDS, "integration score", "score (0-1, higher is better)"),
+def plot_curves(
+    history: pd.DataFrame,
+    metrics: dict,
+    steps: pd.DataFrame | None = None,
+    integration: pd.DataFrame | None = None,
+) -> Figure:
+    """The run's curves, a panel each: its loss (negative ELBO, validation and training), KL
+    weight and, where scored, integration scores on a 0-1 axis with the PCA baseline's
+    (``metrics``: metrics.json's) as dashed lines.
+
+    Per epoch (whole-epoch ticks, one epoch as dots), or, when the run measured between epoch
+    ends (``steps``: steps.csv), against training cells seen: the step-level validation loss
+    and KL weight as lines, the epoch ends' values as dots, the scores from ``integration``
+    (integration.csv, step-level rows included)."""
+    by_cells = steps is not None and len(steps) > 0 and CELLS_SEEN in history
+    x = CELLS_SEEN if by_cells else EPOCH
+    scored = integration if by_cells and integration is not None else history
+    cells = metrics.get(STEP_VALIDATION_CELLS)
+    loss = [
+        (history, ELBO_VALIDATION, "validation", "o-"),
+        (history, "elbo_train", "training", "o-"),
     ]
-    panels = [panel for panel in panels if any(c in history for c in panel[0])]
+    if by_cells:  # the step-level validation loss, the epoch ends' values as dots
+        loss = [
+            (
+                steps,
+                ELBO_VALIDATION,
+                f"validation, {cells:,} cells" if cells else "validation",
+                "-",
+            ),
+            (history, ELBO_VALIDATION, "validation, epoch end", "o"),
+            (history, "elbo_train", "training, epoch mean", "o"),
+        ]
+    panels = [  # (title, y-axis unit, [(table, column, legend, line style)])
+        ("loss = negative ELBO", "nats per cell (lower is better)", loss),
+        (
+            "KL weight of the loss's KL term",
+            "weight (0-1)",
+            [(steps if by_cells else history, KL_WEIGHT, "KL weight", "o-")],
+        ),
+        (
+            "integration score",
+            "score (0-1, higher is better)",
+            [(scored, column, name, "o-") for column, name in AGGREGATE_WORDS.items()],
+        ),
+    ]
+    panels = [
+        (title, unit, [line for line in lines if line[0] is not None and line[1] in line[0]])
+        for title, unit, lines in panels
+    ]
+    panels = [panel for panel in panels if panel[2]]
     fig = Figure(figsize=(4 * len(panels), 3.6), dpi=DPI, layout="constrained")
-    for ax, (names, title, unit) in zip(
+    for ax, (title, unit, lines) in zip(
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
     ):
-        for column, name in ((c, n) for c, n in names.items() if c in history):
-            points = history[[EPOCH, column]].dropna()  # scores exist at scored epochs only
-            line = ax.plot(points[EPOCH], points[column], marker="o", markersize=3, label=name)
+        for table, column, name, style in lines:
+            points = table[[x, column]].dropna()  # scores exist at scored points only
+            line = ax.plot(points[x], points[column], style, markersize=3, label=name)
             if BASELINE_PREFIX + column in metrics:
                 ax.axhline(
                     metrics[BASELINE_PREFIX + column],
@@ -141,11 +191,14 @@ def plot_curves(history: pd.DataFrame, metrics: dict) -> Figure:
                     linestyle="--",
                     label=f"PCA baseline: {name}",
                 )
-        if names is AGGREGATE_WORDS:
+        if lines[0][1] in AGGREGATE_WORDS:
             ax.set_ylim(0, 1)
-        ax.set_xlim(0.5, history[EPOCH].max() + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.set_xlabel("epoch")
+        if by_cells:
+            cells_seen_axis(ax, history[CELLS_SEEN].max())
+        else:
+            ax.set_xlim(0.5, history[EPOCH].max() + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.set_xlabel("epoch")
         ax.set_ylabel(unit, fontsize="small")
         ax.set_title(title, fontsize="small")
         ax.legend(fontsize="x-small")
@@ -182,6 +235,32 @@ def trained_lines(metrics: dict) -> list[str]:
         f"training ({metrics[run_folder.TRAIN_CELLS_PER_S]:,.0f} cells/s), "
         f"{metrics['wall_time_s']:.0f} s wall. Final validation loss (negative ELBO, lower is "
         f"better): {metrics[ELBO_VALIDATION]:.6g} at KL weight {metrics[KL_WEIGHT]:.2f}.",
+        "",
+        *settled_lines(metrics),
+    ]
+
+
+def settled_lines(metrics: dict) -> list[str]:
+    """When the validation loss settled, in training cells seen and epochs (the
+    ``cells_to_*``/``epochs_to_*`` metrics of the validation loss), and where it was measured."""
+    suffix = f"_{ELBO_VALIDATION}"
+    cells = next(
+        (k for k in metrics if k.startswith(CELLS_CONVERGENCE_PREFIX) and k.endswith(suffix)),
+        None,
+    )
+    if cells is None or metrics[cells] is None:
+        return []
+    tolerance = cells.removeprefix(CELLS_CONVERGENCE_PREFIX).removesuffix(suffix)
+    epochs = metrics[CONVERGENCE_PREFIX + cells.removeprefix(CELLS_CONVERGENCE_PREFIX)]
+    where = (
+        f"measured between epoch ends on {metrics[STEP_VALIDATION_CELLS]:,} validation cells "
+        "(steps.csv)"
+        if STEP_VALIDATION_CELLS in metrics
+        else "measured at epoch ends"
+    )
+    return [
+        f"The validation loss, {where}, stayed within {tolerance.replace('pct', '%')} of its "
+        f"final value from {metrics[cells]:,} training cells seen on (epoch {epochs:.3g}).",
         "",
     ]
 
@@ -256,14 +335,19 @@ def report_text(run_dir: Path, metrics: dict, figures: list[tuple[str, str]]) ->
 
 def write_run_report(run_dir: str | Path) -> Path:
     """Draw the run's curves and embedding picture and write its report.md, from the run folder
-    alone (metrics.json, history.csv, embedding.csv); return report.md's path."""
+    alone (metrics.json, history.csv, steps.csv, integration.csv, embedding.csv); return
+    report.md's path."""
     run_dir = Path(run_dir)
     metrics = run_folder.read_metrics(run_dir)
     if metrics is None:
         raise FileNotFoundError(f"{run_dir} has no {run_folder.METRICS_FILE}: not a finished run")
     history = run_folder.read_table(run_dir, run_folder.HISTORY_FILE)
+    steps = run_folder.read_table(run_dir, run_folder.STEPS_FILE)
+    integration = run_folder.read_table(run_dir, run_folder.INTEGRATION_FILE)
+    what = "the run per epoch" if steps is None else "the run against training cells seen"
     figures = write_figures(
-        [(CURVES_FIGURE, "the run per epoch", lambda: plot_curves(history, metrics))], run_dir
+        [(CURVES_FIGURE, what, lambda: plot_curves(history, metrics, steps, integration))],
+        run_dir,
     )
     if draw_embedding(run_dir) is not None:
         figures.append(

@@ -1,5 +1,5 @@
 """A Hydra sweep folder read into a results table: one row per job, with its status, settings
-and metrics, and each job's per-epoch history.
+and metrics, and each job's per-epoch history, step-level history and scorings.
 
 It reads only the job folders (``<job number>/``, through :mod:`sweep.run_folder`), so it works
 after a sweep that raised and on a sweep still running. A job is *complete* (metrics.json
@@ -33,6 +33,8 @@ class Job:
     choices: dict[str, str]  # config group -> option
     metrics: dict  # metrics.json ({} unless complete)
     history: pd.DataFrame | None  # history.csv, one row per epoch
+    steps: pd.DataFrame | None  # steps.csv, one row per step-level validation
+    scorings: pd.DataFrame | None  # integration.csv, one row per scoring
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Sweep:
     results: pd.DataFrame
     factors: list[str]  # override keys whose value differs between jobs, in override order
     histories: dict[int, pd.DataFrame]  # job number -> history.csv of the jobs that have one
+    steps: dict[int, pd.DataFrame]  # job number -> steps.csv of the jobs that have one
+    scorings: dict[int, pd.DataFrame]  # job number -> integration.csv of the jobs that have one
     health: dict[int, dict[str, str]]  # job number -> metrics.json's run health (complete jobs)
     overrides: dict[int, list[str]]  # job number -> its overrides, as on the command line
 
@@ -91,6 +95,8 @@ def read_job(job_dir: Path) -> Job:
         choices=dict(choices),
         metrics=metrics,
         history=run_folder.read_table(job_dir, run_folder.HISTORY_FILE),
+        steps=run_folder.read_table(job_dir, run_folder.STEPS_FILE),
+        scorings=run_folder.read_table(job_dir, run_folder.INTEGRATION_FILE),
     )
 
 
@@ -154,6 +160,8 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         results=results,
         factors=[k for k in override_keys(jobs) if results[k].nunique(dropna=False) > 1],
         histories={job.number: job.history for job in jobs if job.history is not None},
+        steps={job.number: job.steps for job in jobs if job.steps is not None},
+        scorings={job.number: job.scorings for job in jobs if job.scorings is not None},
         health={job.number: job.metrics.get(HEALTH, {}) for job in jobs if job.status == COMPLETE},
         overrides={job.number: job.overrides for job in jobs},
     )
