@@ -155,12 +155,10 @@ def fit(cfg, run_dir: str | Path, resume_from: Path | None = None) -> tuple[scvi
         scoring = IntegrationScoring(
             cells, list(cfg.evaluation.epochs), epoch_stats, cfg.evaluation.seed
         )
+    validation_rows = np.flatnonzero(datamodule.split.validation)  # never empty (selection.py)
     step_evaluation = StepEvaluation(
         model_cells(
-            datamodule,
-            np.flatnonzero(datamodule.split.validation),
-            cfg.trainer.step_validation_cells,
-            cfg.data.split_seed,
+            datamodule, validation_rows, cfg.trainer.step_validation_cells, cfg.data.split_seed
         )
         if cfg.trainer.validate_every_n_steps
         else None,

@@ -189,7 +189,7 @@ def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
         ),
         (
             "by_cells_seen.png",
-            f"{label(ELBO_VALIDATION)} measured between epoch ends (steps.csv), against "
+            f"{label(ELBO_VALIDATION)} and KL weight every few steps (steps.csv), against "
             "training cells seen",
             lambda: plot_histories(
                 sweep,
