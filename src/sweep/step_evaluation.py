@@ -12,8 +12,6 @@ the global step). Neither moves the training's random streams.
 
 from __future__ import annotations
 
-import logging
-
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
@@ -21,8 +19,6 @@ from sweep.callbacks import EpochStats
 from sweep.checkpoint import rng_untouched
 from sweep.evaluate import AGGREGATES, IntegrationScoring, ModelCells, validation_loss
 from sweep.run_folder import CELLS_SEEN, EPOCH, GLOBAL_STEP, KL_WEIGHT
-
-log = logging.getLogger(__name__)
 
 #: W&B key prefix of the step-level values, charted against CELLS_SEEN
 WANDB_PREFIX = "steps/"
@@ -54,11 +50,6 @@ class StepEvaluation(Callback):
         self.n_train = n_train
         self.records: list[dict] = []
         self._charted: set[str] = set()  # W&B keys defined as charted against CELLS_SEEN
-
-    @property
-    def active(self) -> bool:
-        """Whether anything is measured between epoch ends."""
-        return self.cells is not None or self.scoring is not None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
