@@ -260,7 +260,7 @@ def settled_lines(metrics: dict) -> list[str]:
     )
     return [
         f"The validation loss, {where}, stayed within {tolerance.replace('pct', '%')} of its "
-        f"final value from {metrics[cells]:,} training cells seen on (epoch {epochs:.3g}).",
+        f"final value from {metrics[cells]:,} training cells seen (epoch {epochs:.3g}) on.",
         "",
     ]
 
