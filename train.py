@@ -3,7 +3,7 @@
 The command lives in :mod:`sweep.train_cli` (installed as ``scvi-sweep-train``); groups in conf/.
 """
 
-from sweep.train_cli import main
+from sweep.cli.train_command import main
 
 if __name__ == "__main__":
     main()

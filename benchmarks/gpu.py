@@ -12,7 +12,7 @@ and deleted after:
    as Lightning's ``bf16-mixed`` does it (``torch.autocast`` around the forward pass);
 2. end to end, warm store: real ``model.train`` through ``StoreDataModule`` (``--workers`` loader
    workers) with the store's files read once first, ``--epochs`` epochs; cells/s is the best
-   epoch (``sweep.callbacks.EpochStats``);
+   epoch (``sweep.training.epoch_stats.EpochStats``);
 3. end to end, cold store: the same with the store's files evicted from the page cache just
    before training (fsync + ``posix_fadvise(DONTNEED)`` on those files only, checked with
    ``mincore``); only the first epoch reads from disk, so its cells/s is the first epoch's, to
@@ -136,7 +136,7 @@ class GpuUtilisation:
 @functools.cache
 def _configs(model: str):
     """The composed ``model`` and ``plan`` configs of ``model=<model>``."""
-    from sweep.config import compose_train
+    from sweep.config.schema import compose_train
 
     cfg = compose_train([f"model={model}"])
     return cfg.model, cfg.plan
@@ -145,7 +145,7 @@ def _configs(model: str):
 def _scvi(dm, model_cfg):
     import scvi
 
-    from sweep.model import build_scvi
+    from sweep.model.build import build_scvi
 
     scvi.settings.seed = 0
     return build_scvi(dm.manifest.genes, dm.encoding.batch_categories, {}, model_cfg)
@@ -241,7 +241,7 @@ def end_to_end_rate(
     from lightning.pytorch import Callback
     from omegaconf import OmegaConf
 
-    from sweep.callbacks import EpochStats
+    from sweep.training.epoch_stats import EpochStats
 
     model_cfg, plan_cfg = _configs(model)
     dm = store_datamodule(store, workers, batch_size)

@@ -109,7 +109,7 @@ def store_datamodule(
     ``loader_keys``."""
     from omegaconf import OmegaConf
 
-    from sweep.config import TrainConfig
+    from sweep.config.schema import TrainConfig
     from sweep.data.datamodule import StoreDataModule
 
     cfg = OmegaConf.structured(TrainConfig)
@@ -228,10 +228,10 @@ def train_rate(store: Path, workers: int, batch_size: int, epochs: int, in_memor
     the same batches already densified in memory (the model-only ceiling)."""
     import scvi
 
-    from sweep.callbacks import EpochStats
-    from sweep.config import compose_train
+    from sweep.config.schema import compose_train
     from sweep.data.densify import densify
-    from sweep.model import build_scvi
+    from sweep.model.build import build_scvi
+    from sweep.training.epoch_stats import EpochStats
 
     model_cfg = compose_train(["model=czi_128"]).model
     dm = store_datamodule(store, workers, batch_size)

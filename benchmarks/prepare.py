@@ -4,7 +4,7 @@ Measured side by side in one run on the same CELLxGENE-like source files (500 ce
 genes, ~1,375 non-zeros per cell, float32 CSR counts, ~8.4 MB each; a gene list of 3,241 ids):
 
 1. the naive script, one process: per file ``read_h5ad``, ``adata[:, genes]``, ``write_h5ad``;
-2. ``sweep.prepare`` with its default worker processes (one per CPU), on all ``--files`` files
+2. ``scvi-sweep-prepare`` with its default worker processes (one per CPU), on all ``--files`` files
    and on the first ``--small`` of them (peak RSS must not grow with the number of files);
 3. the disk's ceiling: the first ``--small`` files read whole, nothing parsed;
 4. with ``--one-worker``, prepare with one worker process on all files.
@@ -55,7 +55,8 @@ GENE_LIST = "genes.tsv"
 def _write_templates(folder: Path, seed: int) -> list[Path]:
     """TEMPLATES datasets of sweep.data.synthetic, cut to CELLS cells, their non-zeros thinned
     at random to about NNZ_PER_CELL per cell."""
-    from sweep.data.synthetic import SyntheticConfig, draw_world, simulate_dataset
+    from sweep.config.schema import SyntheticConfig
+    from sweep.data.synthetic import draw_world, simulate_dataset
 
     cfg = SyntheticConfig(
         output=str(folder), n_datasets=TEMPLATES, cells_per_dataset=2 * CELLS, n_genes=GENES
@@ -149,7 +150,7 @@ def naive_rate(folder: str, n_files: int, output: str) -> dict:
 
 
 def prepare_rate(folder: str, n_files: int, output: str, workers: int | None) -> dict:
-    """``sweep.prepare`` with the gene list, ``workers`` processes (None: one per CPU)."""
+    """``scvi-sweep-prepare`` with the gene list, ``workers`` processes (None: one per CPU)."""
     from sweep.data.prepare import prepare_store
     from sweep.data.prepare.output import LOG_NAME
 
@@ -168,7 +169,9 @@ def prepare_rate(folder: str, n_files: int, output: str, workers: int | None) ->
         r"\] (\w+ \w+): \d+ tasks in ([\d.]+) s", Path(output, LOG_NAME).read_text()
     )
     processes = workers or len(os.sched_getaffinity(0))
-    row = _row(f"sweep.prepare, {processes} workers", n_files, manifest.n_cells, processes, seconds)
+    row = _row(
+        f"scvi-sweep-prepare, {processes} workers", n_files, manifest.n_cells, processes, seconds
+    )
     row["passes"] = ", ".join(f"{name} {float(t):.0f} s" for name, t in passes)
     return row
 

@@ -1,13 +1,14 @@
 """What evaluation between epoch ends costs: ``python -m benchmarks.step_evaluation [--write]``.
 
-Real training (``sweep.train.fit``) of the demo's synthetic data made larger
+Real training (``sweep.training.job.fit``) of the demo's synthetic data made larger
 (``--cells-per-dataset`` x 6 data sets, so that the step-level validation has its default
 10,000 validation cells), in this one process, alternating three settings ``--repeats`` times:
 
 - off: ``trainer.validate_every_n_steps=0 evaluation.every_n_steps=0``;
 - validation: the validation loss every ``--validate-every`` steps;
 - scoring: integration scoring every ``--score-every`` steps;
-- checkpoints: a mid-epoch checkpoint every ``--checkpoint-every`` steps (sweep.checkpoint).
+- checkpoints: a mid-epoch checkpoint every ``--checkpoint-every`` steps
+  (sweep.training.checkpoint).
 
 Each runs ``--epochs`` epochs and is scored once more at the end of the last epoch (outside the
 training time); a first short run compiles scib-metrics' kernels, so no setting pays for it.
@@ -28,10 +29,10 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.record import machine, write_section
-from sweep import run_folder
-from sweep.config import EvaluationConfig, TrainerConfig, compose_train
+from sweep import metric_names, run_folder
+from sweep.config.schema import EvaluationConfig, TrainerConfig, compose_train
 
-#: the defaults the overhead is worked out for (sweep.config's)
+#: the defaults the overhead is worked out for (sweep.config.schema's)
 DEFAULT_VALIDATE = TrainerConfig.validate_every_n_steps
 DEFAULT_SCORE = EvaluationConfig.every_n_steps
 #: mid-epoch checkpoints are off by default; the README's example interval
@@ -54,16 +55,16 @@ def compose(*overrides: str):
 def train(run_dir: Path, *overrides: str) -> dict:
     """One run: its training time (s), steps, step-level validations, scorings and checkpoints
     between epoch ends."""
-    from sweep.train import fit
+    from sweep.training.job import fit
 
     cfg = compose(*overrides)
     metrics = fit(cfg, run_dir)[1]
     steps = run_folder.read_table(run_dir, run_folder.STEPS_FILE)
     scorings = run_folder.read_table(run_dir, run_folder.INTEGRATION_FILE)
-    ends = pd.read_csv(run_dir / run_folder.HISTORY_FILE)[run_folder.GLOBAL_STEP]
+    ends = pd.read_csv(run_dir / run_folder.HISTORY_FILE)[metric_names.GLOBAL_STEP]
     every = cfg.trainer.checkpoint_every_n_steps
     return {
-        "train_s": metrics[run_folder.TRAIN_TIME],
+        "train_s": metrics[metric_names.TRAIN_TIME],
         "steps": int(ends.iloc[-1]),
         "validations": 0 if steps is None else len(steps),
         "scorings": len(scorings) - 1,  # the last epoch's end is scored in every setting
@@ -72,7 +73,7 @@ def train(run_dir: Path, *overrides: str) -> dict:
             for s in range(1, ends.iloc[-1] + 1)
             if every and s % every == 0 and s not in set(ends)
         ),
-        "cells_validation": metrics.get(run_folder.STEP_VALIDATION_CELLS, 0),
+        "cells_validation": metrics.get(metric_names.STEP_VALIDATION_CELLS, 0),
     }
 
 

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sweep.config.schema import SyntheticConfig
 from sweep.data.prepare import prepare_store
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, StoreWriter
-from sweep.data.synthetic import SyntheticConfig, generate
+from sweep.data.synthetic import generate
 
 os.environ.setdefault("WANDB_SILENT", "true")
 

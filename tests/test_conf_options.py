@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from sweep.config import register_schema
+from sweep.config.schema import register_schema
 from sweep.paths import CONF_DIR
-from sweep.tracking import job_identity
+from sweep.training.tracking import job_identity
 
 FIXTURE = Path(__file__).parent / "data" / "composed_options_before_deltas.json"
 
@@ -63,7 +63,7 @@ def test_every_group_of_the_config_but_hydras_own_is_tracked():
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # a multirun job with no group left at null
     try:
-        tracked = set(job_identity(cfg)["choices"])
+        tracked = set(job_identity(cfg.task_name)["choices"])
     finally:
         HydraConfig.instance().cfg = None
     groups = {path.name for path in CONF_DIR.iterdir() if path.is_dir() and path.name != "hydra"}

@@ -3,7 +3,8 @@ it accepts, no traceback, no run folder (issue 10, defect 5)."""
 
 import pytest
 
-from sweep.config import ConfigError, check_command_line, schema_keys
+from sweep.cli.train_command import check_command_line
+from sweep.config.schema import ConfigError, schema_keys
 from sweep.paths import CONF_DIR
 from test_train import run_train
 
@@ -63,5 +64,12 @@ def test_valid_command_lines_pass(arguments):
 def test_schema_keys_follow_the_dataclasses():
     keys = schema_keys()
     assert keys["trainer.max_epochs"] is False  # a leaf
-    assert keys["dataset.synthetic"] is True  # a dict: takes keys of its own
+    # the demo's generator and prepare keys are typed (issue 20): each is a key of its own
+    assert keys["dataset.synthetic"] is False and keys["dataset.synthetic.n_datasets"] is False
+    assert keys["dataset.prepare.n_top_genes"] is False
     assert keys["model"] is False and "model.n_hidden" in keys
+
+
+def test_a_typo_under_the_demo_generator_is_refused_with_the_nearest_key():
+    with pytest.raises(ConfigError, match="did you mean dataset.synthetic.n_datasets"):
+        check_command_line(["dataset.synthetic.n_dataset=3"], CONF_DIR)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-import sweep.distributed as distributed
-from sweep.distributed import check_launch, several_devices
+import sweep.training.distributed as distributed
 from sweep.paths import REPO_ROOT
+from sweep.training.distributed import check_launch, several_devices
 from test_train import compose_train
 
 
@@ -28,13 +28,13 @@ def test_ddp_inside_a_multirun_is_refused_unless_a_cluster_started_the_processes
     cfg = compose_train(store, "trainer=ddp")
     monkeypatch.setattr(distributed, "in_multirun", lambda: True)
     with pytest.raises(ValueError, match="hydra/launcher=slurm_ddp"):
-        check_launch(cfg)
+        check_launch(cfg.trainer)
     monkeypatch.setenv("SLURM_NTASKS", "2")  # srun started this job's processes
     monkeypatch.setenv("SLURM_JOB_NAME", "scvi-sweep")
-    check_launch(cfg)
+    check_launch(cfg.trainer)
     monkeypatch.setattr(distributed, "in_multirun", lambda: False)  # a single run: Lightning
     monkeypatch.delenv("SLURM_NTASKS")  # starts the processes itself
-    check_launch(cfg)
+    check_launch(cfg.trainer)
 
 
 @pytest.mark.slow

@@ -11,23 +11,22 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sweep.checkpoint import rng_untouched
-from sweep.data.synthetic import SyntheticConfig, generate
-from sweep.evaluate import (
+from sweep.config.schema import SyntheticConfig
+from sweep.data.synthetic import generate
+from sweep.evaluation.cells import (
     EVAL_BATCH,
     LABEL,
     MIN_CELLS,
-    NEIGHBORS,
     SOURCE_COLUMNS,
     EvaluationCells,
     check_scorable,
-    pca_baseline,
-    score,
-    settled_at,
-    skipped_metrics,
-    umap_layout,
 )
-from sweep.train import fit
+from sweep.evaluation.convergence import settled_at
+from sweep.evaluation.embedding import umap_layout
+from sweep.evaluation.pca import pca_baseline
+from sweep.evaluation.scib import NEIGHBORS, score, skipped_metrics
+from sweep.training.job import fit
+from sweep.training.rng import rng_untouched
 from test_train import compose_train
 
 #: a short run on the tiny store, scored with the default evaluation (epochs 1, 2 and the last)

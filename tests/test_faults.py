@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from sweep.checkpoint import rng_state, set_rng_state
 from sweep.paths import REPO_ROOT
-from sweep.resume import previous_run
 from sweep.run_folder import CHECKPOINT_DIR
 from sweep.run_folder import CHECKPOINT_FILE as LAST
 from sweep.run_folder import CHECKPOINT_INFO_FILE as LAST_INFO
-from sweep.train import fit
+from sweep.training.job import fit
+from sweep.training.resume import previous_run
+from sweep.training.rng import rng_state, set_rng_state
 from test_train import compose_train
 
 QUICK = ["evaluation=none", "logger=none", "loader.num_workers=0", "save_model=false"]

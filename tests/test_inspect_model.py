@@ -1,5 +1,6 @@
-"""sweep.inspect_model on saved SCVI models, built only or trained by train.py: keys read from
-weights and init params, config matching, and refusal of model files that would run code."""
+"""sweep.model.saved (scvi-sweep-inspect-model) on saved SCVI models, built only or trained by
+train.py: keys read from weights and init params, config matching, and refusal of model files that
+would run code."""
 
 import os
 import pickle
@@ -12,20 +13,20 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweep.config import register_schema
+from sweep.cli.inspect_command import main
+from sweep.config.schema import register_schema
 from sweep.data.store import read_manifest
-from sweep.inspect_model import (
+from sweep.model.build import BATCH_COLUMN, build_scvi
+from sweep.model.saved import (
     UnsafeModelFile,
     differences,
     format_report,
     inspect_model,
     load_model_file,
-    main,
     matching_configs,
 )
-from sweep.model import BATCH_COLUMN, build_scvi
 from sweep.paths import CONF_DIR
-from sweep.train import fit
+from sweep.training.job import fit
 
 CZI_GENES = [f"ENSG{i:011d}" for i in range(8000)]
 CZI_BATCHES = [f"b{i}" for i in range(11108)]
@@ -200,7 +201,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory):
-    """A run folder written by sweep.train.fit (model=czi_128, one epoch): folder, model."""
+    """A run folder written by sweep.training.job.fit (model=czi_128, one epoch): folder, model."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -230,7 +231,7 @@ def test_a_trained_model_reads_with_its_history(trained, store):
 def test_cli_on_a_trained_run(trained):
     model_dir = trained[0] / "model"
     done = subprocess.run(
-        [sys.executable, "-m", "sweep.inspect_model", str(model_dir)],
+        [sys.executable, "-m", "sweep.cli.inspect_command", str(model_dir)],
         capture_output=True,
         text=True,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import run_folder
+from sweep import metric_names, run_folder
 from sweep.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ COMPOSE_FROM_PACKAGE = """
 import json
 import sweep
 from hydra import compose, initialize_config_dir
-from sweep.config import register_schema
+from sweep.config.schema import register_schema
 from sweep.paths import CONF_DIR, REPO_ROOT, reports_dir
 
 register_schema()
@@ -61,7 +61,7 @@ def assert_trained(run_dir: Path) -> None:
     assert (run_dir / run_folder.LOG_FILE).is_file()
     assert (run_dir / run_folder.MODEL_DIR / "model.pt").is_file()
     history = run_folder.read_table(run_dir, run_folder.HISTORY_FILE)
-    assert list(history[run_folder.EPOCH]) == [1]
+    assert list(history[metric_names.EPOCH]) == [1]
 
 
 def site_packages(python: Path) -> Path:
@@ -141,7 +141,16 @@ def test_the_installed_package_finds_its_configs_from_another_folder(wheel_venv,
     assert found["model"] == {"n_hidden": 512, "n_latent": 50}
     # the package's own Hydra entry point (python -m) composes its config there too
     prepare = run(
-        [str(wheel_venv), "-m", "sweep.prepare", "--cfg", "job", "source=a", "output=b"], tmp_path
+        [
+            str(wheel_venv),
+            "-m",
+            "sweep.cli.prepare_command",
+            "--cfg",
+            "job",
+            "source=a",
+            "output=b",
+        ],
+        tmp_path,
     )
     assert prepare.returncode == 0, prepare.stderr
     assert "n_top_genes: 8000" in prepare.stdout

@@ -39,14 +39,14 @@ from lightning.pytorch.utilities import rank_zero
 from lightning_utilities.core import rank_zero as utils_rank_zero
 from optuna.trial import TrialState
 
-import sweep.distributed as distributed
-from sweep import tracking
-from sweep.config import register_schema
+import sweep.training.distributed as distributed
+from sweep.config.schema import register_schema
 from sweep.data.densify import densify
 from sweep.data.loader import EpochLoader
 from sweep.paths import REPO_ROOT
-from sweep.resume import previous_run
 from sweep.study.storage import open_storage
+from sweep.training import tracking
+from sweep.training.resume import previous_run
 from test_loader import cell_ids, make_batches
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -147,7 +147,7 @@ def test_slurm_ddp_runs_one_task_per_device_that_lightning_finds_without_relaunc
 
     monkeypatch.setattr(distributed, "in_multirun", lambda: True)
     with pytest.raises(ValueError, match="hydra/launcher=slurm_ddp"):  # no SLURM: refused
-        distributed.check_launch(cfg)
+        distributed.check_launch(cfg.trainer)
     # Trainer.__init__ may set the rank_zero_only ranks, the launcher torch's threads: restore
     for module in (rank_zero, utils_rank_zero):
         monkeypatch.setattr(module.rank_zero_only, "rank", module.rank_zero_only.rank)
@@ -162,7 +162,7 @@ def test_slurm_ddp_runs_one_task_per_device_that_lightning_finds_without_relaunc
     for rank in (0, 3):
         srun_task_environment(monkeypatch, cfg, rank)
         assert SLURMEnvironment.detect()
-        distributed.check_launch(cfg)  # SLURM started the processes: allowed in a multirun
+        distributed.check_launch(cfg.trainer)  # SLURM started the processes: allowed in a multirun
         trainer = ddp_trainer(cfg.trainer)
         assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
         assert (trainer.world_size, trainer.global_rank, trainer.local_rank) == (4, rank, rank)
@@ -386,7 +386,10 @@ def test_finishing_a_wandb_run_whose_service_died_warns_and_keeps_the_jobs_own_e
         os.kill(pid, signal.SIGTERM)
     while wandb_service_pids():  # until it has exited
         time.sleep(0.1)
-    with pytest.raises(SystemExit), caplog.at_level(logging.WARNING, logger="sweep.tracking"):
+    with (
+        pytest.raises(SystemExit),
+        caplog.at_level(logging.WARNING, logger="sweep.training.tracking"),
+    ):
         try:
             raise SystemExit(-1)  # what submitit raises once it has requeued the job
         finally:

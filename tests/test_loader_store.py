@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from scvi import REGISTRY_KEYS
 
-from sweep.config import BatchConfig, DataConfig, LoaderConfig
+from sweep.config.schema import BatchConfig, DataConfig, LoaderConfig
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.store import CODED_COLUMNS, read_manifest
 

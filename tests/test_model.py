@@ -8,8 +8,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweep.config import register_schema
-from sweep.model import build_scvi
+from sweep.config.schema import register_schema
+from sweep.model.build import build_scvi
 from sweep.paths import CONF_DIR
 
 REFERENCE = Path(__file__).parent / "data" / "czi_2025-01-30_module.txt"

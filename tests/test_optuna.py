@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.config import register_schema
+from sweep.cli.report_command import main as report_main
+from sweep.config.schema import register_schema
 from sweep.paths import CONF_DIR, REPO_ROOT
-from sweep.report import main as report_main
 from sweep.study import attrs, liveness
 from sweep.study.search_space import grid, parse
 from sweep.study.storage import open_storage
@@ -134,7 +134,7 @@ def test_a_config_for_hydra_optuna_sweeper_runs_unchanged_best_trial_is_its_run(
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_value"] == best.value and results["best_params"] == best.params
 
-    # the end-of-sweep study report, and the same from `python -m sweep.report`
+    # the end-of-sweep study report, and the same from `scvi-sweep-report`
     out = tmp_path / "reports" / "official"
     report = (out / "report.md").read_text()
     assert "| 4 | 0 | 0 | 0 | 0 | 0 |" in report  # complete pruned fail running waiting void

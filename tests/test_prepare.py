@@ -1,4 +1,4 @@
-"""Tests of sweep.data.prepare and the `python -m sweep.prepare` CLI on small synthetic data."""
+"""Tests of sweep.data.prepare and the `scvi-sweep-prepare` CLI on small synthetic data."""
 
 import json
 import logging
@@ -18,11 +18,12 @@ import scipy.sparse as sp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweep.data.prepare import PrepareConfig, PrepareError, pipeline, prepare_store, shards
+from sweep.config.schema import PrepareConfig, SyntheticConfig
+from sweep.data.prepare import PrepareError, pipeline, prepare_store, shards
 from sweep.data.prepare.genes import HVG_MIN_BATCH_CELLS
 from sweep.data.prepare.output import LOG_NAME, TMP_DIR
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, check_store, read_manifest
-from sweep.data.synthetic import SyntheticConfig, generate
+from sweep.data.synthetic import generate
 from sweep.paths import CONF_DIR
 
 SHARD_SIZE = 128
@@ -475,7 +476,7 @@ def test_bad_config_and_sources(sources, tmp_path):
 
 
 def test_yaml_keys_match_the_schema():
-    import sweep.prepare  # noqa: F401  (registers the schema)
+    import sweep.cli.prepare_command  # noqa: F401  (registers the schema)
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="prepare")
@@ -485,7 +486,12 @@ def test_yaml_keys_match_the_schema():
 
 def test_cli(sources, tmp_path):
     out = tmp_path / "store"
-    command = [sys.executable, "-m", "sweep.prepare", f"source={sources[0].parent}/*.h5ad"]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.cli.prepare_command",
+        f"source={sources[0].parent}/*.h5ad",
+    ]
     command += [f"output={out}", "genes=hvg", "n_top_genes=200", "hvg_min_genes=100"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -15,9 +15,10 @@ import anndata
 import numpy as np
 import pytest
 
+from sweep.config.schema import SyntheticConfig
 from sweep.data.prepare import prepare_store, shards
 from sweep.data.prepare.output import PLAN_FILE, TMP_DIR
-from sweep.data.synthetic import SyntheticConfig, generate
+from sweep.data.synthetic import generate
 
 GROUP_NNZ = 40_000  # small groups: several of them (and of the runs of shards)
 SLOW = 0.4  # seconds the killed run pauses after each group and run of shards: killed mid-way

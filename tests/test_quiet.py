@@ -7,10 +7,10 @@ import warnings
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.config import ModelConfig
-from sweep.model import build_scvi
-from sweep.quiet import HARMLESS_RECORDS, HARMLESS_WARNINGS, quiet_known_harmless
-from sweep.train import fit
+from sweep.config.schema import ModelConfig
+from sweep.model.build import build_scvi
+from sweep.training.job import fit
+from sweep.training.quiet import HARMLESS_RECORDS, HARMLESS_WARNINGS, quiet_known_harmless
 from test_train import compose_train
 
 #: a warning about the user's data: never silenced

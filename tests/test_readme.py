@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import run_folder
+from sweep import metric_names, run_folder
 from sweep.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
     [
         ("sweep.data.prepare", "6 sources"),
         ("sweep.data.selection", "cells:"),
-        ("sweep.train", "training "),
+        ("sweep.training.job", "training "),
     ],
 )
 def test_the_readme_quotes_the_demo_runs_log(demo_run, logger, starts):
@@ -63,7 +63,7 @@ def test_the_readme_quotes_the_demo_runs_validation_elbo(demo_run):
     run_dir, _ = demo_run
     found = re.search(r"validation negative ELBO (\d+\.\d+)", README.read_text())
     assert found, "README.md quotes no 'validation negative ELBO N.NN'"
-    measured = run_folder.read_metrics(run_dir)[run_folder.ELBO_VALIDATION]
+    measured = run_folder.read_metrics(run_dir)[metric_names.ELBO_VALIDATION]
     # this CPU's AVX-512 and its AVX2 kernels differ by 7e-5 of it (README); a change of data,
     # split or model moves it by percents
     assert float(found.group(1)) == pytest.approx(measured, rel=5e-4)

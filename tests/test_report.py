@@ -14,12 +14,14 @@ import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from sweep.hydra_callbacks import MultirunReport
+from sweep.cli.hydra_callbacks import MultirunReport
+from sweep.cli.report_command import main
+from sweep.metric_names import BASELINE_PREFIX as BASELINE
 from sweep.paths import REPO_ROOT
-from sweep.report import build_report, default_out, main, write_report
+from sweep.report.entry import default_out, write_report
+from sweep.report.multirun import build_report
 from sweep.report.sweep_folder import exception_line, load_sweep
 from sweep.report.verdicts import HEADLINE, change, matched_pairs
-from sweep.run_folder import BASELINE_PREFIX as BASELINE
 
 #: validation ELBO of the complete jobs, by (model, seed)
 ELBO = {
@@ -37,10 +39,10 @@ SCORES = {
 }
 BASELINE_SCORES = {"pca_bio_conservation": 0.8, "pca_batch_correction": 0.2}
 ERROR = "ValueError: no cells left after the cell filter (data.min_genes=100000)"
-FAILED_LOG = f"""[2026-01-01 10:00:00,000][sweep.train][INFO] - training
-[2026-01-01 10:00:01,000][sweep.hydra_callbacks][ERROR] - job failed (model=czi_128 seed=2)
+FAILED_LOG = f"""[2026-01-01 10:00:00,000][sweep.training.job][INFO] - training
+[2026-01-01 10:00:01,000][sweep.cli.hydra_callbacks][ERROR] - job failed (model=czi_128 seed=2)
 Traceback (most recent call last):
-  File "/work/main/src/sweep/train.py", line 80, in fit
+  File "/work/main/src/sweep/training/job.py", line 80, in fit
     datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
 {ERROR}
 """
@@ -84,7 +86,7 @@ def finish_job(job: Path, model: str, seed: str, overrides: list[str], scores: b
             "kl_weight": [0.0, 0.05, 0.1],
         }
     )
-    if scores:  # scored at some epochs only, as sweep.evaluate does
+    if scores:  # scored at some epochs only, as sweep.training.scoring does
         for name, final in SCORES[model].items():
             history[name] = [None, final - 0.1, final]
     history.to_csv(job / "history.csv", index=False)
@@ -315,8 +317,8 @@ def test_a_report_never_overwrites_another_sweeps_report(tmp_path):
 
 
 def test_headline_scores_are_the_ones_evaluate_writes():
-    from sweep.evaluate import AGGREGATES
-    from sweep.run_folder import BASELINE_PREFIX
+    from sweep.evaluation.scib import AGGREGATES
+    from sweep.metric_names import BASELINE_PREFIX
 
     assert set(AGGREGATES.values()) <= {m.key for m in HEADLINE}
     assert BASELINE_PREFIX == BASELINE

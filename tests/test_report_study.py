@@ -11,8 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep.report import build_study_report, write_report
-from sweep.report.study import (
+from sweep.report.entry import write_report
+from sweep.report.study_report import (
+    build_study_report,
     importances,
     load,
     plot_history,

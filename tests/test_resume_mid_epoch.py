@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import sweep.train
-from sweep.checkpoint import StepCheckpoint
-from sweep.config import ConfigError, validate
+import sweep.training.parts
+from sweep.config.schema import ConfigError, validate
 from sweep.paths import REPO_ROOT
 from sweep.run_folder import read_checkpoint_info
-from sweep.train import fit, run
+from sweep.training.checkpoint import StepCheckpoint
+from sweep.training.job import fit, run
 from test_train import compose_train
 
 EPOCHS = 3
@@ -71,7 +71,7 @@ def test_a_run_stopped_mid_epoch_resumes_where_it_was(tiny_store, tmp_path, monk
 
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(sweep.train, "StepCheckpoint", DiesAfterAMidEpochCheckpoint)
+        patch.setattr(sweep.training.parts, "StepCheckpoint", DiesAfterAMidEpochCheckpoint)
         with pytest.raises(Killed):
             fit(compose_train(tiny_store, *overrides(workers)), run_dir)
     info = read_checkpoint_info(run_dir)

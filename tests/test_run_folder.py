@@ -5,8 +5,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sweep import run_folder
-from sweep.resume import without_resume
+from sweep import metric_names, run_folder
+from sweep.config.overrides import parse_override
+from sweep.training.resume import without_resume
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ from sweep.resume import without_resume
     ],
 )
 def test_an_override_parses_into_key_and_value(override, parsed):
-    assert run_folder.parse_override(override) == parsed
+    assert parse_override(override) == parsed
 
 
 def test_resume_matches_runs_by_their_overrides_but_resume():
@@ -34,10 +35,10 @@ def test_resume_matches_runs_by_their_overrides_but_resume():
 def test_metrics_and_tables_read_back_as_written(tmp_path):
     assert run_folder.read_metrics(tmp_path) is None  # not finished
     assert run_folder.read_table(tmp_path, run_folder.HISTORY_FILE) is None
-    metrics = {run_folder.ELBO_VALIDATION: 1000.5, run_folder.CHOICES: {"model": "czi_128"}}
+    metrics = {metric_names.ELBO_VALIDATION: 1000.5, metric_names.CHOICES: {"model": "czi_128"}}
     run_folder.write_metrics(tmp_path, metrics)
     assert run_folder.read_metrics(tmp_path) == metrics
-    history = pd.DataFrame({run_folder.EPOCH: [1, 2], run_folder.KL_WEIGHT: [0.5, 1.0]})
+    history = pd.DataFrame({metric_names.EPOCH: [1, 2], metric_names.KL_WEIGHT: [0.5, 1.0]})
     run_folder.write_table(tmp_path, run_folder.HISTORY_FILE, history)
     pd.testing.assert_frame_equal(run_folder.read_table(tmp_path, run_folder.HISTORY_FILE), history)
 

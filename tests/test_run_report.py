@@ -10,23 +10,19 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweep import run_folder
-from sweep.callbacks import KlWarmupWatch
+from sweep.cli.report_command import main
 from sweep.data.datamodule import StoreDataModule
-from sweep.inspect_model import inspect_model
-from sweep.report.embedding import embedding_lines
-from sweep.report.run_report import (
-    BELOW_BASELINE,
-    HEALTH,
-    LOSS_CHANGE,
+from sweep.evaluation.health import (
     SMALL_BATCH_CELLS,
-    STILL_FALLING,
-    WARMUP,
     batch_category_sizes,
     health,
     last_epoch_change,
-    main,
-    plot_curves,
 )
+from sweep.metric_names import BELOW_BASELINE, HEALTH, LOSS_CHANGE, STILL_FALLING, WARMUP
+from sweep.model.saved import inspect_model
+from sweep.report.embedding import embedding_lines
+from sweep.report.run_report import plot_curves
+from sweep.training.kl_warmup import KlWarmupWatch
 
 #: a finished run's metrics.json, as far as the health checks read it
 HEALTHY = {
@@ -167,7 +163,7 @@ def test_a_trained_job_writes_its_report_with_model_sizes_scores_and_health(trai
     log = (trained_job / "train.log").read_text()
     for check, message in findings.items():  # each said once; the warm-up by KlWarmupWatch
         assert log.count(message) == 1, check
-        assert (f"[sweep.callbacks][WARNING] - {message}" in log) == (check == WARMUP)
+        assert (f"[sweep.training.kl_warmup][WARNING] - {message}" in log) == (check == WARMUP)
 
 
 @pytest.mark.slow

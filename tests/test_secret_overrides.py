@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from sweep.config.overrides import SecretInOverride, refuse_secrets
 from sweep.paths import REPO_ROOT
-from sweep.secret_overrides import SecretInOverride, check_overrides
 
 SECRETS = {
     "WANDB_API_KEY": "sk-test-0123456789abcdef0123456789abcdef01234567",
@@ -96,7 +96,7 @@ def test_environment_secrets_never_reach_run_files(store, tmp_path):
 def test_overrides_carrying_secrets_are_refused(monkeypatch, override, problem):
     monkeypatch.setenv("HF_TOKEN", SECRETS["HF_TOKEN"])
     with pytest.raises(SecretInOverride, match=re.escape(problem)):
-        check_overrides(["model=czi_128", override])
+        refuse_secrets(["model=czi_128", override])
 
 
 def test_ordinary_overrides_pass(monkeypatch):
@@ -108,9 +108,9 @@ def test_ordinary_overrides_pass(monkeypatch):
         "hydra.sweeper.storage=postgresql://optuna@db:5432/studies",  # password: PGPASSWORD
         "dataset.path=${oc.env:HOME}/stores/census",
     ]
-    check_overrides(ordinary)  # none refused ...
+    refuse_secrets(ordinary)  # none refused ...
     with pytest.raises(SecretInOverride):  # ... while the same list with a secret is
-        check_overrides([*ordinary, f"tags=[{SECRETS['HF_TOKEN']}]"])
+        refuse_secrets([*ordinary, f"tags=[{SECRETS['HF_TOKEN']}]"])
 
 
 def test_a_secret_override_stops_train_py_before_anything_is_written(tmp_path):

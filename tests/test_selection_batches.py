@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.config import BatchConfig, DataConfig, LoaderConfig
+from sweep.config.schema import BatchConfig, DataConfig, LoaderConfig
 from sweep.data.batches import code_dtype, encode_batches
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.selection import CellTable, narrowed, split_cells, validation_flags
@@ -122,7 +122,7 @@ def test_store_whose_shard_disagrees_with_manifest_is_refused(small_store):
     manifest = json.loads(manifest_path.read_text())
     manifest["shards"][2]["n_cells"] += 1
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="shard_00002.h5ad has shape .*sweep.prepare"):
+    with pytest.raises(StoreError, match="shard_00002.h5ad has shape .*scvi-sweep-prepare"):
         StoreDataModule(small_store, *configs(), seed=0)
 
 

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from sweep.config import ConfigError, validate
-from sweep.evaluate import settled_at
+from sweep.config.schema import ConfigError, validate
+from sweep.evaluation.convergence import settled_at
 from sweep.report.run_report import write_run_report
-from sweep.train import fit
+from sweep.training.job import fit
 from test_train import compose_train
 from test_wandb_record import read_run, records, run_file
 

@@ -14,11 +14,11 @@ import h5py
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.config import BatchConfig, DataConfig, LoaderConfig
+from sweep.config.schema import BatchConfig, DataConfig, LoaderConfig, SyntheticConfig
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.prepare import prepare_store
 from sweep.data.store import StoreError, read_manifest
-from sweep.data.synthetic import SyntheticConfig, generate
+from sweep.data.synthetic import generate
 
 SHARD = "shard_00001.h5ad"
 
@@ -123,7 +123,7 @@ FAULTS = {
 
 def rebuild_command(message: str) -> list[str]:
     """The command between backticks in an error message, split as the shell would."""
-    return shlex.split(re.search(r"`(python -m sweep\.prepare [^`]*)`", message).group(1))
+    return shlex.split(re.search(r"`(scvi-sweep-prepare [^`]*)`", message).group(1))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -136,7 +136,7 @@ def test_damaged_shard_names_the_file_and_the_rebuild_command(fault, store, prep
     assert re.match(f"shard {re.escape(str(store / SHARD))} {problem}", message), message
     command = rebuild_command(message)
     source = read_manifest(prepared).provenance["config"]["source"]
-    assert command[3:] == [
+    assert command[1:] == [
         f"source={source}",
         "genes=hvg",
         "shard_size=128",
@@ -155,7 +155,7 @@ def test_the_rebuild_command_repairs_the_store(store, prepared, tmp_path):
     with pytest.raises(StoreError) as caught:
         open_store(store)
     command = rebuild_command(str(caught.value))
-    command[:3] = [sys.executable, "-m", "sweep.prepare"]
+    command[:1] = [sys.executable, "-m", "sweep.cli.prepare_command"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert open_store(store).n_obs > 0
@@ -165,7 +165,7 @@ def test_the_rebuild_command_repairs_the_store(store, prepared, tmp_path):
 
 def test_unreadable_manifest_is_a_store_error(store):
     (store / "manifest.json").write_text('{"format": "scvi-sweep-store", "vers')
-    with pytest.raises(StoreError, match=r"manifest.json cannot be read .*sweep.prepare"):
+    with pytest.raises(StoreError, match=r"manifest.json cannot be read .*scvi-sweep-prepare"):
         open_store(store)
     edit = {"format": "scvi-sweep-store", "version": 1, "shards": []}
     (store / "manifest.json").write_text(json.dumps(edit))
@@ -178,7 +178,7 @@ def test_a_format_version_this_code_does_not_know_is_refused(store):
     with pytest.raises(
         StoreError,
         match=r"is not a scvi-sweep-store v1/v2 manifest \(format, version: "
-        r"\('scvi-sweep-store', 3\)\); rebuild it with `python -m sweep.prepare ",
+        r"\('scvi-sweep-store', 3\)\); rebuild it with `scvi-sweep-prepare ",
     ):
         open_store(store)
 
@@ -193,5 +193,5 @@ def test_manifest_without_the_newer_keys_still_reads(store):
 
     edit_manifest(store, old)
     assert read_manifest(store).skipped_sources == []
-    with pytest.raises(StoreError, match=rf"`python -m sweep.prepare source=... output={store} "):
+    with pytest.raises(StoreError, match=rf"`scvi-sweep-prepare source=... output={store} "):
         open_store(store)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from scvi import REGISTRY_KEYS
 
 from conftest import encode_as_version_1, make_store
-from sweep.config import BatchConfig, DataConfig, LoaderConfig
+from sweep.config.schema import BatchConfig, DataConfig, LoaderConfig
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.densify import X_DATA, densify
 from sweep.data.fetch import Fetch, ReadAhead

@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 import scvi
 
-from sweep import config
+from sweep.config import schema
 from sweep.paths import REPO_ROOT
-from sweep.train import fit
+from sweep.report.run_report import write_run_report
+from sweep.training.job import fit
 
 
 def compose_train(store: Path, *overrides: str):
     """train.yaml on ``store``, no progress bar, no scoring, and ``overrides``."""
-    return config.compose_train(
+    return schema.compose_train(
         [
             "dataset=prepared",
             f"dataset.path={store}",
@@ -38,7 +39,7 @@ def test_train_writes_a_complete_run_folder_that_the_seed_snippet_loads(store, s
     cfg = compose_train(
         store, "trainer.max_epochs=2", "loader.batch_size=256", "loader.num_workers=1"
     )
-    model, metrics = fit(cfg, run_dir)
+    model, metrics = fit(cfg, run_dir, write_page=write_run_report)
 
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -209,4 +210,4 @@ def test_missing_store_is_named_with_the_fix(tmp_path):
         "dataset=prepared", f"dataset.path={tmp_path / 'nowhere'}", "logger=none", cwd=tmp_path
     )
     assert result.returncode != 0
-    assert "nowhere does not exist" in result.stderr and "sweep.prepare" in result.stderr
+    assert "nowhere does not exist" in result.stderr and "scvi-sweep-prepare" in result.stderr

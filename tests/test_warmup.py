@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from sweep.train import fit
+from sweep.report.run_report import write_run_report
+from sweep.training.job import fit
 from test_train import compose_train
 
 QUICK = ["logger=none", "loader.num_workers=0", "save_model=false", "trainer.max_epochs=2"]
@@ -32,12 +33,12 @@ STEPS = 6
 def test_an_unfinished_kl_warmup_is_said_in_the_log_and_metrics(
     store, tmp_path, caplog, plan, complete, last_weight, end_weight
 ):
-    caplog.set_level(logging.WARNING, logger="sweep.callbacks")
-    fit(compose_train(store, *QUICK, *plan), tmp_path / "run")
+    caplog.set_level(logging.WARNING, logger="sweep.training.kl_warmup")
+    fit(compose_train(store, *QUICK, *plan), tmp_path / "run", write_page=write_run_report)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["kl_warmup_complete"] is complete
     assert metrics["kl_weight"] == pytest.approx(last_weight)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "sweep.callbacks"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sweep.training.kl_warmup"]
     if complete:
         assert warnings == []
         assert "kl_warmup_unfinished" not in metrics["health"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import sweep.train  # noqa: E402
-from sweep.train_cli import main  # noqa: E402
+import sweep.training.parts  # noqa: E402
+from sweep.cli.train_command import main  # noqa: E402
 from test_resume_mid_epoch import DiesAfterAMidEpochCheckpoint  # noqa: E402
 
 if __name__ == "__main__":
-    sweep.train.StepCheckpoint = DiesAfterAMidEpochCheckpoint
+    sweep.training.parts.StepCheckpoint = DiesAfterAMidEpochCheckpoint
     main()

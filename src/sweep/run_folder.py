@@ -1,6 +1,7 @@
 """The run folder's format: what a training job writes into its Hydra output folder, and reading
-it back. Training (sweep.train, sweep.checkpoint, sweep.tracking) writes through this module;
-resuming (sweep.resume) and the multirun report (sweep.report) read through it.
+it back. Training (sweep.training: the job, checkpoints, tracking) writes through this module;
+resuming (sweep.training.resume) and the reports (sweep.report) read through it. The names of
+the metrics and columns inside its files are sweep.metric_names'.
 
 A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multirun)::
 
@@ -11,20 +12,22 @@ A run folder (``hydra.run.dir``, or ``<sweep folder>/<job number>`` in a multiru
     history.csv               one row per finished epoch (EPOCH 1, 2, ...): losses, KL weight,
                               GLOBAL_STEP and CELLS_SEEN at its end, ...
     steps.csv                 one row per step-level validation (``trainer.validate_every_n_steps``,
-                              sweep.step_evaluation): GLOBAL_STEP, EPOCH (fractional), CELLS_SEEN,
-                              the validation losses on a fixed subsample, KL weight, lr
+                              sweep.training.step_evaluation): GLOBAL_STEP, EPOCH (fractional),
+                              CELLS_SEEN, the validation losses on a fixed subsample, KL weight, lr
     integration.csv           one row per scoring (evaluated epochs, and every
-                              ``evaluation.score_every_n_steps`` steps): every integration score
-    embedding.csv, .png       the evaluation cells' UMAP layouts and their picture
+                              ``evaluation.every_n_steps`` steps): every integration score
+    embedding.csv, .png       the evaluation cells' UMAP layouts (sweep.evaluation.embedding) and
+                              their picture (sweep.report.embedding)
     metrics.json              written last: final metrics, cost, what was run; a run that has it
                               finished
     report.md, curves.png     the run's page, written after metrics.json (sweep.report.run_report)
     model/                    scvi-tools' saved model (``save_model=true``)
-    checkpoints/last.ckpt     the training state every N epochs or steps (sweep.checkpoint)
+    checkpoints/last.ckpt     the training state every N epochs or steps (sweep.training.checkpoint)
     checkpoints/last.json     which epoch, step and batch of the next epoch last.ckpt holds
-    wandb/, wandb_run.json    the W&B run's files, and its id, name and group (sweep.tracking)
+    wandb/, wandb_run.json    the W&B run's files, and its id, name and group
+                              (sweep.training.tracking)
 
-No heavy imports at module level: train.py reaches the override parser before Hydra starts.
+No heavy imports at module level: the command line's checks read it before Hydra starts.
 """
 
 from __future__ import annotations
@@ -60,44 +63,11 @@ WANDB_DIR = "wandb"
 WANDB_RECORD_FILE = "wandb_run.json"
 #: Lightning's DDP launcher under Hydra: a folder per started process (its config)
 DDP_HYDRA_DIRS = ".pl_ddp_hydra_*"
-
-# --- metric names: metrics.json keys, history.csv and integration.csv columns ------------------
-
-#: the N-th finished epoch, counted from 1 (Lightning's ``current_epoch`` + 1); in step-indexed
-#: rows the epochs trained so far, fractional (CELLS_SEEN / training cells)
-EPOCH = "epoch"
-#: optimizer steps so far (Lightning's ``global_step``); training cells so far, all DDP ranks'
-GLOBAL_STEP, CELLS_SEEN = "global_step", "cells_seen"
-ELBO_VALIDATION = "elbo_validation"
-RECONSTRUCTION_VALIDATION = "reconstruction_loss_validation"
-KL_LOCAL_VALIDATION = "kl_local_validation"
-KL_WEIGHT = "kl_weight"
-#: training cells/s, and training time (s, validation excluded)
-TRAIN_CELLS_PER_S, TRAIN_TIME = "train_cells_per_s", "train_time_s"
-#: epochs trained (metrics.json)
-EPOCHS = "epochs"
-#: validation cells the validation losses are measured on (metrics.json, from the data split)
-CELLS_VALIDATION = "cells_validation"
-#: the validation cells of the step-level validation loss (metrics.json; steps.csv's)
-STEP_VALIDATION_CELLS = "step_validation_cells"
-#: integration scores (scib's Total = 0.4 batch + 0.6 bio): metrics.json, per evaluated epoch in
-#: history.csv and integration.csv
-BIO, BATCH, TOTAL = "bio_conservation", "batch_correction", "integration_total"
-#: prefix of the unintegrated (PCA) baseline's scores
-BASELINE_PREFIX = "pca_"
-#: prefixes of the convergence metrics: ``epochs_to_<tolerance>_<metric>`` and the same in
-#: training cells seen, ``cells_to_<tolerance>_<metric>``
-CONVERGENCE_PREFIX, CELLS_CONVERGENCE_PREFIX = "epochs_to_", "cells_to_"
-#: metrics.json: the job's overrides (a list) and config group choices (group -> option)
-OVERRIDES, CHOICES = "overrides", "choices"
-
-
-def parse_override(override: str) -> tuple[str, str]:
-    """One Hydra override -> (key, value): ``key=value``, ``+key=value``, ``++key=value`` and
-    ``~key[=value]`` (value "" when there is none)."""
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
-
+#: the run's page and its figures (sweep.report.run_report); report.md is also the name of a
+#: multirun or study report in its report folder
+REPORT_FILE, CURVES_FIGURE = "report.md", "curves.png"
+#: the evaluation cells' 2-D layouts (sweep.evaluation.embedding) and their picture
+EMBEDDING_TABLE, EMBEDDING_FIGURE = "embedding.csv", "embedding.png"
 
 # --- reading and writing -----------------------------------------------------------------------
 

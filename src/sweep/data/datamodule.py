@@ -21,7 +21,7 @@ from sweep.data.heap import retain_freed_blocks
 from sweep.data.loader import EpochLoader, ShardBatches
 from sweep.data.selection import CellTable, Split, split_cells
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
-from sweep.run_folder import CELLS_VALIDATION
+from sweep.metric_names import CELLS_TRAIN, CELLS_VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,19 @@ class StoreDataModule(LightningDataModule):
     Everything that can fail on bad input (store, filter, split, batch columns) fails in the
     constructor, before a model is built. ``n_vars``, ``n_batch``, ``n_cats_per_cov``, ``n_obs``,
     ``n_train``, ``n_val`` describe the data to scvi-tools.
+
+    Parameters
+    ----------
+    store
+        A prepared store folder (``scvi-sweep-prepare``).
+    data_cfg
+        The ``data`` group: the cell filter and the validation split.
+    batch_cfg
+        The ``batch`` group: obs columns -> scVI's batch and categorical covariates.
+    loader_cfg
+        The ``loader`` group: batch size, workers, block and fetch sizes.
+    seed
+        The run's seed: the order of cells in each epoch follows (seed, epoch).
     """
 
     def __init__(self, store: str | Path, data_cfg, batch_cfg, loader_cfg, seed: int):
@@ -121,7 +134,7 @@ class StoreDataModule(LightningDataModule):
 
     @property
     def n_train(self) -> int:
-        return self.split.counts["cells_train"]
+        return self.split.counts[CELLS_TRAIN]
 
     @property
     def n_val(self) -> int:

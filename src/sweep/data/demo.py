@@ -22,10 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def demo_folder(dataset_cfg) -> Path:
-    """``<cache>/demo-<hash of the generator and prepare parameters>``."""
+    """``<cache>/demo-<hash of the generator and prepare parameters>``: of those that make the
+    store what it is (not where the sources go, nor how prepare runs)."""
+    from sweep.data.prepare.config import RUN_ONLY_KEYS
+
+    synthetic = OmegaConf.to_container(dataset_cfg.synthetic, resolve=True)
+    prepare = OmegaConf.to_container(dataset_cfg.prepare, resolve=True)
     params = {
-        "synthetic": OmegaConf.to_container(dataset_cfg.synthetic, resolve=True),
-        "prepare": OmegaConf.to_container(dataset_cfg.prepare, resolve=True),
+        "synthetic": {k: v for k, v in synthetic.items() if k != "output"},
+        "prepare": {k: v for k, v in prepare.items() if k not in RUN_ONLY_KEYS},
         "store_format": FORMAT_VERSION,
     }
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -34,8 +39,9 @@ def demo_folder(dataset_cfg) -> Path:
 
 def build_demo_store(folder: Path, dataset_cfg) -> Path:
     """Generate the demo sources and prepare them into ``folder/store`` (skipped if complete)."""
+    from sweep.config.schema import SyntheticConfig
     from sweep.data.prepare import prepare_store
-    from sweep.data.synthetic import SyntheticConfig, generate
+    from sweep.data.synthetic import generate
 
     store = folder / "store"
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,10 +50,8 @@ def build_demo_store(folder: Path, dataset_cfg) -> Path:
         if (store / MANIFEST_NAME).is_file():
             return store
         log.info("building the demo data set in %s (once; later runs reuse it)", folder)
-        synthetic = SyntheticConfig(
-            output=str(folder / "sources"),
-            **OmegaConf.to_container(dataset_cfg.synthetic, resolve=True),
-        )
+        parameters = OmegaConf.to_container(dataset_cfg.synthetic, resolve=True)
+        synthetic = SyntheticConfig(**{**parameters, "output": str(folder / "sources")})
         generate(synthetic)
         prepare_store(
             {
@@ -71,6 +75,6 @@ def resolve_store(dataset_cfg) -> Path:
     if not dataset_cfg.path:
         raise ValueError(
             "dataset=prepared needs dataset.path=/path/to/store "
-            "(made by `python -m sweep.prepare source=... output=...`)"
+            "(made by `scvi-sweep-prepare source=... output=...`)"
         )
     return Path(dataset_cfg.path)

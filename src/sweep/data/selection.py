@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from sweep.data.store import IS_PRIMARY, N_GENES_ALL, Manifest, Shard
-from sweep.run_folder import CELLS_VALIDATION
+from sweep.metric_names import (
+    CELLS_AFTER_FILTER,
+    CELLS_IN_STORE,
+    CELLS_NOT_PRIMARY,
+    CELLS_TRAIN,
+    CELLS_VALIDATION,
+    cells_below_genes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +96,26 @@ def split_cells(
     enough_genes = table.columns[N_GENES_ALL] >= min_genes
     keep = enough_genes & primary if primary_only else enough_genes
     counts = {
-        "cells_in_store": n,
-        "cells_not_primary": int((~primary).sum()),
-        f"cells_below_{min_genes}_genes": int((~enough_genes).sum()),
-        "cells_after_filter": int(keep.sum()),
+        CELLS_IN_STORE: n,
+        CELLS_NOT_PRIMARY: int((~primary).sum()),
+        cells_below_genes(min_genes): int((~enough_genes).sum()),
+        CELLS_AFTER_FILTER: int(keep.sum()),
     }
-    if counts["cells_after_filter"] == 0:
+    if counts[CELLS_AFTER_FILTER] == 0:
         raise ValueError(
             f"the cell filter (min_genes={min_genes}, primary_only={primary_only}) leaves no cells "
             f"of the {n} in the store; lower data.min_genes or use data=none"
         )
     is_val = validation_flags(n, validation_fraction, seed)
     split = Split(train=keep & ~is_val, validation=keep & is_val, counts=counts)
-    counts["cells_train"] = int(split.train.sum())
+    counts[CELLS_TRAIN] = int(split.train.sum())
     counts[CELLS_VALIDATION] = int(split.validation.sum())
     if counts[CELLS_VALIDATION] == 0:
         raise ValueError(
             f"data.validation_fraction={validation_fraction} leaves no validation cells of the "
             f"{counts['cells_after_filter']} that pass the filter; raise it (e.g. 0.1)"
         )
-    if counts["cells_train"] == 0:
+    if counts[CELLS_TRAIN] == 0:
         raise ValueError(
             f"data.validation_fraction={validation_fraction} leaves no training cells; lower it"
         )

@@ -165,7 +165,7 @@ def rebuild_hint(store: str | Path, manifest: Manifest | None = None) -> str:
         "source=..."
     ]
     arguments = [*overrides, f"output={Path(store).resolve()}", "overwrite=true"]
-    command = " ".join(["python -m sweep.prepare", *map(shlex.quote, arguments)])
+    command = " ".join(["scvi-sweep-prepare", *map(shlex.quote, arguments)])
     return f"rebuild it with `{command}` (or delete the folder and prepare again)"
 
 
@@ -175,7 +175,7 @@ def read_manifest(store: str | Path) -> Manifest:
     path = store / MANIFEST_NAME
     if not store.is_dir():
         raise StoreError(
-            f"prepared store {store} does not exist; create it with `python -m sweep.prepare`"
+            f"prepared store {store} does not exist; create it with `scvi-sweep-prepare`"
         )
     if not path.is_file():
         raise StoreError(
@@ -288,13 +288,36 @@ def _encode_obs(obs: pd.DataFrame) -> pd.DataFrame:
     return encoded
 
 
+#: X's arrays, by their HDF5 names
+X_ARRAYS = ("data", "indices", "indptr")
+
+
+@dataclass(frozen=True)
+class XLayout:
+    """Where X's arrays lie in a shard file stored contiguous and uncompressed: per name of
+    :data:`X_ARRAYS`, (byte offset, dtype, length). Enough to map and read X without HDF5."""
+
+    arrays: dict[str, tuple[int, np.dtype, int]]
+
+    def __getitem__(self, name: str) -> tuple[int, np.dtype, int]:
+        return self.arrays[name]
+
+
+#: the X layout of every shard file this process has opened, by (path, inode, size, mtime):
+#: ~200 bytes a shard. Reopening a shard (each group of each epoch) then needs no HDF5 call,
+#: whose reads of a cold file hold the GIL against every other thread of the process.
+_LAYOUTS: dict[tuple, XLayout | None] = {}
+
+
 class Shard:
     """Read access to one shard: obs columns and CSR rows, without pandas or anndata.
 
     ``indptr`` is read whole on first use (8 bytes per cell). :meth:`arrays` gives X's values and
     gene indices in their stored dtypes, memory-mapped (no copy: a reader touches only the pages
     of the rows it reads) when they are stored contiguous and uncompressed, as
-    :class:`StoreWriter` writes them; otherwise it reads them whole.
+    :class:`StoreWriter` writes them; otherwise it reads them whole. For a shard stored that
+    way, X's layout is read with HDF5 once per process (:data:`_LAYOUTS`); after that, the row
+    pointers are one ``pread`` and the arrays a memory map, with no HDF5 call.
     """
 
     def __init__(self, path: str | Path):
@@ -330,10 +353,34 @@ class Shard:
         return int(self.file["X/data"].shape[0])
 
     @property
+    def layout(self) -> XLayout | None:
+        """X's layout in the file (None when an array is chunked, compressed or empty)."""
+        status = os.stat(self.path)
+        key = (str(self.path), status.st_ino, status.st_size, status.st_mtime_ns)
+        if key not in _LAYOUTS:
+            datasets = [self.file["X"][name] for name in X_ARRAYS]
+            mappable = all(
+                d.chunks is None and d.compression is None and d.shape[0] > 0 for d in datasets
+            )
+            _LAYOUTS[key] = (
+                XLayout(
+                    {
+                        name: (d.id.get_offset(), d.dtype, d.shape[0])
+                        for name, d in zip(X_ARRAYS, datasets, strict=True)
+                    }
+                )
+                if mappable
+                else None
+            )
+        return _LAYOUTS[key]
+
+    @property
     def indptr(self) -> np.ndarray:
         """CSR row pointers, shape (cells + 1,) int64."""
         if self._indptr is None:
-            self._indptr = self.file["X/indptr"][:].astype(np.int64, copy=False)
+            layout = self.layout
+            raw = self._pread(*layout["indptr"]) if layout else self.file["X/indptr"][:]
+            self._indptr = raw.astype(np.int64, copy=False)
         return self._indptr
 
     def obs_column(self, name: str) -> np.ndarray:
@@ -344,26 +391,34 @@ class Shard:
         """X's values (nnz,), one of :data:`VALUE_DTYPES`, and gene indices (nnz,), one of
         :data:`INDEX_DTYPES` (as :func:`shard_problem` checks)."""
         if self._arrays is None:
-            self._arrays = (self._array("data"), self._array("indices"))
+            layout = self.layout
+            self._arrays = tuple(
+                self._map(*layout[name]) if layout else self.file["X"][name][:]
+                for name in ("data", "indices")
+            )
         return self._arrays
 
-    def _array(self, name: str) -> np.ndarray:
-        dataset = self.file["X"][name]
-        mappable = dataset.chunks is None and dataset.compression is None and dataset.shape[0] > 0
-        if not mappable:
-            return dataset[:]
+    def _map(self, offset: int, dtype: np.dtype, length: int) -> np.memmap:
         try:
-            return np.memmap(
-                self.path,
-                dtype=dataset.dtype,
-                mode="r",
-                offset=dataset.id.get_offset(),
-                shape=dataset.shape,
-            )
+            return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(length,))
         except ValueError as err:  # the file is shorter than its own header says
-            raise StoreError(
-                f"shard {self.path} is truncated ({err}); " + rebuild_hint(self.path.parent)
-            ) from err
+            raise self._truncated(err) from err
+
+    def _pread(self, offset: int, dtype: np.dtype, length: int) -> np.ndarray:
+        """``length`` items of ``dtype`` at byte ``offset``, in one read (the GIL released)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, length * dtype.itemsize, offset)
+        finally:
+            os.close(fd)
+        if len(raw) < length * dtype.itemsize:
+            raise self._truncated(f"{len(raw)} of {length * dtype.itemsize} bytes at {offset}")
+        return np.frombuffer(raw, dtype=dtype)
+
+    def _truncated(self, why) -> StoreError:
+        return StoreError(
+            f"shard {self.path} is truncated ({why}); " + rebuild_hint(self.path.parent)
+        )
 
     def byte_ranges(self, starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
         """(file offset, length) in bytes of rows ``[starts[i], stops[i])`` (each (n,)) of X's

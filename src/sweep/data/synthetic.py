@@ -44,6 +44,8 @@ import pandas as pd
 import scipy.sparse as sp
 from omegaconf import OmegaConf
 
+from sweep.config.schema import SyntheticConfig
+
 log = logging.getLogger(__name__)
 
 # Assay name -> (EFO ontology term id, median total counts of a cell-suspension library).
@@ -90,22 +92,6 @@ LIBRARY_SIGMA = 0.5  # log-scale spread of library sizes within a batch
 LOW_QUALITY_DEPTH = (20.0, 200.0)  # counts; < 300 so that such cells express < 300 genes
 LOW_QUALITY_MT_BOOST = 2.0  # log-shift of MT genes in low-quality (damaged) cells
 CHUNK_CELLS = 512  # cells sampled per dense chunk (and per RNG stream)
-
-
-@dataclass
-class SyntheticConfig:
-    """What to generate; ``output`` is mandatory (``???`` = missing, as in OmegaConf)."""
-
-    output: str = "???"  # folder to write dataset_{i:03d}.h5ad into (created)
-    n_datasets: int = 6  # one h5ad file per dataset
-    cells_per_dataset: int = 4000  # mean; sizes vary in 0.5x..1.5x, each >= 50 cells
-    n_genes: int = 3000  # genes of every file (same ids, same order); the last 13 are MT genes
-    n_cell_types: int = 8  # first n of CELL_TYPES
-    donors_per_dataset: int = 3  # donors nested in datasets: "D{i:03d}-donor{k}"
-    batch_effect_strength: float = 1.0  # scales every gene-specific batch effect; 0 = none
-    low_quality_fraction: float = 0.08  # share of cells with < 300 expressed genes
-    non_primary_fraction: float = 0.05  # share of cells with is_primary_data False
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -337,7 +323,7 @@ def simulate_dataset(cfg: SyntheticConfig, dataset_index: int, world: World) -> 
 
 def generate(cfg: SyntheticConfig) -> list[Path]:
     """Write ``cfg.n_datasets`` files ``dataset_{i:03d}.h5ad`` into ``cfg.output``; sorted paths."""
-    if cfg.output in ("", "???"):
+    if not cfg.output:
         raise ValueError("output must be set to the folder to write into")
     world = draw_world(cfg)
     out = Path(cfg.output)
@@ -364,7 +350,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     """CLI: ``key=value`` overrides of SyntheticConfig; unknown keys or bad types raise."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else list(argv))
-    merged = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), overrides)
+    schema = OmegaConf.structured(SyntheticConfig)
+    schema.output = "???"  # the command line must name it (the demo fills it in)
+    merged = OmegaConf.merge(schema, overrides)
+    OmegaConf.to_container(merged, throw_on_missing=True)  # names a missing output
     cfg: SyntheticConfig = OmegaConf.to_object(merged)
     paths = generate(cfg)
     log.info("wrote %d files to %s", len(paths), cfg.output)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sweep.metric_names import BASELINE_PREFIX
 from sweep.report.headline import AGGREGATES, Metric
-from sweep.run_folder import BASELINE_PREFIX
 
 #: the label column of the table :func:`baseline_lines` reads
 LABEL = "label"

@@ -3,8 +3,9 @@ PCA baseline beside it), coloured by cell type and by where the cells come from 
 suspension, donor), and the multirun report's lines placing every job's picture in a table.
 
 A run folder holds the layout as ``embedding.csv`` (a row per evaluation cell: the coordinates of
-sweep.evaluate.umap_layout and the cells' labels) and its picture ``embedding.png``; the picture
-is drawn from the table alone, so a report can redraw it from the run folder.
+sweep.evaluation.embedding.umap_layout and the cells' labels, written by training) and its picture
+``embedding.png``; the picture is drawn from the table alone, so a report can redraw it from the run
+folder.
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweep import run_folder
+from sweep.evaluation.embedding import SPACES, layout_columns
 from sweep.report.render import DPI, cell, colours
 
-EMBEDDING_TABLE = "embedding.csv"
-EMBEDDING_FIGURE = "embedding.png"
-#: the 2-D layouts of a run: scVI's latent space and the PCA baseline
-SPACES = ("scvi", "pca")
 #: each space's column title
 SPACE_TITLES = {"scvi": "scVI latent space", "pca": "PCA baseline (unintegrated)"}
 #: the most categories a panel's legend lists; beyond, the panel title gives their number
 LEGEND_MAX = 20
 PANEL = (4.0, 3.4)  # inches, of one panel (legend beside it not included)
-
-
-def layout_columns(space: str) -> list[str]:
-    """The two coordinate columns of ``space`` (one of :data:`SPACES`) in a layout."""
-    return [f"umap_{space}_1", f"umap_{space}_2"]
 
 
 def colour_columns(layout: pd.DataFrame) -> list[str]:
@@ -80,18 +73,13 @@ def plot_embedding(layout: pd.DataFrame) -> Figure:
     return fig
 
 
-def write_embedding(run_dir: Path, layout: pd.DataFrame) -> None:
-    """``embedding.csv``: the layout (:func:`sweep.evaluate.umap_layout`), into the run folder."""
-    run_folder.write_table(run_dir, EMBEDDING_TABLE, layout)
-
-
 def draw_embedding(run_dir: Path) -> Path | None:
     """Draw ``embedding.png`` from the run folder's ``embedding.csv``; its path, or None when the
     run has no layout (not scored)."""
-    layout = run_folder.read_table(run_dir, EMBEDDING_TABLE)
+    layout = run_folder.read_table(run_dir, run_folder.EMBEDDING_TABLE)
     if layout is None:
         return None
-    path = Path(run_dir) / EMBEDDING_FIGURE
+    path = Path(run_dir) / run_folder.EMBEDDING_FIGURE
     plot_embedding(layout.astype({c: str for c in colour_columns(layout)})).savefig(path)
     return path
 
@@ -106,7 +94,7 @@ def embedding_lines(
     rows = []
     for job_dir in job_dirs:
         number = int(job_dir.name)
-        picture = job_dir / EMBEDDING_FIGURE
+        picture = job_dir / run_folder.EMBEDDING_FIGURE
         label = cell((labels or {}).get(number, ""))
         if picture.is_file():
             copy = f"embedding_{number}.png"

@@ -1,5 +1,5 @@
-"""The one way in to the reports, for the command line (``python -m sweep.report``) and the
-end-of-sweep Hydra callback (sweep.hydra_callbacks): a sweep folder, or an Optuna study, to its
+"""The one way in to the reports, for the command line (``scvi-sweep-report``, sweep.cli) and the
+end-of-sweep Hydra callback (sweep.cli.hydra_callbacks): a sweep folder, or an Optuna study, to its
 report folder (``<sweep.paths.reports_dir()>/<sweep folder or study name>/`` unless told
 otherwise).
 
@@ -11,14 +11,13 @@ folder again.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 from pathlib import Path
 
 from sweep.paths import reports_dir
 from sweep.report.multirun import build_report
-from sweep.report.study import build_study_report
+from sweep.report.study_report import build_study_report
 from sweep.study.storage import read_record, resolve
 
 log = logging.getLogger(__name__)
@@ -80,13 +79,24 @@ def write_report(
     out_dir: str | Path | None = None,
     out_root: str | Path | None = None,
 ) -> Path:
-    """Write the report of a sweep folder or of a study; return its report.md.
+    """Write the report of a sweep folder or of a study.
 
-    ``sweep_dir``: a Hydra sweep folder; the Optuna sweeper's stands for its study (the folder
-    records study and storage: sweep.study.storage). ``study``, ``storage``: a study by name and
-    its journal file or database URL. ``out_dir``: the report folder; by default
-    ``<out_root>/<study name or sweep folder name>``, never another sweep's report
-    (:func:`report_folder`).
+    Parameters
+    ----------
+    sweep_dir
+        A Hydra sweep folder; the Optuna sweeper's stands for its study (the folder records
+        study and storage: sweep.study.storage).
+    study, storage
+        A study by name and its journal file or database URL (instead of ``sweep_dir``).
+    out_dir
+        The report folder; by default ``<out_root>/<study name or sweep folder name>``, never
+        another sweep's report (:func:`report_folder`).
+    out_root
+        Where default report folders go (default: ``sweep.paths.reports_dir()``).
+
+    Returns
+    -------
+    The path of report.md.
     """
     record = read_record(Path(sweep_dir)) if sweep_dir is not None else None
     if record:
@@ -106,26 +116,3 @@ def write_report(
     source = sweep_source(sweep_dir)
     out = Path(out_dir) if out_dir else default_out(sweep_dir, root)
     return signed(build_report(sweep_dir, out), source)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m sweep.report SWEEP_DIR [--out DIR]`` or ``--study NAME --storage STORAGE``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep.report",
-        description="Build the report of a Hydra multirun or of an Optuna study.",
-    )
-    parser.add_argument("sweep_dir", type=Path, nargs="?", help="a sweep folder (hydra.sweep.dir)")
-    parser.add_argument("--study", help="an Optuna study's name (with --storage)")
-    parser.add_argument("--storage", help="its journal file or database URL")
-    parser.add_argument(
-        "--out", type=Path, help="report folder (default: multirun_reports/<sweep or study name>)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] - %(message)s")
-    try:
-        report = write_report(
-            args.sweep_dir, study=args.study, storage=args.storage, out_dir=args.out
-        )
-    except NothingToReport as error:
-        parser.error(str(error))
-    log.info("report: %s", report)

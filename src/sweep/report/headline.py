@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweep.run_folder import (
+from sweep.metric_names import (
     BATCH,
     BIO,
     CELLS_SEEN,

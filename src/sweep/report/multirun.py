@@ -1,5 +1,5 @@
 """Multirun report: one Hydra sweep folder -> ``results.csv``, figures and ``report.md`` with
-verdicts (``build_report``; ``python -m sweep.report SWEEP_DIR`` through sweep.report.entry).
+verdicts (``build_report``; ``scvi-sweep-report SWEEP_DIR`` through sweep.report.entry).
 
 It works after a sweep that raised and on a sweep still running (sweep.report.sweep_folder).
 """
@@ -12,25 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sweep.report.baseline import LABEL, baseline_lines
-from sweep.report.embedding import embedding_lines
-from sweep.report.headline import axis_label, label
-from sweep.report.render import (
-    CHAR_WIDTH,
-    REPORT_FILE,
-    PlannedFigure,
-    cells_seen_axis,
-    colours,
-    data_note,
-    figure_legend,
-    figure_lines,
-    markdown_table,
-    panel_figure,
-    write_figures,
-)
-from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, job_dirs, load_sweep
-from sweep.report.verdicts import RULE, SEED, levels, present_metrics, seed_note, verdicts
-from sweep.run_folder import (
+from sweep.metric_names import (
     BASELINE_PREFIX,
     BATCH,
     BIO,
@@ -44,6 +26,24 @@ from sweep.run_folder import (
     TOTAL,
     TRAIN_TIME,
 )
+from sweep.report.baseline import LABEL, baseline_lines
+from sweep.report.embedding import embedding_lines
+from sweep.report.headline import axis_label, label
+from sweep.report.render import (
+    CHAR_WIDTH,
+    PlannedFigure,
+    cells_seen_axis,
+    colours,
+    data_note,
+    figure_legend,
+    figure_lines,
+    markdown_table,
+    panel_figure,
+    write_figures,
+)
+from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, job_dirs, load_sweep
+from sweep.report.verdicts import RULE, SEED, levels, present_metrics, seed_note, verdicts
+from sweep.run_folder import REPORT_FILE
 
 RESULTS_FILE = "results.csv"
 
@@ -363,7 +363,19 @@ def report_text(sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[s
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write results.csv, figures and report.md of a sweep into ``out_dir``; return report.md."""
+    """Write results.csv, figures and report.md of a sweep.
+
+    Parameters
+    ----------
+    sweep_dir
+        A Hydra multirun's sweep folder (its job folders ``0/``, ``1/``, ...).
+    out_dir
+        The report folder (created).
+
+    Returns
+    -------
+    The path of report.md.
+    """
     sweep = load_sweep(sweep_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

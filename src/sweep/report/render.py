@@ -15,8 +15,6 @@ from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-#: the report's text, in its report folder beside its tables and figures
-REPORT_FILE = "report.md"
 FIGSIZE = (6, 4)  # inches, of one panel
 DPI = 100
 

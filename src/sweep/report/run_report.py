@@ -1,126 +1,53 @@
 """One run's page: ``report.md`` in its run folder, with the run's curves (``curves.png``) and its
 embedding picture (sweep.report.embedding), built from the run folder alone, so that
-``python -m sweep.report.run_report RUN_DIR`` rebuilds it; and the run's health (:func:`health`),
-judged as training ends, kept in metrics.json and said in the log and the page.
+``scvi-sweep-report RUN_DIR`` rebuilds it. The run's health (sweep.evaluation.health) is judged
+as training ends and kept in metrics.json; the page says it.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sweep import run_folder
-from sweep.report.embedding import EMBEDDING_FIGURE, draw_embedding
-from sweep.report.render import (
-    DPI,
-    REPORT_FILE,
-    cells_seen_axis,
-    figure_lines,
-    markdown_table,
-    write_figures,
-)
-from sweep.run_folder import (
+from sweep import metric_names, run_folder
+from sweep.evaluation.health import AGGREGATE_WORDS, FALLING_PER_EPOCH, SMALL_BATCH_CELLS
+from sweep.metric_names import (
     BASELINE_PREFIX,
-    BATCH,
-    BIO,
     CELLS_CONVERGENCE_PREFIX,
     CELLS_SEEN,
     CONVERGENCE_PREFIX,
     ELBO_VALIDATION,
     EPOCH,
+    EVALUATION_CELLS,
+    HEALTH,
+    JOB_NAME,
     KL_WEIGHT,
+    LOSS_CHANGE,
+    MODEL_GENES,
+    MODEL_HIDDEN,
+    MODEL_LATENT,
+    MODEL_LAYERS,
+    MODEL_PARAMETERS,
+    N_BATCH,
+    N_CATS_PER_COV,
     STEP_VALIDATION_CELLS,
-    TOTAL,
 )
+from sweep.report.embedding import draw_embedding
+from sweep.report.render import DPI, cells_seen_axis, figure_lines, markdown_table, write_figures
+from sweep.run_folder import CURVES_FIGURE, EMBEDDING_FIGURE, REPORT_FILE
 
-CURVES_FIGURE = "curves.png"
-#: the aggregate integration scores -> their words
-AGGREGATE_WORDS = {BIO: "bio conservation", BATCH: "batch correction", TOTAL: "total"}
-#: the validation loss still falls by more than this fraction an epoch at the end: not converged
-FALLING_PER_EPOCH = 0.01
-#: a batch category with fewer training cells than this is too small to learn its batch effect
-#: from: scVI learns each category's decoder weights from that category's cells only. A rule of
-#: thumb (a tenth of a 1,024-cell minibatch), named so that the report can say it
-SMALL_BATCH_CELLS = 100
-
-# metrics.json keys
-HEALTH = "health"  # check -> message, for each check the run failed
-LOSS_CHANGE = "elbo_validation_change_last_epoch"  # (last - previous) / |previous|; < 0: falling
-MIN_BATCH_CELLS = "batch_category_min_cells"
-SMALL_BATCHES = "small_batch_categories"  # how many have < SMALL_BATCH_CELLS training cells
-SMALLEST_BATCHES = "smallest_batch_categories"  # the three smallest of them: name -> cells
-#: the health checks (keys of metrics.json's HEALTH)
-WARMUP, STILL_FALLING, BELOW_BASELINE = "kl_warmup_unfinished", "still_falling", "below_baseline"
 #: model sizes as built (metrics.json key -> words)
 MODEL_SIZES = {
-    "model_genes": "genes",
-    "model_hidden": "hidden units",
-    "model_layers": "layers",
-    "model_latent": "latent dimensions",
-    "n_batch": "batch categories",
-    "model_parameters": "trainable parameters",
+    MODEL_GENES: "genes",
+    MODEL_HIDDEN: "hidden units",
+    MODEL_LAYERS: "layers",
+    MODEL_LATENT: "latent dimensions",
+    N_BATCH: "batch categories",
+    MODEL_PARAMETERS: "trainable parameters",
 }
-
-
-# --- health ------------------------------------------------------------------------------------
-
-
-def last_epoch_change(values: pd.Series) -> float | None:
-    """The relative change of ``values`` (one per epoch) in the last epoch,
-    (last - previous) / |previous| (negative: falling); None with fewer than two epochs."""
-    if len(values) < 2:
-        return None
-    previous, last = float(values.iloc[-2]), float(values.iloc[-1])
-    return (last - previous) / max(abs(previous), 1e-12)
-
-
-def batch_category_sizes(cells: np.ndarray, names: list[str]) -> dict:
-    """metrics.json's batch category sizes from ``cells`` (n_batch,), the training cells of each
-    category named in ``names``: the smallest count, how many are below SMALL_BATCH_CELLS, and
-    the three smallest of those (name -> cells)."""
-    small = [i for i in np.argsort(cells, kind="stable") if cells[i] < SMALL_BATCH_CELLS]
-    return {
-        MIN_BATCH_CELLS: int(cells.min()),
-        SMALL_BATCHES: len(small),
-        SMALLEST_BATCHES: {names[i]: int(cells[i]) for i in small[:3]},
-    }
-
-
-def health(metrics: dict, warmup_unfinished: str | None) -> dict[str, str]:
-    """The checks a finished run fails -> what to tell its reader: an unfinished KL warm-up
-    (``warmup_unfinished``, sweep.callbacks.KlWarmupWatch's warning), a validation loss still
-    falling by more than FALLING_PER_EPOCH, scVI below the PCA baseline on an aggregate score,
-    batch categories below SMALL_BATCH_CELLS training cells. ``metrics``: metrics.json's."""
-    findings = {WARMUP: warmup_unfinished} if warmup_unfinished else {}
-    change = metrics.get(LOSS_CHANGE)
-    if change is not None and -change > FALLING_PER_EPOCH:
-        findings[STILL_FALLING] = (
-            f"the validation loss (negative ELBO) was still falling by {-change:.1%} an epoch at "
-            f"the end (more than {FALLING_PER_EPOCH:.0%}): the model has not converged, train "
-            "longer (trainer.max_epochs)"
-        )
-    below = [
-        f"{words} ({metrics[key]:.3f} vs {metrics[BASELINE_PREFIX + key]:.3f})"
-        for key, words in AGGREGATE_WORDS.items()
-        if metrics.get(key, np.inf) < metrics.get(BASELINE_PREFIX + key, -np.inf)
-    ]
-    if below:
-        findings[BELOW_BASELINE] = (
-            f"scVI scored below the unintegrated PCA baseline on {', '.join(below)}"
-        )
-    if metrics.get(SMALL_BATCHES):
-        smallest = "; ".join(f"{k}: {v} cells" for k, v in metrics[SMALLEST_BATCHES].items())
-        findings[SMALL_BATCHES] = (
-            f"{metrics[SMALL_BATCHES]} of {metrics['n_batch']} batch categories have fewer than "
-            f"{SMALL_BATCH_CELLS} training cells, too few to learn their batch effect from "
-            f"(smallest: {smallest}); choose a coarser batch group"
-        )
-    return findings
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -208,10 +135,10 @@ def plot_curves(
 def trained_lines(metrics: dict) -> list[str]:
     """The section of what was trained: group choices, overrides, the built model's sizes, the
     cells, time and final loss."""
-    choices = pd.DataFrame(list(metrics[run_folder.CHOICES].items()), columns=["group", "option"])
-    overrides = " ".join(f"`{o}`" for o in metrics[run_folder.OVERRIDES]) or "none"
+    choices = pd.DataFrame(list(metrics[metric_names.CHOICES].items()), columns=["group", "option"])
+    overrides = " ".join(f"`{o}`" for o in metrics[metric_names.OVERRIDES]) or "none"
     sizes = ", ".join(f"{metrics[k]:,} {w}" for k, w in MODEL_SIZES.items() if k in metrics)
-    covariates = ", ".join(map(str, metrics.get("n_cats_per_cov") or []))
+    covariates = ", ".join(map(str, metrics.get(N_CATS_PER_COV) or []))
     if covariates:
         sizes += f"; categorical covariates of {covariates} categories"
     return [
@@ -229,10 +156,10 @@ def trained_lines(metrics: dict) -> list[str]:
         )
         + ".",
         "",
-        f"{metrics[run_folder.EPOCHS]} epochs on {metrics['cells_train']:,} training cells "
-        f"({metrics[run_folder.CELLS_VALIDATION]:,} validation), "
-        f"{metrics[run_folder.TRAIN_TIME]:.0f} s of "
-        f"training ({metrics[run_folder.TRAIN_CELLS_PER_S]:,.0f} cells/s), "
+        f"{metrics[metric_names.EPOCHS]} epochs on {metrics['cells_train']:,} training cells "
+        f"({metrics[metric_names.CELLS_VALIDATION]:,} validation), "
+        f"{metrics[metric_names.TRAIN_TIME]:.0f} s of "
+        f"training ({metrics[metric_names.TRAIN_CELLS_PER_S]:,.0f} cells/s), "
         f"{metrics['wall_time_s']:.0f} s wall. Final validation loss (negative ELBO, lower is "
         f"better): {metrics[ELBO_VALIDATION]:.6g} at KL weight {metrics[KL_WEIGHT]:.2f}.",
         "",
@@ -302,7 +229,7 @@ def scores_lines(metrics: dict) -> list[str]:
     return [
         "## Scores against the PCA baseline",
         "",
-        f"scib-metrics on {metrics['evaluation_cells']} validation cells at the last epoch, "
+        f"scib-metrics on {metrics[EVALUATION_CELLS]} validation cells at the last epoch, "
         "beside the unintegrated PCA baseline of the same cells: scVI is "
         f"{', '.join(words)}. One run of one seed: the spread across seeds is not known, so "
         "a small difference may be noise.",
@@ -317,7 +244,7 @@ def report_text(run_dir: Path, metrics: dict, figures: list[tuple[str, str]]) ->
     return (
         "\n".join(
             [
-                f"# Run report: {metrics['job_name']}",
+                f"# Run report: {metrics[JOB_NAME]}",
                 "",
                 f"Run folder: `{Path(run_dir).resolve()}`",
                 "",
@@ -334,9 +261,18 @@ def report_text(run_dir: Path, metrics: dict, figures: list[tuple[str, str]]) ->
 
 
 def write_run_report(run_dir: str | Path) -> Path:
-    """Draw the run's curves and embedding picture and write its report.md, from the run folder
-    alone (metrics.json, history.csv, steps.csv, integration.csv, embedding.csv); return
-    report.md's path."""
+    """Draw a finished run's curves and embedding picture and write its report.md, from the run
+    folder alone (metrics.json, history.csv, steps.csv, integration.csv, embedding.csv).
+
+    Parameters
+    ----------
+    run_dir
+        A finished run folder (it has metrics.json).
+
+    Returns
+    -------
+    The path of report.md.
+    """
     run_dir = Path(run_dir)
     metrics = run_folder.read_metrics(run_dir)
     if metrics is None:
@@ -359,14 +295,3 @@ def write_run_report(run_dir: str | Path) -> Path:
     report = run_dir / REPORT_FILE
     report.write_text(report_text(run_dir, metrics, figures))
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m sweep.report.run_report RUN_DIR``: rebuild a finished run's report.md."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("run_dir", type=Path)
-    print(write_run_report(parser.parse_args(argv).run_dir))
-
-
-if __name__ == "__main__":
-    main()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep import run_folder
-from sweep.report.run_report import HEALTH
+from sweep import metric_names, run_folder
+from sweep.config.overrides import parse_override
+from sweep.metric_names import HEALTH
 
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
 #: value of an override key in a job that does not set it
@@ -83,8 +84,8 @@ def read_job(job_dir: Path) -> Job:
     error = None if metrics is not None else failure(job_dir)
     status = COMPLETE if metrics is not None else FAILED if error else RUNNING
     metrics = metrics or {}
-    if run_folder.CHOICES in metrics:
-        choices = metrics[run_folder.CHOICES]
+    if metric_names.CHOICES in metrics:
+        choices = metrics[metric_names.CHOICES]
     else:  # a job that did not finish: Hydra's record
         choices = run_folder.read_hydra_choices(job_dir)
     return Job(
@@ -102,7 +103,7 @@ def read_job(job_dir: Path) -> Job:
 
 def override_values(job: Job) -> dict[str, str]:
     """The job's overrides as key -> value."""
-    return dict(run_folder.parse_override(o) for o in job.overrides)
+    return dict(parse_override(o) for o in job.overrides)
 
 
 def ordered_union(groups) -> list[str]:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from sweep.metric_names import TRAIN_TIME
 from sweep.report.headline import HEADLINE, Metric
 from sweep.report.sweep_folder import Sweep
-from sweep.run_folder import TRAIN_TIME
 
 #: the override key whose levels are replicates, not a factor to judge
 SEED = "seed"

@@ -1,5 +1,5 @@
 """Optuna studies for train.py: the ``hydra/sweeper=optuna`` plugin's logic and the trial-side
-pruning callback (the study report is sweep.report.study).
+pruning callback (the study report is sweep.report.study_report).
 
 - ``config``: the sweeper's config schema (hydra-optuna-sweeper's keys, plus pruner, heartbeat)
 - ``search_space``: ``hydra.sweeper.params`` syntax -> Optuna distributions and job overrides

@@ -1,7 +1,7 @@
 """The names of what the sweep stores on Optuna trials and studies (their user and system attrs).
 
 Written by the sweep loop (``sweeper``), the trial liveness (``liveness``) and the trial-side
-pruning callback (``pruning``); read by them and by the study report (sweep.report.study).
+pruning callback (``pruning``); read by them and by the study report (sweep.report.study_report).
 """
 
 #: prefix of the system attrs the sweep itself sets on a trial (a retry copies none of them)

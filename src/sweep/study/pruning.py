@@ -56,22 +56,26 @@ class TrialPruning(Callback):
         }
 
 
-def pruning_callback(cfg) -> TrialPruning | None:
-    """The job's pruning callback, or None when the job is not an Optuna trial."""
-    if cfg.optuna.trial is None:
+def pruning_callback(optuna_cfg, optimized_metric) -> TrialPruning | None:
+    """The job's pruning callback, or None when the job is not an Optuna trial.
+
+    ``optuna_cfg``: the ``optuna`` keys the sweeper gives a trial (storage, study_name, trial);
+    ``optimized_metric``: the metrics.json key it reports (a list: multi-objective, not pruned).
+    """
+    if optuna_cfg.trial is None:
         return None
     import optuna
     from hydra.utils import instantiate
 
     from sweep.study.storage import open_storage
 
-    storage = open_storage(cfg.optuna.storage)
-    study = optuna.load_study(study_name=cfg.optuna.study_name, storage=storage)
+    storage = open_storage(optuna_cfg.storage)
+    study = optuna.load_study(study_name=optuna_cfg.study_name, storage=storage)
     study.pruner = instantiate(
         study.user_attrs.get(PRUNER, {"_target_": "optuna.pruners.NopPruner"})
     )
-    study_id = storage.get_study_id_from_name(cfg.optuna.study_name)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, cfg.optuna.trial)
-    single = len(study.directions) == 1 and isinstance(cfg.optimized_metric, str)
-    monitor = cfg.optimized_metric if single else None
-    return TrialPruning(optuna.trial.Trial(study, trial_id), cfg.optuna.study_name, monitor)
+    study_id = storage.get_study_id_from_name(optuna_cfg.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, optuna_cfg.trial)
+    single = len(study.directions) == 1 and isinstance(optimized_metric, str)
+    monitor = optimized_metric if single else None
+    return TrialPruning(optuna.trial.Trial(study, trial_id), optuna_cfg.study_name, monitor)

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from hydra.errors import CompactHydraException
 
-from sweep.secret_overrides import URL_WITH_PASSWORD
+from sweep.config.overrides import URL_WITH_PASSWORD
 
 #: default storage folder, relative to the folder the sweep was launched from
 DEFAULT_DIR = Path("outputs") / "optuna"

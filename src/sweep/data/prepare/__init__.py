@@ -40,7 +40,8 @@ those 8 bytes a cell, its memory does not grow with the number of files.
 
 Modules, one job each (none imports this package's ``__init__``):
 
-- :mod:`.config`: the schema, its checks, the sources, the fingerprint;
+- :mod:`.config`: the config's checks (its schema: sweep.config.schema.PrepareConfig), the sources,
+  the fingerprint;
 - :mod:`.output`: the output folder (complete, other config, interrupted, incomplete), what an
   interrupted run left, and ``prepare.log``;
 - :mod:`.sources`: reading one source;
@@ -54,7 +55,7 @@ Every module logs to the one logger ``sweep.data.prepare``, so that ``prepare.lo
 whole run and its records keep one name.
 """
 
-from sweep.data.prepare.config import PrepareConfig, PrepareError
+from sweep.data.prepare.config import PrepareError
 from sweep.data.prepare.pipeline import prepare_store
 
-__all__ = ["PrepareConfig", "PrepareError", "prepare_store"]
+__all__ = ["PrepareError", "prepare_store"]

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sweep.data.prepare.config import HVG, PrepareConfig, PrepareError
+from sweep.config.schema import PrepareConfig
+from sweep.data.prepare.config import HVG, PrepareError
 from sweep.data.prepare.sources import (
     GeneTable,
     SourceReader,

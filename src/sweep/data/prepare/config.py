@@ -12,41 +12,23 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sweep.config.schema import PrepareConfig
 from sweep.data.store import FORMAT_VERSION
 
 HVG = "hvg"  # the `genes` value that selects highly variable genes
+#: PrepareOptions keys that change how prepare runs, never the store it writes
+RUN_ONLY_KEYS = ("workers", "chunk_rows", "overwrite", "progress")
 
 
 class PrepareError(ValueError):
     """Bad input to prepare (config, source file, gene list, output folder); the message says
     which file or key and how to fix it."""
-
-
-@dataclass
-class PrepareConfig:
-    """The keys of ``conf/prepare.yaml`` (comments there). ``???`` (MISSING) = required."""
-
-    source: Any = MISSING  # glob string or list of paths/globs
-    output: str = MISSING
-    genes: str = HVG  # "hvg" or a TSV/CSV file whose first column lists Ensembl ids
-    n_top_genes: int = 8000
-    hvg_batch_keys: list[str] = field(default_factory=lambda: ["suspension_type", "assay"])
-    hvg_sample_cells: int = 200_000
-    hvg_min_genes: int = 300
-    shard_size: int = 10_000
-    chunk_rows: int = 10_000
-    seed: int = 0
-    workers: int | None = None
-    overwrite: bool = False
-    skip_bad_sources: bool = False  # true: leave bad sources out (listed in the manifest, logged)
-    progress: bool = True  # progress bars (files or cells done, cells/s, ETA) on stderr
 
 
 def resolve_config(cfg: PrepareConfig | Mapping | Any) -> PrepareConfig:
@@ -99,8 +81,8 @@ def _sha256(path: Path) -> str:
 
 
 def config_identity(cfg: PrepareConfig, sources: list[Path]) -> dict:
-    """Everything that determines the store's content (not output, workers, chunking, overwrite,
-    progress)."""
+    """Everything that determines the store's content (not ``output`` nor
+    :data:`RUN_ONLY_KEYS`)."""
     identity = {
         "format_version": FORMAT_VERSION,
         "sources": [[str(p), p.stat().st_size] for p in sources],
@@ -123,7 +105,7 @@ def config_identity(cfg: PrepareConfig, sources: list[Path]) -> dict:
 
 
 def prepare_overrides(cfg: PrepareConfig, identity: dict) -> list[str]:
-    """The ``key=value`` arguments of ``python -m sweep.prepare`` that make this store again
+    """The ``key=value`` arguments of ``scvi-sweep-prepare`` that make this store again
     (all but ``output``): ``manifest.provenance["prepare_overrides"]``, for rebuild hints."""
     keys = {"source": cfg.source}
     keys |= {k: v for k, v in identity.items() if k in PrepareConfig.__dataclass_fields__}

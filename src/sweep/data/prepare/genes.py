@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sweep.config.schema import PrepareConfig
 from sweep.data.prepare.checks import Scan, SourceInfo
-from sweep.data.prepare.config import PrepareConfig, PrepareError
+from sweep.data.prepare.config import PrepareError
 from sweep.data.prepare.sources import select_genes
 
 log = logging.getLogger(__package__)  # the pipeline's one logger (see the package docstring)

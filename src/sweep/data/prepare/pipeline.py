@@ -364,13 +364,27 @@ def _process_pool(workers: int) -> Iterator[Executor | None]:
 
 
 def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
-    """Prepare the store ``cfg.output`` from the sources ``cfg.source``; return its manifest.
+    """Prepare the store ``cfg.output`` from the sources ``cfg.source``.
 
-    ``cfg``: a :class:`PrepareConfig`, a dict or a DictConfig with its keys (ill-typed or unknown
-    keys raise PrepareError before any file is read). A complete store made with the same config
-    is left as is ("store complete"); one made with another config raises unless ``overwrite``;
-    an incomplete one is cleaned and rebuilt. Bad sources raise PrepareError before any shard is
-    written, or with ``skip_bad_sources`` are left out and listed (manifest ``skipped_sources``).
+    A complete store made with the same config is left as is ("store complete"); one made with
+    another config raises unless ``overwrite``; an interrupted one resumes, other incomplete ones
+    are cleaned and rebuilt. Bad sources raise before any shard is written, or with
+    ``skip_bad_sources`` are left out and listed (manifest ``skipped_sources``).
+
+    Parameters
+    ----------
+    cfg
+        A :class:`~sweep.config.schema.PrepareConfig`, or a dict or DictConfig of its keys.
+
+    Returns
+    -------
+    The store's manifest (genes, shards, vocabularies, provenance).
+
+    Raises
+    ------
+    PrepareError
+        A bad key, source, gene list or output folder, named with the fix; ill-typed or unknown
+        keys before any file is read.
     """
     start = time.time()
     cfg = resolve_config(cfg)

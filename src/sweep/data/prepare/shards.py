@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sweep.config.schema import PrepareConfig
 from sweep.data.prepare.checks import Scan, obs_columns, scan_rows
-from sweep.data.prepare.config import PrepareConfig, PrepareError
+from sweep.data.prepare.config import PrepareError
 from sweep.data.prepare.sources import GeneTable, SourceReader, read_ahead
 from sweep.data.store import (
     CODE_DTYPE,

@@ -39,7 +39,24 @@ def build_scvi(
     covariate_categories: dict[str, list[str]],
     model_cfg,
 ) -> SCVI:
-    """SCVI with ``model_cfg``'s keys passed as constructor arguments, one to one."""
+    """scvi-tools' SCVI set up for a store, ``model_cfg``'s keys passed as constructor arguments,
+    one to one.
+
+    Parameters
+    ----------
+    genes
+        The store's genes (Ensembl ids), in its order.
+    batch_categories
+        Every batch category, in code order (sweep.data.batches).
+    covariate_categories
+        Each categorical covariate's categories, in code order.
+    model_cfg
+        The ``model`` group.
+
+    Returns
+    -------
+    An untrained SCVI that any scvi-tools user can save and load.
+    """
     adata = template_adata(genes, batch_categories, covariate_categories)
     with warnings.catch_warnings():
         # "Category 0 ... has fewer than 3 cells" speaks of the 2-cell template, not the data

@@ -1,4 +1,5 @@
-"""Report the architecture of a saved scvi-tools SCVI model: ``python -m sweep.inspect_model PATH``.
+"""The architecture of a saved scvi-tools SCVI model, read from its file (the command line:
+``scvi-sweep-inspect-model PATH``, sweep.cli.inspect_command).
 
 Every model key is read twice where it can be: from the saved weights' shapes and from the
 constructor arguments scvi-tools records in ``model.pt`` (``attr_dict["init_params_"]``). The two
@@ -13,7 +14,6 @@ constructors that rebuild a DataFrame are allowed too.
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import zipfile
 from dataclasses import dataclass, fields
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-from sweep.config import ModelConfig, compose_train
+from sweep.config.schema import ModelConfig, compose_train
 from sweep.paths import CONF_DIR
 
 #: the ``model`` group's keys (scvi-tools constructor arguments), in schema order
@@ -260,7 +260,26 @@ def _read_weights(state: dict, n_batch: int, n_labels: int, n_continuous: int) -
 
 
 def inspect_model(path: str | Path) -> ModelReport:
-    """Read a model folder or model.pt (safely) and resolve every model key, weights first."""
+    """Read a saved model's architecture, every model key from its weights where they show it,
+    else from the constructor arguments scvi-tools recorded.
+
+    Parameters
+    ----------
+    path
+        An scvi-tools model folder (``model/`` of a run folder) or its ``model.pt``.
+
+    Returns
+    -------
+    The keys, the genes, the batch and covariate categories, and where the weights and the
+    recorded arguments disagree.
+
+    Raises
+    ------
+    UnsafeModelFile
+        The file would run code on loading (it is never executed).
+    FileNotFoundError
+        No model.pt at ``path``.
+    """
     file = _model_file(path)
     saved = load_model_file(file)
     state, attrs = saved["model_state_dict"], saved["attr_dict"]
@@ -385,24 +404,3 @@ def format_report(report: ModelReport, against: str | None = None) -> str:
             f"  {key}: model {ours!r}, config {theirs!r}" for key, (ours, theirs) in diff.items()
         ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m sweep.inspect_model PATH [--against model=NAME]``: print the report."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sweep.inspect_model", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("path", help="an scvi-tools model folder or its model.pt")
-    parser.add_argument(
-        "--against", metavar="OVERRIDE", help="list the differences from this config (model=NAME)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        report = inspect_model(args.path)
-    except (UnsafeModelFile, FileNotFoundError) as err:
-        raise SystemExit(f"sweep.inspect_model: {err}") from None
-    print(format_report(report, args.against))
-
-
-if __name__ == "__main__":
-    main()

@@ -8,7 +8,7 @@ sweep's report, hold the whole run; the old folder stays as it was. A job whose 
 progress (SLURM requeued it: it starts again in the same folder) continues that. Then:
 
 - finished: nothing is trained again; the job returns the metrics it had;
-- unfinished: training continues from the checkpoint (sweep.checkpoint).
+- unfinished: training continues from the checkpoint (sweep.training.checkpoint).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep import run_folder
-from sweep.distributed import is_rank_zero
+from sweep.config.overrides import parse_override
+from sweep.training.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Resume:
 
 def without_resume(overrides: list[str]) -> list[str]:
     """``overrides`` but ``resume``, sorted: what must match between a job and its previous run."""
-    return sorted(o for o in overrides if run_folder.parse_override(o)[0] != RESUME_KEY)
+    return sorted(o for o in overrides if parse_override(o)[0] != RESUME_KEY)
 
 
 def _overrides(run_dir: Path) -> list[str] | None:
@@ -79,14 +80,14 @@ def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | 
     return max(found, key=lambda f: _progress(f).stat().st_mtime, default=None)
 
 
-def prepare_resume(cfg, run_dir: Path) -> Resume:
-    """For ``resume=true``: find this job's previous run, copy it into ``run_dir``, and say what
-    to continue from. Outside Hydra only ``run_dir`` itself is looked at."""
+def prepare_resume(resume: bool, run_dir: Path) -> Resume:
+    """For ``resume`` (``resume=true``): find this job's previous run, copy it into ``run_dir``,
+    and say what to continue from. Outside Hydra only ``run_dir`` itself is looked at."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     run_dir = Path(run_dir)
-    if not cfg.resume:
+    if not resume:
         return Resume()
     if not is_rank_zero():  # a DDP process started by rank 0, which prepared the folder
         checkpoint = run_folder.checkpoint_file(run_dir)

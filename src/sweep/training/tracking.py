@@ -15,7 +15,6 @@ from pathlib import Path
 
 import wandb
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import OmegaConf
 from wandb.sdk.lib import module as wandb_module
 
 from sweep import run_folder
@@ -27,8 +26,10 @@ log = logging.getLogger(__name__)
 HYDRA_GROUP_PREFIX = "hydra/"
 
 
-def job_identity(cfg) -> dict:
-    """Name, sweep group, overrides and group choices of the current Hydra job.
+def job_identity(task_name: str, study_name: str | None = None) -> dict:
+    """Name, sweep group, overrides and group choices of the current Hydra job: its group is the
+    sweep's (``<task_name>-<sweep folder>``), or for an Optuna trial its study's
+    (``study_name``).
 
     Outside Hydra (a plain ``run(cfg)`` call) the job is named "run" with no group.
     """
@@ -45,19 +46,20 @@ def job_identity(cfg) -> dict:
         if option is not None and not group.startswith(HYDRA_GROUP_PREFIX)
     }
     multirun = hc.mode == RunMode.MULTIRUN
-    group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else None
-    group = OmegaConf.select(cfg, "optuna.study_name") or group  # an Optuna trial: its study
+    group = f"{task_name}-{Path(hc.sweep.dir).name}" if multirun else None
+    group = study_name or group  # an Optuna trial: its study
     name = hc.job.override_dirname or "defaults"
     if multirun:
         name = f"{hc.job.num}:{name}"
     return {"name": name, "group": group, "overrides": overrides, "choices": choices}
 
 
-def continued_run_id(cfg, run_dir: Path) -> str | None:
-    """The id of the W&B run this job continues, or None for a new run: with ``resume=true``, a
-    job resuming from a checkpoint in the folder whose ``wandb/`` holds its run (a requeued
-    job). A folder resumed from another one's copy has no ``wandb/`` (sweep.resume): new run."""
-    if not (cfg.resume and run_folder.checkpoint_file(run_dir).is_file()):
+def continued_run_id(resume: bool, run_dir: Path) -> str | None:
+    """The id of the W&B run this job continues, or None for a new run: with ``resume`` (true),
+    a job resuming from a checkpoint in the folder whose ``wandb/`` holds its run (a requeued
+    job). A folder resumed from another one's copy has no ``wandb/`` (sweep.training.resume):
+    new run."""
+    if not (resume and run_folder.checkpoint_file(run_dir).is_file()):
         return None
     record = run_folder.read_wandb_record(run_dir)
     if record is None:
@@ -66,31 +68,51 @@ def continued_run_id(cfg, run_dir: Path) -> str | None:
     return run_id if any((run_dir / run_folder.WANDB_DIR).glob(f"*-{run_id}")) else None
 
 
-def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
+def make_wandb_logger(
+    logger_cfg, run_dir: Path, identity: dict, tags: list[str], resume: bool, recorded: dict
+) -> Logger | None:
     """A WandbLogger writing into ``run_dir/wandb``, or None for ``logger=none``.
 
-    The run's id, name, group and tags also go to ``run_dir/wandb_run.json``: offline W&B runs
-    cannot be read back from Python, and reports need to link jobs to their W&B runs.
+    Parameters
+    ----------
+    logger_cfg
+        The ``logger`` group (kind, project, entity, mode, tags).
+    run_dir
+        The run folder.
+    identity
+        :func:`job_identity`'s: the run's name, group, overrides and group choices.
+    tags
+        The job's own tags (``tags``), before the logger's and one per group choice.
+    resume
+        ``resume``: a requeued job continues its W&B run (:func:`continued_run_id`).
+    recorded
+        The whole resolved config, kept as the run's ``cfg``.
+
+    Returns
+    -------
+    The logger, its run started; the run's id, name, group and tags also go to
+    ``run_dir/wandb_run.json`` (offline W&B runs cannot be read back from Python, and reports link
+    jobs to their W&B runs).
     """
-    if cfg.logger.kind == "none":
+    if logger_cfg.kind == "none":
         return None
-    run_id = continued_run_id(cfg, Path(run_dir))
+    run_id = continued_run_id(resume, Path(run_dir))
     if run_id is not None:
         log.info("continuing W&B run %s", run_id)
     config = {
         **identity["choices"],
         "overrides": identity["overrides"],
-        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "cfg": recorded,
     }
-    tags = [*cfg.tags, *cfg.logger.tags, *(f"{k}={v}" for k, v in identity["choices"].items())]
+    tags = [*tags, *logger_cfg.tags, *(f"{k}={v}" for k, v in identity["choices"].items())]
     logger = WandbLogger(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
         name=identity["name"],
         group=identity["group"],
         tags=tags,
         save_dir=str(run_dir),
-        mode=cfg.logger.mode,
+        mode=logger_cfg.mode,
         config=config,
         log_model=False,
         settings=wandb.Settings(silent=True),
@@ -105,7 +127,7 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
         "group": run.group,
         "project": run.project,
         "tags": list(run.tags),
-        "mode": cfg.logger.mode,
+        "mode": logger_cfg.mode,
         "dir": run.settings.sync_dir,
     }
     run_folder.write_wandb_record(run_dir, record)
@@ -114,13 +136,11 @@ def make_wandb_logger(cfg, run_dir: Path, identity: dict) -> Logger | None:
 
 def log_pictures(logger: Logger, run_dir: Path) -> None:
     """Log the run folder's pictures to its W&B run as images: the embedding picture (key
-    ``embedding``, when the run was scored) and the curves (``curves``), sweep.report's files."""
-    from sweep.report.embedding import EMBEDDING_FIGURE
-    from sweep.report.run_report import CURVES_FIGURE
-
+    ``embedding``, when the run was scored) and the curves (``curves``), where the run page drew
+    them."""
     if not isinstance(logger, WandbLogger):
         return
-    pictures = {"embedding": EMBEDDING_FIGURE, "curves": CURVES_FIGURE}
+    pictures = {"embedding": run_folder.EMBEDDING_FIGURE, "curves": run_folder.CURVES_FIGURE}
     logger.experiment.log(
         {
             key: wandb.Image(str(Path(run_dir) / name), caption=name)

@@ -1,7 +1,7 @@
 """Study report: an Optuna study -> ``multirun_reports/<study>/`` (report.md, trials.csv, PNGs).
 
-``build_study_report``; ``python -m sweep.report --study NAME --storage STORAGE`` or
-``python -m sweep.report SWEEP_DIR`` (a sweep folder of the Optuna sweeper) and the end-of-sweep
+``build_study_report``; ``scvi-sweep-report --study NAME --storage STORAGE`` or
+``scvi-sweep-report SWEEP_DIR`` (a sweep folder of the Optuna sweeper) and the end-of-sweep
 callback reach it through sweep.report.entry. It reads the storage, so it works while the
 study runs, after a sweep that stopped, and across processes and machines; where the trials' run
 folders can be read too, it adds their data set and their scores against the PCA baseline.
@@ -20,11 +20,10 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep import run_folder
+from sweep import metric_names, run_folder
 from sweep.report.baseline import LABEL, baseline_lines
 from sweep.report.headline import axis_label, label
 from sweep.report.render import (
-    REPORT_FILE,
     PlannedFigure,
     data_note,
     figure_lines,
@@ -33,6 +32,7 @@ from sweep.report.render import (
     write_figures,
 )
 from sweep.report.sweep_folder import numeric_metrics
+from sweep.run_folder import REPORT_FILE
 from sweep.study.attrs import COMMAND, ERROR, PRUNED_AT, RETRY_OF, RUN_DIR, VOID
 from sweep.study.storage import dashboard_command, open_storage, resolve
 
@@ -96,7 +96,7 @@ def run_folders(study: optuna.Study) -> pd.DataFrame:
         folder = t.user_attrs.get(RUN_DIR)
         metrics = run_folder.read_metrics(Path(folder)) if folder else None
         if metrics:
-            dataset = metrics.get(run_folder.CHOICES, {}).get("dataset")
+            dataset = metrics.get(metric_names.CHOICES, {}).get("dataset")
             rows.append(
                 {LABEL: f"trial {t.number}", "dataset": dataset, **numeric_metrics(metrics)}
             )
@@ -366,7 +366,21 @@ def report_text(study, storage: str, table, front, imp, imp_note, runs, figures)
 
 
 def build_study_report(study_name: str, storage: str, out_dir: str | Path) -> Path:
-    """Write trials.csv, figures and report.md of a study into ``out_dir``; return report.md."""
+    """Write trials.csv, figures and report.md of an Optuna study.
+
+    Parameters
+    ----------
+    study_name
+        The study's name.
+    storage
+        Its journal file or database URL.
+    out_dir
+        The report folder (created).
+
+    Returns
+    -------
+    The path of report.md.
+    """
     storage = resolve(storage, study_name, Path.cwd())
     study = load(study_name, storage)
     out = Path(out_dir)

@@ -43,15 +43,16 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_launch(cfg) -> None:
-    """Refuse DDP inside a multirun unless a cluster launcher started this job's processes."""
-    ddp = str(cfg.trainer.strategy).startswith("ddp") and several_devices(cfg.trainer.devices)
+def check_launch(trainer_cfg) -> None:
+    """Refuse DDP (``trainer_cfg``: the ``trainer`` group) inside a multirun unless a cluster
+    launcher started this job's processes."""
+    ddp = str(trainer_cfg.strategy).startswith("ddp") and several_devices(trainer_cfg.devices)
     launched = any(
         env.detect() for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment)
     )
     if ddp and not launched and in_multirun():
         raise ValueError(
-            f"trainer.strategy={cfg.trainer.strategy} on {cfg.trainer.devices} devices inside a "
+            f"trainer.strategy={trainer_cfg.strategy} on {trainer_cfg.devices} devices inside a "
             "multirun (-m): Lightning would start every DDP process by re-running the whole "
             "sweep. Either run the job alone (python train.py trainer=ddp ...), or give each job "
             "its processes from the launcher: hydra/launcher=slurm_ddp (SLURM, one task per "

@@ -1,14 +1,15 @@
 """CLI: many source h5ad files -> one prepared store folder (logic in :mod:`sweep.data.prepare`).
 
-``python -m sweep.prepare source='/data/*.h5ad' output=/ssd/store genes=/data/genes.tsv``
-(keys and defaults: ``conf/prepare.yaml``, schema :class:`sweep.data.prepare.PrepareConfig`).
+``scvi-sweep-prepare source='/data/*.h5ad' output=/ssd/store genes=/data/genes.tsv``
+(keys and defaults: ``conf/prepare.yaml``, schema :class:`sweep.config.schema.PrepareConfig`).
 """
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from sweep.data.prepare import PrepareConfig, prepare_store
+from sweep.config.schema import PrepareConfig
+from sweep.data.prepare import prepare_store
 from sweep.paths import CONF_DIR
 
 # the schema heads prepare.yaml's defaults list: ill-typed or unknown keys fail at compose time

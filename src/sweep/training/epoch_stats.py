@@ -1,20 +1,17 @@
-"""Lightning callbacks that measure a run: training throughput, time and KL weight per epoch,
-and whether the KL warm-up finished."""
+"""What a run measures of itself as it trains: training cells seen (all DDP ranks), cells/s and
+time per epoch, the KL weight and learning rate each epoch trained at."""
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
 from lightning.pytorch import Callback
 from scvi import REGISTRY_KEYS
 
-from sweep.run_folder import CELLS_SEEN, GLOBAL_STEP, TRAIN_CELLS_PER_S
+from sweep.metric_names import CELLS_SEEN, GLOBAL_STEP, TRAIN_CELLS_PER_S
 
-log = logging.getLogger(__name__)
-
-#: the KL weight as EpochStats logs it (history.csv names it ``kl_weight``: sweep.train)
+#: the KL weight as EpochStats logs it (history.csv names it ``kl_weight``: sweep.training.results)
 KL_WEIGHT_LOGGED = "kl_weight_epoch"
 
 
@@ -84,9 +81,9 @@ class EpochStats(Callback):
         return self.cells_seen + int(epoch)
 
     def state_dict(self) -> dict:
-        """What a resumed run needs (see sweep.checkpoint): the totals so far, and the current
-        epoch's so far (cells of this rank, s trained, KL weight and lr as it started) for a
-        checkpoint written in its middle."""
+        """What a resumed run needs (see sweep.training.checkpoint): the totals so far, and the
+        current epoch's so far (cells of this rank, s trained, KL weight and lr as it started) for
+        a checkpoint written in its middle."""
         return {
             "cells_seen": self.cells_seen,
             "train_time_s": self.train_time_s,
@@ -108,66 +105,3 @@ class EpochStats(Callback):
     @property
     def cells_per_s(self) -> float:
         return self.cells_seen / self.train_time_s if self.train_time_s else 0.0
-
-
-def planned_steps(trainer) -> float:
-    """The training steps a run will take: Lightning's estimate, or, where it has none (it
-    returns ``max_steps``, -1, for a loader without a length, as ours), the datamodule's
-    count (sweep.data.datamodule.StoreDataModule.train_steps); inf when neither knows."""
-    estimate = trainer.estimated_stepping_batches
-    if 0 <= estimate < float("inf"):
-        return estimate
-    count = getattr(trainer.datamodule, "train_steps", None)
-    return count(trainer.max_epochs) if count else float("inf")
-
-
-class KlWarmupWatch(Callback):
-    """Says in the log, before training and after it, when the KL warm-up does not reach
-    ``max_kl_weight`` by the last training step: the loss is then from an unfinished schedule.
-
-    ``complete`` (None before training ends): whether the last step trained at the full weight;
-    ``unfinished``: the end-of-training warning, None when the warm-up finished (run health,
-    sweep.report.run_report, reports it too).
-    """
-
-    def __init__(self):
-        self.complete: bool | None = None
-        self.unfinished: str | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        epochs, steps = pl_module.n_epochs_kl_warmup, pl_module.n_steps_kl_warmup
-        if epochs is not None and trainer.max_epochs <= epochs:
-            last = pl_module.max_kl_weight * (trainer.max_epochs - 1) / epochs
-            self._warn(f"plan.n_epochs_kl_warmup={epochs}", trainer.max_epochs, last, pl_module)
-        elif epochs is None and steps is not None:
-            planned = planned_steps(trainer)
-            if planned < steps:
-                last = pl_module.max_kl_weight * planned / steps
-                self._warn(f"plan.n_steps_kl_warmup={steps}", trainer.max_epochs, last, pl_module)
-
-    @staticmethod
-    def _warn(warmup: str, max_epochs: int, last: float, pl_module) -> None:
-        log.warning(
-            "the KL warm-up (%s) outlasts trainer.max_epochs=%d: the KL weight will end at %.2f "
-            "of %g, and the validation loss (negative ELBO) will be from an unfinished schedule; "
-            "train longer or shorten the warm-up (e.g. plan.n_epochs_kl_warmup=%d)",
-            warmup,
-            max_epochs,
-            last,
-            pl_module.max_kl_weight,
-            max(1, max_epochs // 2),
-        )
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        weight = float(pl_module.kl_weight)  # after the epoch's last step
-        self.complete = weight >= pl_module.max_kl_weight - 1e-9
-        self.unfinished = (
-            None
-            if self.complete
-            else f"the KL warm-up had not finished: the last epoch trained at KL weight "
-            f"{weight:.2f} of {pl_module.max_kl_weight:g}"
-        )
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.unfinished is not None:
-            log.warning(self.unfinished)

@@ -5,7 +5,7 @@ fixed, seeded subsample of the validation cells (``trainer.step_validation_cells
 when there are fewer): a row of ``steps.csv`` with where training is (global step, fractional
 epoch, training cells seen), the loss terms, the KL weight and learning rate. Every
 ``evaluation.every_n_steps`` steps the latent space is scored as at evaluated epochs
-(sweep.evaluate.IntegrationScoring.evaluate: a row of integration.csv). Both go to W&B as
+(sweep.training.scoring.IntegrationScoring.evaluate: a row of integration.csv). Both go to W&B as
 ``steps/<name>`` charted against ``cells_seen`` (Lightning's per-epoch charts stay against
 the global step). Neither moves the training's random streams.
 """
@@ -15,10 +15,13 @@ from __future__ import annotations
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from sweep.callbacks import EpochStats
-from sweep.checkpoint import rng_untouched
-from sweep.evaluate import AGGREGATES, IntegrationScoring, ModelCells, validation_loss
-from sweep.run_folder import CELLS_SEEN, EPOCH, GLOBAL_STEP, KL_WEIGHT
+from sweep.evaluation.cells import ModelCells
+from sweep.evaluation.latent import validation_loss
+from sweep.evaluation.scib import AGGREGATES
+from sweep.metric_names import CELLS_SEEN, EPOCH, GLOBAL_STEP, KL_WEIGHT
+from sweep.training.epoch_stats import EpochStats
+from sweep.training.rng import rng_untouched
+from sweep.training.scoring import IntegrationScoring
 
 #: W&B key prefix of the step-level values, charted against CELLS_SEEN
 WANDB_PREFIX = "steps/"

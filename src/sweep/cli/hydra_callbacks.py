@@ -3,7 +3,7 @@
 Registered in ``conf/train.yaml`` under ``hydra.callbacks.report``. Hydra's basic sweeper runs
 every job of a sweep, then raises for the first failed one and skips ``on_multirun_end``: the
 report is then built as the process exits (the exit status stays non-zero). It can also be
-rebuilt any time with ``python -m sweep.report SWEEP_DIR``; a failed job's traceback goes to its
+rebuilt any time with ``scvi-sweep-report SWEEP_DIR``; a failed job's traceback goes to its
 log for that.
 """
 
@@ -17,8 +17,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweep.config import ConfigError, validate
-from sweep.secret_overrides import SecretInOverride, check_overrides
+from sweep.config.overrides import SecretInOverride, refuse_secrets
+from sweep.config.schema import ConfigError, validate
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class MultirunReport(Callback):
         registers its own exit hook (optuna imports ``concurrent.futures.thread``) fails with
         "can't register atexit after shutdown".
         """
-        import sweep.report  # noqa: F401
+        import sweep.report.entry  # noqa: F401
 
         atexit.register(self._report_unless_done, config)
 
@@ -66,24 +66,24 @@ class MultirunReport(Callback):
             log.info("no multirun report: the sweep stopped before its first job")
             return
         try:
-            from sweep.report import write_report  # imported by on_multirun_start
+            from sweep.report.entry import write_report  # imported by on_multirun_start
 
             report = write_report(sweep_dir, out_root=self.out_root)
             log.info("multirun report: %s", report)
         except Exception:
             log.exception(
-                "the multirun report failed; rebuild it with `python -m sweep.report SWEEP_DIR`"
+                "the multirun report failed; rebuild it with `scvi-sweep-report SWEEP_DIR`"
             )
 
 
 class RefuseBadConfig(Callback):
     """Stops a run or sweep before Hydra writes anything (no run folder) when an override carries
-    a secret (:mod:`sweep.secret_overrides`) or the composed config has a value out of range
-    (``sweep.config.validate``): one line naming the key, no traceback. ``train.py`` checks its
-    command line the same way before Hydra composes; this also covers values that only the
-    composed config shows (interpolations, option files). Hydra turns a callback's exceptions
-    into warnings, so it exits. In a multirun it checks the base config; ``train.py`` checks each
-    job's own values."""
+    a secret (:mod:`sweep.config.overrides`) or the composed config has a value out of range
+    (``sweep.config.schema.validate``): one line naming the key, no traceback. ``train.py`` checks
+    its command line the same way before Hydra composes; this also covers values that only the
+    composed config shows (interpolations, option files). Hydra turns a callback's exceptions into
+    warnings, so it exits. In a multirun it checks the base config; ``train.py`` checks each job's
+    own values."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)
@@ -94,7 +94,7 @@ class RefuseBadConfig(Callback):
     @staticmethod
     def _check(config: DictConfig) -> None:
         try:
-            check_overrides([*config.hydra.overrides.task, *config.hydra.overrides.hydra])
+            refuse_secrets([*config.hydra.overrides.task, *config.hydra.overrides.hydra])
             validate(config)
         except (SecretInOverride, ConfigError) as error:
             raise SystemExit(f"Error: {error}") from error

@@ -21,13 +21,61 @@ from omegaconf import MISSING
 
 
 @dataclass
+class SyntheticConfig:
+    """The synthetic generator's parameters (sweep.data.synthetic): census-like h5ad files.
+
+    ``output`` must be set to generate; the demo data set fills it in from its cache folder.
+    """
+
+    output: str | None = None  # folder to write dataset_{i:03d}.h5ad into (created)
+    n_datasets: int = 6  # one h5ad file per dataset
+    cells_per_dataset: int = 4000  # mean; sizes vary in 0.5x..1.5x, each >= 50 cells
+    n_genes: int = 3000  # genes of every file (same ids, same order); the last 13 are MT genes
+    n_cell_types: int = 8  # first n of CELL_TYPES
+    donors_per_dataset: int = 3  # donors nested in datasets: "D{i:03d}-donor{k}"
+    batch_effect_strength: float = 1.0  # scales every gene-specific batch effect; 0 = none
+    low_quality_fraction: float = 0.08  # share of cells with < 300 expressed genes
+    non_primary_fraction: float = 0.05  # share of cells with is_primary_data False
+    seed: int = 0
+
+
+@dataclass
+class PrepareOptions:
+    """How prepare builds a store (``conf/prepare.yaml``; the demo data set's ``dataset.prepare``):
+    every key but what to read and where to write."""
+
+    genes: str = "hvg"  # hvg | path of a TSV/CSV whose first column lists Ensembl ids (order
+    #   kept, ids absent from a source are zero-filled; header line optional)
+    n_top_genes: int = 8000  # genes=hvg: how many highly variable genes (CZI: 8000)
+    hvg_batch_keys: list[str] = field(default_factory=lambda: ["suspension_type", "assay"])  # CZI
+    hvg_sample_cells: int = 200_000  # genes=hvg: at most this many cells in the HVG sample
+    hvg_min_genes: int = 300  # genes=hvg: sample primary cells with n_genes_all >= this (CZI)
+    shard_size: int = 10_000  # cells per shard (the last one may be short)
+    chunk_rows: int = 10_000  # source rows read at a time per worker (memory; not the store)
+    seed: int = 0  # the HVG sample and the shuffle of cells across all sources
+    workers: int | None = None  # worker processes; null: the CPUs this process may use
+    overwrite: bool = False  # true: replace a complete store made with a different config
+    skip_bad_sources: bool = False  # true: leave bad sources out (listed in the manifest, logged)
+    progress: bool = True  # progress bars (files or cells done, cells/s, ETA) on stderr
+
+
+@dataclass
+class PrepareConfig(PrepareOptions):
+    """The keys of ``conf/prepare.yaml``: :class:`PrepareOptions` plus the sources and the store
+    folder (``???``: required)."""
+
+    source: Any = MISSING  # glob string ('/data/*.h5ad', quoted in the shell) or list of files
+    output: str = MISSING  # the store folder (created; empty, a store, or an unfinished store)
+
+
+@dataclass
 class DatasetConfig:
     """Where the prepared store comes from. ``kind=demo`` makes it from the synthetic generator."""
 
     kind: str = "prepared"  # prepared | demo
     path: str | None = MISSING  # the prepared store folder (demo: filled in from the cache)
-    synthetic: dict[str, Any] = field(default_factory=dict)  # demo only: SyntheticConfig keys
-    prepare: dict[str, Any] = field(default_factory=dict)  # demo only: prepare keys
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # demo only
+    prepare: PrepareOptions = field(default_factory=PrepareOptions)  # demo only
 
 
 @dataclass
@@ -224,7 +272,7 @@ class ConfigError(ValueError):
     """A config key or value the schema refuses; the message names the key and what it takes."""
 
 
-def _check_value(key: str, value) -> None:
+def check_value(key: str, value) -> None:
     """Raise :class:`ConfigError` when ``value`` is outside what :data:`CHOICES` or
     :data:`RANGES` allow for ``key`` (keys they do not name pass)."""
     if key in CHOICES and value not in CHOICES[key]:
@@ -246,7 +294,7 @@ def validate(cfg) -> None:
     from omegaconf import OmegaConf
 
     for key in [*CHOICES, *(name for name, _, _ in RANGES), "loader.num_workers"]:
-        _check_value(key, OmegaConf.select(cfg, key))
+        check_value(key, OmegaConf.select(cfg, key))
     if not cfg.batch.batch_keys:
         raise ConfigError("config key batch.batch_keys is empty: name at least one obs column")
     overlap = set(cfg.batch.batch_keys) & set(cfg.batch.covariate_keys)
@@ -271,61 +319,6 @@ def schema_keys(node: type = TrainConfig, prefix: str = "") -> dict[str, bool]:
         else:
             keys[key] = kind is Any or typing.get_origin(kind) is dict
     return keys
-
-
-def check_overrides_against_schema(overrides: list[str], groups: set[str]) -> None:
-    """Refuse command-line overrides before Hydra composes anything: a key the schema does not
-    have (also with ``+``, which Hydra would add silently), with the nearest valid key named; a
-    value, or any value of a sweep (``trainer.max_epochs=1,-1``), outside its allowed range.
-
-    ``groups``: the config group names (``model``, ``hydra/launcher``...), whose overrides
-    choose an option file and are checked by Hydra. ``hydra.*`` keys are Hydra's own.
-    """
-    import difflib
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys = schema_keys()
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key.split(".")[0] == "hydra" or "/" in key or key in groups or override.is_delete():
-            continue
-        parts = key.split(".")
-        known = next(
-            (".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in keys),
-            None,
-        )
-        if known != key and not (known and keys[known]):
-            near = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean {near[0]}?"
-                if near
-                else "see the keys in `python train.py --cfg job`"
-            )
-            raise ConfigError(f"unknown config key {key}: {hint}")
-        if override.is_interval_sweep():  # an Optuna search range: each trial is validated
-            continue
-        swept = override.is_choice_sweep() or override.is_range_sweep()
-        for value in override.sweep_iterator() if swept else [override.value()]:
-            _check_value(key, value)
-
-
-def check_command_line(argv: list[str], conf_dir) -> None:
-    """Check the overrides of a ``train.py`` command line (flags such as ``-m`` or ``--cfg job``
-    aside) before Hydra composes or writes anything: first for secrets (raising
-    ``SecretInOverride``, :func:`sweep.secret_overrides.check_overrides`), then against the
-    schema (:func:`check_overrides_against_schema`); the config groups are the folders of
-    ``conf_dir``."""
-    from pathlib import Path
-
-    from hydra._internal.utils import get_args_parser
-
-    from sweep.secret_overrides import check_overrides
-
-    overrides = get_args_parser().parse_known_args(argv)[0].overrides
-    check_overrides(overrides)
-    groups = {folder.name for folder in Path(conf_dir).iterdir() if folder.is_dir()}
-    check_overrides_against_schema(overrides, groups)
 
 
 def register_schema() -> None:

@@ -10,7 +10,7 @@ loader's place in it (``EpochLoader.state_dict``), and the resumed loader leaves
 trained before it. ``last.json`` beside it says where the checkpoint is: ``{"epoch": N, "step":
 S, "batches": B}`` after N finished epochs, as history.csv counts them (Lightning's 0-based
 counter stays inside the checkpoint), S optimizer steps in all and B batches of epoch N + 1
-(0 at an epoch's end). Finding a run to continue is :mod:`sweep.resume`'s job.
+(0 at an epoch's end). Finding a run to continue is :mod:`sweep.training.resume`'s job.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import Callback
@@ -31,13 +28,10 @@ from lightning.pytorch.trainer.connectors.logger_connector.result import _Result
 from scvi.train._logger import SimpleLogger
 from torchmetrics.utilities.data import dim_zero_sum
 
-from sweep.distributed import is_rank_zero
-from sweep.run_folder import (
-    CHECKPOINT_FILE,
-    ELBO_VALIDATION,
-    checkpoint_file,
-    write_checkpoint_info,
-)
+from sweep.metric_names import ELBO_VALIDATION
+from sweep.run_folder import CHECKPOINT_FILE, checkpoint_file, write_checkpoint_info
+from sweep.training.distributed import is_rank_zero
+from sweep.training.rng import distributed_rank, rng_states_of_ranks, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -237,60 +231,6 @@ def add_running_sums(trainer, names: list[list[str]], values: torch.Tensor) -> N
         holder = result if result.is_tensor else result.value
         current = getattr(holder, state)
         setattr(holder, state, current + value.to(current.dtype).to(current.device))
-
-
-def rng_state() -> dict:
-    """torch's (CPU, and every CUDA device's once CUDA is in use), numpy's and Python's global
-    RNG states, in types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(this process's rank, the number of ranks) of the DDP job; (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def rng_states_of_ranks() -> list[dict]:
-    """:func:`rng_state` of every DDP rank, gathered (every rank must call it together): the
-    ranks' random streams differ (a rank that halves batches draws other numbers of dropout
-    values), so a resumed rank takes up its own; [this process's] without DDP."""
-    state = rng_state()
-    _, world_size = distributed_rank()
-    if world_size == 1:
-        return [state]
-    states: list = [None] * world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` took; CUDA states only where CUDA is in use (checkpoints
-    written before they were kept have none)."""
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_initialized():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-
-
-@contextmanager
-def rng_untouched():
-    """Run a block (e.g. scoring) without moving the training's random streams: every global RNG
-    state of :func:`rng_state` is restored after it, however it ends."""
-    state = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
 
 
 def epoch_metrics(logged: dict, history_logger: SimpleLogger) -> dict[str, float]:
