@@ -19,6 +19,12 @@ and deleted after:
    compare with the warm row's first epoch. Where the files stay cached (tmpfs, ...) the row
    says "cold not possible" and why.
 
+4. batch injection: ``trainer.batch_injection`` one_hot vs lookup (sweep.model.batch_injection)
+   at 20 and 11,108 batch categories, czi_128 on the largest gene count, model-only steps on
+   synthetic dense batches, the four settings alternated in one process
+   (:func:`benchmarks.batch_injection.alternate`); ms/step and the ratio of the most to the
+   fewest categories per implementation.
+
 Per row: cells/s, the mean GPU utilisation over the timed steps or epochs (``nvidia-smi``
 sampled every 200 ms; n/a on the CPU), and the loader's share of the time,
 1 - end-to-end cells/s / model-only cells/s at the same model, genes and precision. Each
@@ -41,7 +47,8 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.loader import make_store, store_datamodule, store_shape
+from benchmarks import batch_injection
+from benchmarks.loader import make_store
 from benchmarks.page_cache import evict, resident_fraction, warm_up
 from benchmarks.record import (
     DOC,
@@ -51,6 +58,7 @@ from benchmarks.record import (
     serve_measurement,
     write_section,
 )
+from benchmarks.stores import store_datamodule, store_shape
 
 MODULE = "benchmarks.gpu"
 MODELS = ["czi_128", "hidden_512"]
@@ -66,6 +74,8 @@ SIZES = {
         "steps": 200,
         "warmup": 20,
         "epochs": 3,
+        "injection_categories": list(batch_injection.CATEGORIES),
+        "injection_rounds": 20,
     },
     "small": {
         "shards": 2,
@@ -76,9 +86,12 @@ SIZES = {
         "steps": 3,
         "warmup": 1,
         "epochs": 1,
+        "injection_categories": [4, 300],
+        "injection_rounds": 2,
     },
 }
 WARM, COLD, MODEL_ONLY = "end-to-end, warm store", "end-to-end, cold store", "model-only"
+INJECTION = "batch injection"
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +303,46 @@ def end_to_end_rate(
     )
 
 
-MEASURES = {"model_only": model_only_rate, "end_to_end": end_to_end_rate}
+def injection_rates(
+    device: str,
+    precision: str,
+    genes: int,
+    batch_size: int,
+    categories: list[int],
+    rounds: int,
+    steps: int,
+    warmup: int,
+) -> dict:
+    """czi_128 model-only steps with each ``trainer.batch_injection`` at each of ``categories``
+    batch categories, alternated (benchmarks.batch_injection); the row's cells/s is the lookup's
+    at the most categories, its ``settings`` the per-setting summary."""
+    settings = [
+        batch_injection.make_setting(i, n, genes, batch_size, device, precision)
+        for i in batch_injection.IMPLEMENTATIONS
+        for n in categories
+    ]
+    batch_injection.alternate(settings, rounds, steps, warmup)
+    summary = batch_injection.summary(settings)
+    lookup = next(
+        r
+        for r in summary
+        if r["implementation"] == batch_injection.LOOKUP and r["categories"] == max(categories)
+    )
+    return {
+        "what": f"{INJECTION}, czi_128, {genes} genes, {precision}",
+        "kind": INJECTION,
+        "genes": genes,
+        "precision": precision,
+        "cells_per_s": 1e3 * batch_size / lookup["ms"],
+        "settings": summary,
+    }
+
+
+MEASURES = {
+    "model_only": model_only_rate,
+    "end_to_end": end_to_end_rate,
+    "batch_injection": injection_rates,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,6 +401,43 @@ def run_gpu_bench(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     return rows, shapes
 
 
+def run_injection_bench(args: argparse.Namespace) -> list[dict]:
+    """One batch-injection row per precision, at the largest gene count."""
+    return [
+        measure(
+            args,
+            "batch_injection",
+            device=args.device,
+            precision=precision,
+            genes=max(args.genes),
+            batch_size=args.batch_size,
+            categories=args.injection_categories,
+            rounds=args.injection_rounds,
+            steps=max(1, args.steps // args.injection_rounds),
+            warmup=args.warmup,
+        )
+        for precision in args.precisions
+    ]
+
+
+def injection_table(rows: list[dict]) -> list[str]:
+    """The batch-injection rows as markdown table lines (one line per setting)."""
+    lines = [
+        "| batch injection | categories | precision | ms/step, median | spread (rounds' min-max) "
+        "| / fewest categories | rounds' ratios, median (min-max) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        for s in row["settings"]:
+            median, low, high = s["paired"]
+            lines.append(
+                f"| {s['implementation']} | {s['categories']:,} | {row['precision']} | "
+                f"{s['ms']:,.1f} | {s['ms_min']:,.1f}-{s['ms_max']:,.1f} | {s['ratio']:.3f}x | "
+                f"{median:.3f}x ({low:.3f}-{high:.3f}) |"
+            )
+    return lines
+
+
 def loader_share(row: dict, rows: list[dict]) -> float | None:
     """1 - ``row``'s cells/s / the model-only cells/s at its model, genes and precision (None
     for model-only rows, unmeasured rows, or without a model-only row to compare with)."""
@@ -392,8 +481,27 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict], shapes: list[str], args: argparse.Namespace, command: str) -> str:
-    """The section for the doc: what ran where, the table, how to read it."""
+def markdown(
+    rows: list[dict],
+    shapes: list[str],
+    args: argparse.Namespace,
+    command: str,
+    injection: list[dict] | None = None,
+) -> str:
+    """The section for the doc: what ran where, the table, how to read it, and the
+    batch-injection table when ``injection`` holds rows."""
+    injection_part = []
+    if injection:
+        rounds, steps = args.injection_rounds, max(1, args.steps // args.injection_rounds)
+        injection_part = [
+            "",
+            f"Batch injection (`trainer.batch_injection`): czi_128, {max(args.genes):,} genes, "
+            f"batch {args.batch_size}, model-only steps on synthetic batches, {rounds} rounds x "
+            f"{steps} step{'s' * (steps != 1)} of each setting after {args.warmup}, alternated "
+            "in one process:",
+            "",
+            *injection_table(injection),
+        ]
     small_note = []
     if args.small:
         small_note = ["- --small: a check that every measurement runs, too short to compare"]
@@ -418,6 +526,7 @@ def markdown(rows: list[dict], shapes: list[str], args: argparse.Namespace, comm
             "Loader share: 1 - end-to-end cells/s / model-only cells/s at the same model, genes "
             "and precision, the part of the training time the model does not account for "
             "(loading, host-to-device copies, densifying, Lightning's loop).",
+            *injection_part,
         ]
     )
 
@@ -444,6 +553,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="end-to-end epochs (default 3; 1 small)")
     parser.add_argument("--precisions", nargs="+", default=PRECISIONS, choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, help="default 1024 (32 small)")
+    parser.add_argument(
+        "--injection-categories", type=int, nargs="+", help="default 20 11108 (4 300 small)"
+    )
+    parser.add_argument("--injection-rounds", type=int, help="default 20 (2 small)")
     parser.add_argument("--workers", type=int, default=default_num_workers(), help="loader workers")
     parser.add_argument("--store-dir", type=Path, help="where the stores go (default: in the repo)")
     parser.add_argument("--in-process", action="store_true", help="no fresh process per row")
@@ -468,7 +581,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if own_dir:
             shutil.rmtree(args.store_dir, ignore_errors=True)
-    text = markdown(rows, shapes, args, f"python -m {MODULE} " + " ".join(argv))
+    injection = run_injection_bench(args)
+    text = markdown(rows, shapes, args, f"python -m {MODULE} " + " ".join(argv), injection)
     print("\n" + text)
     if args.write:
         write_section(f"gpu:{args.label.lower().replace(' ', '-')}", text, doc=args.doc)

@@ -42,6 +42,7 @@ from benchmarks.record import (
     serve_measurement,
     write_section,
 )
+from benchmarks.stores import store_datamodule, store_shape
 from sweep.data.store import (
     CODED_COLUMNS,
     IS_PRIMARY,
@@ -99,28 +100,6 @@ def make_store(
 
 # --------------------------------------------------------------------------------------------
 # measurements (each returns a dict row)
-
-
-def store_datamodule(
-    store: Path, workers: int, batch_size: int, run_size: int | None = None, **loader_keys
-):
-    """The training datamodule over ``store``: every cell (no filter), 1% validating, this
-    loader's keys at their defaults but ``workers``, ``batch_size``, ``run_size`` and
-    ``loader_keys``."""
-    from omegaconf import OmegaConf
-
-    from sweep.config.schema import TrainConfig
-    from sweep.data.datamodule import StoreDataModule
-
-    cfg = OmegaConf.structured(TrainConfig)
-    cfg.data.min_genes = 0
-    cfg.data.validation_fraction = 0.01
-    cfg.loader.num_workers = workers
-    cfg.loader.batch_size = batch_size
-    if run_size is not None:
-        cfg.loader.run_size = run_size
-    cfg.loader.merge_with(loader_keys)
-    return StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=0)
 
 
 def loader_rate(
@@ -302,23 +281,8 @@ MEASURES = {
 }
 
 
-def store_shape(store: Path) -> str:
-    """Cells, genes, shards, non-zeros per cell and bytes on disk (all the folder's files)."""
-    manifest = read_manifest(store)
-    nnz = sum(s["nnz"] for s in manifest.shards)
-    size = sum(path.stat().st_size for path in store.iterdir() if path.is_file())
-    return (
-        f"{manifest.n_cells:,} cells x {manifest.n_genes:,} genes in {len(manifest.shards)} "
-        f"shards of {manifest.shard_size:,}, {nnz / manifest.n_cells:,.0f} non-zeros per cell, "
-        f"format v{manifest.version}: {size / manifest.n_cells:,.0f} bytes per cell "
-        f"({size / nnz:.2f} per non-zero)"
-    )
-
-
 def run_loader_bench(args: argparse.Namespace) -> list[dict]:
     store = Path(args.store)
-    if args.make_store:
-        make_store(store, n_shards=args.shards)
     rows = []
     print(f"store: {store_shape(store)}")
     for workers in args.workers:
@@ -485,12 +449,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss-scale", type=int, default=1, help="also run on a store N x larger")
     parser.add_argument("--label", default="CPU", help="device name for docs/benchmarks.md")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    cold = parser.add_argument_group("cold epochs (benchmarks.loader_cold)")
+    cold.add_argument(
+        "--cold",
+        action="store_true",
+        help="instead: a cold and a warm epoch per worker count, against the disk's read",
+    )
+    cold.add_argument("--repeats", type=int, default=3, help="runs per worker count (--cold)")
+    cold.add_argument(
+        "--before",
+        type=Path,
+        help="also measure the sweep package of this src folder (--cold), alternating",
+    )
     args = parser.parse_args(argv)
-    rows = run_loader_bench(args)
-    text = markdown(rows, args, args.label)
+    if args.make_store:
+        make_store(Path(args.store), n_shards=args.shards)
+    if args.cold:
+        from benchmarks import loader_cold
+
+        text, key = loader_cold.bench(args), "loader:cold"
+    else:
+        text, key = markdown(run_loader_bench(args), args, args.label), f"loader:{args.label}"
     print("\n" + text)
     if args.write:
-        write_section(f"loader:{args.label.lower().replace(' ', '-')}", text)
+        write_section(key.lower().replace(" ", "-"), text)
         print("\nwrote docs/benchmarks.md")
 
 

@@ -2,15 +2,14 @@
 
 A store is made cold by evicting its own files (``posix_fadvise`` DONTNEED after an fsync: no
 root needed, nothing else on the machine disturbed) and checked cold with ``mincore``; this
-is what ``echo 3 > /proc/sys/vm/drop_caches`` does to them, minus the rest of the cache. A
-virtual disk may still be cached by its host: the sequential read measured beside each cold
-epoch (:func:`sequential_read`) is the disk the epoch actually met.
+is what ``echo 1 > /proc/sys/vm/drop_caches`` does to them, minus the rest of the cache
+(:func:`drop` does that as root). A virtual disk may still be cached by its host: the
+sequential read measured beside each cold epoch (:func:`sequential_read`) is the disk the
+epoch actually met.
 """
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 COLD_RESIDENT_MAX = 0.05
 #: bytes per read of :func:`sequential_read`
 READ_BYTES = 8 << 20
+#: the kernel's switch that drops the page cache (root only)
+DROP_CACHES = "/proc/sys/vm/drop_caches"
 
 
 def store_files(store: Path) -> list[Path]:
@@ -26,32 +27,13 @@ def store_files(store: Path) -> list[Path]:
 
 
 def resident_fraction(store: Path) -> float:
-    """Share of the store's file bytes now in the page cache (``mincore`` over a shared map)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    page = mmap.PAGESIZE
-    resident = total = 0
-    for path in store_files(store):
-        size = path.stat().st_size
-        if size == 0:
-            continue
-        with open(path, "rb") as f:
-            address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
-        if address in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
-        pages = ctypes.create_string_buffer((size + page - 1) // page)
-        try:
-            if libc.mincore(address, size, pages) != 0:
-                raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-        finally:
-            libc.munmap(address, size)
-        resident += sum(b & 1 for b in pages.raw) * page
-        total += len(pages.raw) * page
-    return resident / max(total, 1)
+    """Share of the store's file bytes now in the page cache (``mincore``)."""
+    from sweep.data.page_cache import cached_share  # here: an older checkout lacks it
+
+    share = cached_share(store_files(store))
+    if share is None:
+        raise OSError(f"the system cannot say what of {store} is in the page cache (mincore)")
+    return share
 
 
 def evict(store: Path) -> str | None:
@@ -70,6 +52,21 @@ def evict(store: Path) -> str | None:
     if left > COLD_RESIDENT_MAX:
         return f"{left:.0%} of the store stayed in the page cache after eviction (tmpfs?)"
     return None
+
+
+def drop(store: Path) -> str | None:
+    """Make ``store`` cold: as root, drop the whole page cache (``sync``, then
+    ``/proc/sys/vm/drop_caches``: what a store far larger than memory meets), else evict its
+    files (:func:`evict`). None when at most :data:`COLD_RESIDENT_MAX` of it stays cached,
+    else why it cannot be cold."""
+    if os.geteuid() == 0 and os.path.exists(DROP_CACHES):
+        os.sync()
+        with open(DROP_CACHES, "w") as control:
+            control.write("1\n")  # the page cache only (dentries and inodes stay)
+        left = resident_fraction(store)
+        if left <= COLD_RESIDENT_MAX:
+            return None
+    return evict(store)
 
 
 def sequential_read(store: Path) -> dict:

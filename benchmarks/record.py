@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -38,18 +39,56 @@ def measure_in_subprocess(module: str, kind: str, **kwargs) -> dict:
     The child is ``python -m MODULE _measure KIND JSON``, answered by :func:`serve_measurement`;
     returns the row (a dict) it prints as its last line.
     """
-    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
     out = subprocess.run(
-        [sys.executable, "-m", module, MEASURE, kind, args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
+        measure_command(module, kind, kwargs), capture_output=True, text=True, cwd=REPO_ROOT
     )
     if out.returncode != 0:
         raise RuntimeError(f"{module} {kind} {kwargs} failed:\n{out.stderr[-3000:]}")
     row = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {row['what']:<45} {row['cells_per_s']:>10,.0f} cells/s", flush=True)
     return row
+
+
+def _processes() -> list[str]:
+    """This process and its live children (a loader's workers), as /proc entries."""
+    pids = ["self"]
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            pids += (task / "children").read_text().split()
+    return pids
+
+
+def reset_peak_rss() -> None:
+    """Start the peak RSS of this process and its children over from their RSS now (Linux)."""
+    for pid in _processes():
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def peak_rss_since_reset_mb() -> float:
+    """Sum over this process and its children of their peak RSS since :func:`reset_peak_rss`
+    (``VmHWM``), MiB."""
+    total = 0
+    for pid in _processes():
+        with contextlib.suppress(FileNotFoundError):
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            total += sum(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return total / 1024
+
+
+def measure_command(module: str, kind: str, kwargs: dict) -> list[str]:
+    """The command line of one measurement (answered by :func:`serve_measurement`)."""
+    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()})
+    return [sys.executable, "-m", module, MEASURE, kind, args]
+
+
+def code_env(code: Path | None) -> dict[str, str] | None:
+    """The environment of a measurement of the ``sweep`` package under ``code`` (another
+    checkout's ``src``), this checkout's benchmarks beside it; None: this checkout's own."""
+    if code is None:
+        return None
+    paths = [str(code), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def serve_measurement(argv: list[str], measures: dict[str, Callable[..., dict]]) -> bool:

@@ -14,10 +14,12 @@ written under DIR (kept for the next run: a store is reused when its manifest ma
    cold too (the disk's ceiling, one core, 8 MiB reads), ``--cold-repeats`` times, then a warm
    epoch in the same process; the ratios are the cold epoch's cells/s over the mean of its two
    ceilings' cells/s (store cells / read seconds), with its range and the ceilings', and over
-   the warm epoch's. Where the files cannot be evicted (tmpfs), the report says so;
-4. the main process: its RSS once the datamodule is built, the bytes per cell of the per-cell
-   arrays it holds through training, and both projected to 44M cells (a line through the
-   smallest and largest store).
+   the warm epoch's; the peak RSS of each epoch (this process and its workers). Where the
+   files cannot be evicted (tmpfs), the report says so;
+4. the seed's 44M cells projected: the store's bytes; the main process's RSS once the
+   datamodule is built and the bytes per cell of the per-cell arrays it holds through training
+   (a line through the smallest and largest store); a cold epoch's time at the disk's rate and
+   at each setting's cold rate on the largest store measured cold, and its peak RSS there.
 
 ``--write`` puts the table into ``docs/benchmarks.md`` (section ``scale``).
 """
@@ -31,9 +33,18 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.loader import loader_rate, make_store, store_shape
+from benchmarks.loader import loader_rate, make_store
 from benchmarks.page_cache import evict, sequential_read, store_files, warm_up
-from benchmarks.record import DOC, machine, measure_in_subprocess, serve_measurement, write_section
+from benchmarks.record import (
+    DOC,
+    machine,
+    measure_in_subprocess,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+    serve_measurement,
+    write_section,
+)
+from benchmarks.stores import store_shape
 from sweep.data.store import StoreError, read_manifest
 
 MODULE = "benchmarks.scale"
@@ -56,7 +67,7 @@ def cold_epoch_rate(
     here); "csr", once its batch is handed over as CSR (what a GPU trainer receives, to densify
     on the device). ``read_ahead``: the loader key (False: the gather waits on page faults).
     """
-    from benchmarks.loader import store_datamodule
+    from benchmarks.stores import store_datamodule
     from sweep.data.densify import densify
 
     dm = store_datamodule(store, workers, batch_size, read_ahead=read_ahead)
@@ -65,16 +76,21 @@ def cold_epoch_rate(
         densify(batch, dm.n_vars)
     loader = dm.loader(dm.train_set, trains_on_cpu=dense)
     evict_or_fail(store)
-    rates = []
+    rates, peaks = [], []
     for _ in ("cold", "warm"):  # the cold epoch leaves the store cached (if it fits in memory)
+        reset_peak_rss()
         cells, start = 0, time.perf_counter()
         for batch in loader:
             cells += densify(batch, dm.n_vars)["X"].shape[0] if dense else _csr_cells(batch)
         rates.append(cells / (time.perf_counter() - start))
+        peaks.append(peak_rss_since_reset_mb())
+    del loader  # its persistent workers exit (they ignore SIGTERM)
     return {
         "what": f"cold epoch, {_variant(workers, delivery, read_ahead)}",
         "cells_per_s": rates[0],
         "warm_cells_per_s": rates[1],
+        "cold_rss_mb": peaks[0],
+        "warm_rss_mb": peaks[1],
         "cells_per_epoch": cells,
     }
 
@@ -243,16 +259,38 @@ def projection(results: dict) -> list[str]:
         f"({slope * 2**20:.1f} bytes per cell from {small:,} to {large:,} cells)"
     ]
     cold = [r for s in stores.values() for r in s.get("cold", [])]
-    if cold:
-        disk = statistics.median(d for r in cold for d in r["disk_mb_per_s"])
-        best = max(
-            statistics.median(r["cells_per_s"] for r in cold if tuple(r["variant"]) == v)
-            for v in COLD_VARIANTS
+    if not cold:
+        return lines
+    disk = statistics.median(d for r in cold for d in r["disk_mb_per_s"])
+    best = max(
+        statistics.median(r["cells_per_s"] for r in cold if tuple(r["variant"]) == v)
+        for v in COLD_VARIANTS
+    )
+    largest = max(size for size, entry in stores.items() if "cold" in entry)
+    per_setting = [
+        (v, statistics.median(r["cells_per_s"] for r in rows))
+        for v in COLD_VARIANTS
+        if (rows := [r for r in stores[largest]["cold"] if tuple(r["variant"]) == v])
+    ]
+    lines.append(
+        f"- a cold 44M-cell epoch: {bytes_per_cell * SEED_CELLS / (disk * 1e6) / 60:,.0f} "
+        f"min at this disk's median {disk:,.0f} MB/s; at the best cold rate measured here "
+        f"({best:,.0f} cells/s) {SEED_CELLS / best / 60:,.0f} min; at the cold rates of the "
+        f"{largest:,}-cell store: "
+        + "; ".join(
+            f"{_variant(*v)} {rate:,.0f} cells/s, {SEED_CELLS / rate / 60:,.0f} min"
+            for v, rate in per_setting
         )
+    )
+    peaks = [(tuple(r["variant"]), r.get("cold_rss_mb")) for r in stores[largest]["cold"]]
+    if all(peak is not None for _, peak in peaks):
         lines.append(
-            f"- a cold 44M-cell epoch: {bytes_per_cell * SEED_CELLS / (disk * 1e6) / 60:,.0f} "
-            f"min at this disk's median {disk:,.0f} MB/s; at the best cold rate measured here "
-            f"({best:,.0f} cells/s) {SEED_CELLS / best / 60:,.0f} min"
+            f"- memory of a cold epoch at the {largest:,}-cell store (peak RSS, this process "
+            "and its workers; the read-ahead fills the page cache, not RSS): "
+            + "; ".join(
+                f"{_variant(*v)} {statistics.median(p for w, p in peaks if w == v):,.0f} MiB"
+                for v, _ in per_setting
+            )
         )
     return lines
 

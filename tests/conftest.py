@@ -104,31 +104,35 @@ def store(sources, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory) -> Path:
-    """2 datasets x 250 cells prepared: ~40 validation cells to score, 2 x 2 donors."""
-    folder = tmp_path_factory.mktemp("tiny")
-    generate(
-        SyntheticConfig(
-            output=str(folder / "sources"),
-            n_datasets=2,
-            cells_per_dataset=250,
-            n_genes=1000,
-            donors_per_dataset=2,
-            seed=0,
-        )
-    )
+def synthetic_store(folder: Path, n_top_genes: int, **synthetic) -> Path:
+    """``folder/store``: sources generated with ``synthetic`` (SyntheticConfig keys) into
+    ``folder/sources``, prepared with ``n_top_genes`` HVGs in shards of 256 cells."""
+    generate(SyntheticConfig(output=str(folder / "sources"), **synthetic))
     prepare_store(
         {
             "source": str(folder / "sources" / "*.h5ad"),
             "output": str(folder / "store"),
             "genes": "hvg",
-            "n_top_genes": 300,
+            "n_top_genes": n_top_genes,
             "shard_size": 256,
             "workers": 1,
         }
     )
     return folder / "store"
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """2 datasets x 250 cells prepared: ~40 validation cells to score, 2 x 2 donors."""
+    return synthetic_store(
+        tmp_path_factory.mktemp("tiny"),
+        n_top_genes=300,
+        n_datasets=2,
+        cells_per_dataset=250,
+        n_genes=1000,
+        donors_per_dataset=2,
+        seed=0,
+    )
 
 
 #: the overrides of :func:`trained_job` (after the store's): 3 epochs of the default groups,

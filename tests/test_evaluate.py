@@ -1,6 +1,7 @@
 """Integration scoring against the synthetic ground truth, and the convergence summary."""
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from conftest import synthetic_store
 from sweep.config.schema import SyntheticConfig
 from sweep.data.synthetic import generate
 from sweep.evaluation.cells import (
@@ -20,11 +22,13 @@ from sweep.evaluation.cells import (
     SOURCE_COLUMNS,
     EvaluationCells,
     check_scorable,
+    draw_by_batch,
 )
 from sweep.evaluation.convergence import settled_at
 from sweep.evaluation.embedding import umap_layout
 from sweep.evaluation.pca import pca_baseline
-from sweep.evaluation.scib import NEIGHBORS, score, skipped_metrics
+from sweep.evaluation.scib import NEIGHBORS, batch_not_applicable, score, skipped_metrics
+from sweep.report.run_report import write_run_report
 from sweep.training.job import fit
 from sweep.training.rng import rng_untouched
 from test_train import compose_train
@@ -148,20 +152,95 @@ def test_a_setting_that_cannot_be_scored_stops_before_training_naming_the_key(ti
     assert not (tmp_path / "run" / "checkpoints").exists()  # no epoch was trained
 
 
-def test_one_cell_type_or_one_batch_is_refused_with_its_key(tmp_path):
+def test_one_cell_type_is_refused_with_its_key_and_one_batch_is_not_applicable(tmp_path):
     cfg = compose_train(tmp_path, "evaluation=scib", "evaluation.batch_keys=[dataset_id]")
     one_type = pd.DataFrame({EVAL_BATCH: ["a", "b"] * 10, LABEL: ["T cell"] * 20})
     with pytest.raises(ValueError, match=r"label_key=cell_type has one value \('T cell'\) in"):
         check_scorable(one_type, cfg.evaluation, cfg.data)
+    # one batch is a data set (issue 21): bio conservation is scored, batch correction is not
     one_batch = pd.DataFrame({EVAL_BATCH: ["a"] * 20, LABEL: ["T cell", "B cell"] * 10})
-    with pytest.raises(ValueError, match=r"evaluation.batch_keys=\['dataset_id'\] has one value"):
-        check_scorable(one_batch, cfg.evaluation, cfg.data)
+    check_scorable(one_batch, cfg.evaluation, cfg.data)
+    assert batch_not_applicable(one_batch) == (
+        "one evaluation batch (a): batch correction compares two or more"
+    )
     two_of_each = pd.DataFrame(
         {EVAL_BATCH: ["a", "b"] * 5, LABEL: ["T", "T", "B", "B"] * 2 + ["T"] * 2}
     )
     check_scorable(two_of_each, cfg.evaluation, cfg.data)
+    assert batch_not_applicable(two_of_each) is None
     with pytest.raises(ValueError, match=r"9 validation cells to score .* at least 10 needed"):
         check_scorable(two_of_each.iloc[:9], cfg.evaluation, cfg.data)
+
+
+def test_a_plain_draw_is_kept_where_its_batches_hold_enough_cells():
+    batches = np.repeat(np.arange(18), 140)  # the demo: 18 dataset|donor batches, ~2,500 cells
+    taken, choice = draw_by_batch(batches, 1000, 20, seed=3)
+    plain = np.sort(np.random.default_rng(3).choice(len(batches), size=1000, replace=False))
+    assert np.array_equal(taken, plain) and choice == "drawn at random from the validation cells"
+
+
+def test_thousands_of_small_batches_are_drawn_batch_first():
+    """Census-like: 3,000 batches of 1 to 400 validation cells (heavy-tailed); a plain draw of
+    1,000 cells would hold 1-2 cells a batch."""
+    rng = np.random.default_rng(0)
+    sizes = np.minimum(400, np.ceil(rng.pareto(1.2, 3000) * 3)).astype(int)
+    batches = np.repeat(np.arange(3000), sizes)
+    taken, choice = draw_by_batch(batches, 1000, 20, seed=0)
+    held = np.bincount(batches[taken])
+    held = held[held > 0]
+    assert len(taken) == 1000 and len(np.unique(taken)) == 1000
+    assert len(held) == 1000 // 20 and held.min() >= 20  # 50 batches, 20+ cells each
+    assert choice.startswith("batches first: 50 of the ")
+    assert f"of the {int((np.bincount(batches) >= 20).sum())} evaluation batches" in choice
+    again, _ = draw_by_batch(batches, 1000, 20, seed=0)
+    assert np.array_equal(taken, again)  # the same cells for every job of a sweep
+    other, _ = draw_by_batch(batches, 1000, 20, seed=1)
+    assert not np.array_equal(taken, other)
+    # too few batches with 20+ cells: the plain draw, and the reason
+    few = np.repeat(np.arange(500), 3)
+    taken, choice = draw_by_batch(few, 100, 20, seed=0)
+    assert len(taken) == 100 and "fewer than two batches have 20+ of them" in choice
+
+
+@pytest.mark.slow
+def test_a_one_batch_data_set_trains_and_is_scored_with_the_defaults(tmp_path, caplog):
+    """One dataset, one donor (a user's own 10x run): bio conservation scored, batch correction
+    and the total reported as not applicable in the log, integration.csv, metrics.json and the
+    run page."""
+    store = synthetic_store(
+        tmp_path,
+        n_top_genes=300,
+        n_datasets=1,
+        cells_per_dataset=500,
+        n_genes=600,
+        donors_per_dataset=1,
+    )
+    run_dir = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="sweep.training.scoring")
+    cfg = compose_train(store, *TINY_RUN, "evaluation=scib")
+    metrics = fit(cfg, run_dir, write_page=write_run_report)[1]
+    reason = metrics["batch_correction_not_applicable"]
+    assert reason.startswith("one evaluation batch (") and "compares two or more" in reason
+    assert 0 <= metrics["bio_conservation"] <= 1 and 0 <= metrics["pca_bio_conservation"] <= 1
+    assert metrics["batch_correction"] is None and metrics["integration_total"] is None
+    assert metrics["evaluation_batches"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["batch_correction"] is None
+    integration = pd.read_csv(run_dir / "integration.csv", keep_default_na=False)
+    assert (integration["evaluation_skipped"] == f"batch correction: {reason}").all()
+    said = [r.getMessage() for r in caplog.records if r.name == "sweep.training.scoring"]
+    assert any(": bio conservation" in m and "batch correction not applicable" in m for m in said)
+    assert any(f"skipped batch correction: {reason}" in m for m in said)
+    page = (run_dir / "report.md").read_text()
+    assert f"Batch correction and the total were not scored: {reason}." in page
+    # a sweep that optimises what cannot be scored is refused before training, not after
+    optimising = compose_train(
+        store, *TINY_RUN, "evaluation=scib", "optimized_metric=integration_total"
+    )
+    with pytest.raises(
+        ValueError, match=r"\['integration_total'\] cannot be scored: one evaluation"
+    ):
+        fit(optimising, tmp_path / "run-2")
+    assert not (tmp_path / "run-2" / "checkpoints").exists()
 
 
 def test_batch_metrics_the_cells_cannot_support_are_skipped():

@@ -240,6 +240,24 @@ def test_cli_on_a_trained_run(trained):
     assert "matches conf/model: czi_128" in done.stdout
 
 
+@pytest.mark.slow
+def test_the_model_genes_become_prepares_gene_list(trained, tmp_path):
+    """``--genes FILE`` writes the model's genes in its order: the ``genes=`` list that prepares
+    a store (and so a query) for that model, e.g. CZI's."""
+    run_dir, model = trained
+    listed = tmp_path / "genes.tsv"
+    done = subprocess.run(
+        [sys.executable, "-m", "sweep.cli.inspect_command", str(run_dir / "model")]
+        + ["--genes", str(listed)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    genes = list(model.adata_manager.adata.var_names)
+    assert listed.read_text().split("\n")[:-1] == genes
+    assert done.stdout.rstrip().endswith(f"wrote the {len(genes):,} genes to {listed}")
+
+
 class Calls:
     """Unpickling this calls ``function(*args)``."""
 

@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies.launchers import subprocess_script
 from lightning.pytorch.utilities import rank_zero
 from lightning_utilities.core import rank_zero as utils_rank_zero
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 import sweep.training.distributed as distributed
@@ -44,9 +45,10 @@ from sweep.config.schema import register_schema
 from sweep.data.densify import densify
 from sweep.data.loader import EpochLoader
 from sweep.paths import REPO_ROOT
+from sweep.run_folder import write_checkpoint_info, write_metrics
 from sweep.study.storage import open_storage
 from sweep.training import tracking
-from sweep.training.resume import previous_run
+from sweep.training.resume import Resume, prepare_resume, previous_run
 from test_loader import cell_ids, make_batches
 
 CONF_DIR = REPO_ROOT / "conf"
@@ -416,3 +418,21 @@ def test_a_requeued_job_resumes_its_own_folder_before_a_newer_one_of_the_same_ov
     assert previous_run(folders[0], ["seed=1", "resume=true"], multirun=True) == folders[0]
     shutil.rmtree(folders[0] / "checkpoints")  # nothing of its own: the newest sibling
     assert previous_run(folders[0], ["seed=1"], multirun=True) == folders[1]
+
+
+def test_a_requeued_job_resumes_its_own_folder_without_resume_true(tmp_path, monkeypatch):
+    """The SLURM launchers requeue timed-out jobs by default (max_num_timeout 10): a requeued
+    job continues its own folder's checkpoint, or reuses its finished metrics, whether or not
+    ``resume=true`` was given; a job that was not requeued starts over as asked."""
+    folder = tmp_path / "sweep" / "0"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    write_checkpoint_info(folder, epoch=3, step=60)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert prepare_resume(False, folder) == Resume()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert prepare_resume(False, folder) == Resume(checkpoint=folder / "checkpoints" / "last.ckpt")
+    write_metrics(folder, {"elbo_validation": 1.0})
+    assert prepare_resume(False, folder) == Resume(metrics={"elbo_validation": 1.0})
+    assert prepare_resume(False, tmp_path / "fresh") == Resume()  # requeued before any progress
+    assert OmegaConf.load(CONF_DIR / "hydra/launcher/slurm_gpu.yaml").max_num_timeout == 10

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy
 
+from conftest import make_store
 from sweep.study.storage import StorageError, open_storage
 from test_optuna import base, run, two_sweeps_share_one_study
 
@@ -60,7 +61,9 @@ def test_a_sweep_on_a_database_it_cannot_open_stops_with_one_message_and_no_repo
             "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n"
         )
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden), env.get("PYTHONPATH")]))
-    store = tmp_path / "store"  # never read: the sweep stops before its first trial
+    # a store that passes the command's checks (which come first), never read: the sweep
+    # stops at its storage, before its first trial
+    store = make_store(tmp_path / "store", [30, 20])
     result = run(base(store, tmp_path, f"hydra.sweeper.storage={url}"), tmp_path, env=env)
     assert result.returncode == 1
     assert result.stderr.count(url) == 1 and expected in result.stderr
@@ -150,7 +153,7 @@ def test_two_sweep_processes_share_one_postgres_study_and_its_report(
         [
             sys.executable,
             "-m",
-            "sweep.report",
+            "sweep.cli.report_command",
             f"--study={study_name}",
             f"--storage={postgres_url}",
             f"--out={out}",

@@ -106,7 +106,14 @@ def test_round_trip_with_gene_list(list_store, source_data, gene_list):
         assert entry["n_non_primary"] == int((~src.obs["is_primary_data"]).sum())
     assert manifest.provenance["counts"]["n_cells"] == store.n_obs
     assert not (out / TMP_DIR).exists()
-    assert "store genes present" in (out / LOG_NAME).read_text()
+    # one summary line for the sources (a line each only at DEBUG: the Census has 4,440)
+    log = (out / LOG_NAME).read_text()
+    sizes = sorted(src.n_obs for src in source_data)
+    assert (
+        f"sources: 3 of {sizes[0]} to {sizes[-1]} cells (median {sizes[1]}); 3 lack some of the "
+        f"{len(manifest.genes)} store genes (zero-filled; up to {len(ABSENT)})" in log
+    )
+    assert "store genes present" not in log
 
 
 def test_shards_equal_size_and_shuffled_across_sources(list_store, source_data):

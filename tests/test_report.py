@@ -84,6 +84,8 @@ def finish_job(job: Path, model: str, seed: str, overrides: list[str], scores: b
             "kl_local_validation": [50.0, 50.0, 50.0],
             "elbo_train": [elbo + 250, elbo + 60, elbo + 5],
             "kl_weight": [0.0, 0.05, 0.1],
+            # a steady rate (within 1% between epochs): speed is compared
+            "train_cells_per_s": [CELLS_PER_S[model] * f for f in (0.8, 1.0, 1.01)],
         }
     )
     if scores:  # scored at some epochs only, as sweep.training.scoring does
@@ -178,25 +180,32 @@ def test_verdict_numbers_match_the_known_metrics(sweep_dir):
 
 def test_report_states_verdicts_in_words(report):
     text = report.read_text()
-    assert (
-        "- **model**: `hidden_512` vs `czi_128` (2 job pairs): "
-        "validation negative ELBO -17.5 (-1.74%, better; 2 seeds sd ±0.36%), "
-        "validation reconstruction loss -17.5 (-1.83%, better; 2 seeds sd ±0.38%), "
-        "training cells/s -1000 (-50.00%, worse; 2 seeds sd ±0.00%), "
-        "2.40x training time"
-    ) in text
+    section = text.split("### `model`: `hidden_512` vs `czi_128`\n\n")[1]
+    assert section.startswith("2 job pairs (the same seed and other settings), 2 seeds")
+    for row in (  # a row per metric: the two means, the change, the seed sd and the verdict
+        "| validation negative ELBO (lower is better) | 1,005.0 | 987.5 | -17.5 (-1.7%) | ±0.36% "
+        "| **better** |",
+        "| validation reconstruction loss (lower is better) | 955.0 | 937.5 | -17.5 (-1.8%) "
+        "| ±0.38% | **better** |",
+        "| training cells/s (higher is better) | 2,000 | 1,000 | -1,000 (-50.0%) | ±0.00% "
+        "| **worse** |",
+        "| training time (lower is better) | 10.0 s | 24.0 s | +14.0 s (+140.0%) | ±0.00% "
+        "| **worse** |",
+    ):
+        assert row in section
     assert "exceeds 2 standard errors of that mean" in text  # the rule, stated
     assert "No job has integration scores with a PCA baseline" in text
     assert "One seed per job" not in text
-    assert "**seed**" not in text  # seeds are replicates, not a factor to judge
+    assert "**seed**" not in text and "### `seed`" not in text  # seeds are replicates
 
 
 def test_integration_scores_are_judged_higher_is_better(tmp_path):
     report = build_report(make_sweep(tmp_path / "sweep", scores=True), tmp_path / "report")
     text = report.read_text()
-    assert "bio conservation +0.020 (better; 2 seeds sd ±0.000)" in text
-    assert "batch correction -0.030 (worse; 2 seeds sd ±0.000)" in text
-    assert "integration total +0.000 (within seed spread; 2 seeds sd ±0.000)" in text
+    rows = verdict_rows(report)
+    assert rows["bio conservation"][2:] == ["+0.020", "±0.000", "**better**"]
+    assert rows["batch correction"][2:] == ["-0.030", "±0.000", "**worse**"]
+    assert rows["integration total"][2:] == ["+0.000", "±0.000", "within seed spread"]
     for line in (
         "- **bio conservation**: all 4 jobs score 0.600-0.620, below the PCA baseline's 0.800",
         "- **batch correction**: all 4 jobs score 0.470-0.500, above the PCA baseline's 0.200",
@@ -241,17 +250,23 @@ def scored_sweep(folder: Path, bio: dict[tuple[str, str | None], float], epochs:
     return folder
 
 
-def verdict_lines(report: Path) -> list[str]:
-    """The verdict list items of a report."""
-    return [line for line in report.read_text().splitlines() if line.startswith("- **model**")]
+def verdict_rows(report: Path, level: str = "hidden_512") -> dict[str, list[str]]:
+    """The rows of a report's verdict table of ``model`` at ``level``: metric (without its
+    direction) -> the reference's and the level's means, change, seed sd and verdict."""
+    text = report.read_text().split(f"### `model`: `{level}` vs ")[1].split("\n\n")[2]
+    rows = {}
+    for line in text.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].split(" (")[0]] = cells[1:]
+    return rows
 
 
 def test_a_one_seed_sweep_calls_no_level_better_or_worse_and_gives_the_seed_command(tmp_path):
     sweep = scored_sweep(tmp_path / "sweep", {("czi_128", None): 0.6, ("hidden_512", None): 0.7})
     report = build_report(sweep, tmp_path / "report")
-    (line,) = verdict_lines(report)
-    assert "bio conservation +0.100," in line
-    assert not {"better", "worse", "within seed spread"} & set(line.replace(",", " ").split())
+    rows = verdict_rows(report)
+    assert rows["bio conservation"][2:] == ["+0.100", "", "no verdict: one seed"]
+    assert not any("better" in row[-1] or "worse" in row[-1] for row in rows.values())
     text = report.read_text()
     assert "**One seed per job**: there is no spread across seeds yet" in text
     command = "python train.py -m model=czi_128,hidden_512 trainer.max_epochs=1 seed=0,1,2"
@@ -273,16 +288,15 @@ def test_the_seed_command_keeps_an_override_with_a_space_whole(tmp_path):
 def test_three_seeds_call_a_difference_beyond_their_spread_better(tmp_path):
     bio = {("czi_128", s): 0.6 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}
     bio |= {("hidden_512", s): 0.7 + d for s, d in zip("012", (0, 0.01, -0.01), strict=True)}
-    (line,) = verdict_lines(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
-    assert "bio conservation +0.100 (better; 3 seeds sd ±0.000)" in line
+    rows = verdict_rows(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
+    assert rows["bio conservation"] == ["0.600", "0.700", "+0.100", "±0.000", "**better**"]
 
 
 def test_three_seeds_give_no_verdict_on_a_difference_within_their_spread(tmp_path):
     bio = {("czi_128", s): 0.6 for s in "012"}
     bio |= {("hidden_512", s): 0.6 + d for s, d in zip("012", (0.03, -0.02, 0.0), strict=True)}
-    (line,) = verdict_lines(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
-    assert "bio conservation +0.003 (within seed spread; 3 seeds sd ±0.025)" in line
-    assert "better" not in line.split("bio conservation")[1].split(")")[0]
+    rows = verdict_rows(build_report(scored_sweep(tmp_path / "s", bio), tmp_path / "r"))
+    assert rows["bio conservation"][2:] == ["+0.003", "±0.025", "within seed spread"]
 
 
 def test_the_report_states_each_aggregate_against_the_pca_baseline(tmp_path):
@@ -305,8 +319,10 @@ def test_a_report_never_overwrites_another_sweeps_report(tmp_path):
     one = write_report(first, out_root=root)
     two = write_report(second, out_root=root)
     assert one == root / "10-00-00" / "report.md" and two == root / "10-00-00-2" / "report.md"
-    assert f"`{first.resolve()}`" in one.read_text()
-    assert f"`{second.resolve()}`" in two.read_text()
+    # source.txt records whose report it is; report.md names no machine path
+    assert (one.parent / "source.txt").read_text() == f"sweep folder {first.resolve()}\n"
+    assert (two.parent / "source.txt").read_text() == f"sweep folder {second.resolve()}\n"
+    assert str(tmp_path) not in one.read_text() + two.read_text()
     assert write_report(second, out_root=root) == two  # a rebuild finds its own folder
     assert write_report(first, out_root=root) == one
     (root / "legacy").mkdir()
@@ -334,8 +350,8 @@ def test_figures_are_png_files(report):
 
 def test_report_lists_every_job_and_embeds_the_figures(report, sweep_dir):
     text = report.read_text()
-    assert text.startswith(f"# Multirun report: {sweep_dir.name}\n")
-    assert f"`{sweep_dir.resolve()}`" in text
+    assert text.startswith(f"# Multirun report: {sweep_dir.name}\n\n**Answer:** ")
+    assert f"Sweep folder: `{sweep_dir.name}`" in text  # outside the working folder: its name
     assert "Jobs: 4 complete, 1 failed, 1 running / unfinished." in text
     for number, status in enumerate(["complete"] * 4 + ["failed", "running"]):
         assert f"| {number} | {status} |" in text
@@ -355,20 +371,19 @@ def test_losses_on_different_validation_cells_are_not_compared(sweep_dir, tmp_pa
         (sweep_dir / str(job) / "metrics.json").write_text(
             json.dumps({**metrics, "cells_validation": cells})
         )
-    (line,) = verdict_lines(build_report(sweep_dir, tmp_path / "report"))
-    assert line.startswith(  # cells/s, on the training cells, is judged as before
-        "- **model**: `hidden_512` vs `czi_128` (2 job pairs): validation negative ELBO not "
-        "compared (measured on different cells: 100 vs 120), validation reconstruction loss not "
-        "compared (measured on different cells: 100 vs 120), training cells/s -1000 (-50.00%, "
-    )
+    rows = verdict_rows(build_report(sweep_dir, tmp_path / "report"))
+    different = "not compared: measured on different cells (100 vs 120)"
+    assert rows["validation negative ELBO"][-1] == different
+    assert rows["validation reconstruction loss"][-1] == different
+    assert rows["training cells/s"][-1] == "**worse**"  # on the training cells: judged as before
     # the same cells: judged as before
     for job in (2, 3):
         metrics = json.loads((sweep_dir / str(job) / "metrics.json").read_text())
         (sweep_dir / str(job) / "metrics.json").write_text(
             json.dumps({**metrics, "cells_validation": 100})
         )
-    (line,) = verdict_lines(build_report(sweep_dir, tmp_path / "again"))
-    assert "not compared" not in line and "validation negative ELBO -17.5 (-1.74%" in line
+    rows = verdict_rows(build_report(sweep_dir, tmp_path / "again"))
+    assert rows["validation negative ELBO"][2:] == ["-17.5 (-1.7%)", "±0.36%", "**better**"]
 
 
 def test_the_report_counts_the_jobs_that_failed_each_health_check(sweep_dir, tmp_path):
@@ -387,8 +402,14 @@ def test_the_report_counts_the_jobs_that_failed_each_health_check(sweep_dir, tmp
             json.dumps({**metrics, "health": findings})
         )
     text = build_report(sweep_dir, tmp_path / "report").read_text()
-    assert f"- **kl_warmup_unfinished**: 2 of 4 complete jobs (1, 3); job 1: {unfinished}\n" in text
-    assert "- **below_baseline**: 1 of 4 complete jobs (3); job 3: below PCA on bio\n" in text
+    assert (
+        "- **KL warm-up unfinished (`kl_warmup_unfinished`; makes a verdict provisional)**: 2 of "
+        f"4 complete jobs (1, 3); job 1: {unfinished}\n" in text
+    )
+    assert (
+        "- **below the PCA baseline (`below_baseline`; a result)**: 1 of 4 complete jobs (3); "
+        "job 3: below PCA on bio\n" in text
+    )
     assert "no job has a warning" not in text
 
 
@@ -415,6 +436,20 @@ def test_command_line_and_default_folder(sweep_dir, tmp_path):
     main([str(sweep_dir), "--out", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "report.md").is_file()
     assert default_out(sweep_dir) == REPO_ROOT / "multirun_reports" / sweep_dir.name
+
+
+def test_an_experiments_report_is_named_after_the_experiment(tmp_path):
+    """``experiment=architecture`` sweeps into outputs/train/experiments/architecture/<time>:
+    its report goes to multirun_reports/architecture/ (then architecture-2/ for the next)."""
+    first = tmp_path / "outputs/train/experiments/architecture/2026-12-07_10-00-00"
+    second = first.with_name("2026-12-07_11-00-00")
+    plain = tmp_path / "outputs/train/multiruns/2026-12-07_12-00-00"
+    for sweep in (first, second, plain):
+        write_job(sweep, 0, ["model=czi_128"], "")
+    root = tmp_path / "reports"
+    assert write_report(first, out_root=root) == root / "architecture" / "report.md"
+    assert write_report(second, out_root=root) == root / "architecture-2" / "report.md"
+    assert write_report(plain, out_root=root) == root / "2026-12-07_12-00-00" / "report.md"
 
 
 def test_the_command_line_asks_for_a_sweep_folder_or_a_study_with_its_storage(capsys):
@@ -502,11 +537,18 @@ def test_a_real_multirun_writes_its_report_and_the_command_rebuilds_it(demo_cach
     results = pd.read_csv(reports / "sweep" / "results.csv")
     assert list(results["status"]) == ["complete", "complete"]
     assert list(results["model"]) == ["czi_128", "hidden_512"]
-    assert "- **model**: `hidden_512` vs `czi_128` (1 job pair): validation negative ELBO" in (
-        report.read_text()
-    )
+    text = report.read_text()
+    assert "### `model`: `hidden_512` vs `czi_128`\n\n1 job pair (the same other settings)" in text
+    assert "| validation negative ELBO (lower is better) |" in text
 
-    rebuild = [sys.executable, "-m", "sweep.report", str(sweep_dir), "--out", str(tmp_path / "re")]
+    rebuild = [
+        sys.executable,
+        "-m",
+        "sweep.cli.report_command",
+        str(sweep_dir),
+        "--out",
+        str(tmp_path / "re"),
+    ]
     subprocess.run(rebuild, cwd=tmp_path, env=env, check=True, timeout=120)
     assert (tmp_path / "re" / "results.csv").read_text() == (
         reports / "sweep" / "results.csv"

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweep.config.schema import BatchConfig, DataConfig, LoaderConfig
-from sweep.data.batches import code_dtype, encode_batches
+from sweep.data.batches import _encode_combinations, code_dtype, encode_batches
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.selection import CellTable, narrowed, split_cells, validation_flags
 from sweep.data.store import IS_PRIMARY, N_GENES_ALL, StoreError, read_manifest
@@ -187,3 +187,15 @@ def test_read_ahead_that_would_outgrow_memory_is_warned_about(small_store, monke
         for r in caplog.records
         if r.name == datamodule.__name__ and "read_ahead" in r.getMessage()
     ]
+
+
+@pytest.mark.parametrize("highs", [[3, 5, 2, 7], [4400, 20, 3, 60_000], [10], [2**31 - 1] * 3])
+def test_packed_combinations_equal_numpys_unique_rows(highs):
+    """The packed keys give np.unique(axis=0)'s categories and codes, in its order; radices
+    too large to pack (the last case) fall back to it."""
+    rng = np.random.default_rng(0)
+    codes = np.stack([rng.integers(0, h, 5_000) for h in highs], axis=1).astype(np.int32)
+    combos, inverse = _encode_combinations(codes)
+    expected, expected_inverse = np.unique(codes, axis=0, return_inverse=True)
+    assert np.array_equal(combos, expected) and combos.dtype == codes.dtype
+    assert np.array_equal(inverse, expected_inverse.reshape(-1))

@@ -22,9 +22,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from sweep.paths import REPO_ROOT
+from sweep.paths import CONF_DIR, REPO_ROOT
 from sweep.study.storage import open_storage
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -218,9 +219,10 @@ REQUEUED_EPOCHS = 1000
 def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_completes(
     store, tmp_path, slurm_cluster, start_sweep
 ):
-    """The defaults (loader workers, W&B offline), ``resume=true``, ``max_num_timeout=2``, a
-    3-minute limit with the signal 120 s before it: SLURM signals every process of the job
-    30-60 s after it starts (up to 30 s early), after its first epoch checkpoints. The training
+    """The defaults (loader workers, W&B offline, the launcher's requeues, no ``resume=true``:
+    a requeued job resumes its own folder by itself), a 3-minute limit with the signal 120 s
+    before it: SLURM signals every process of the job 30-60 s after it starts (up to 30 s
+    early), after its first epoch checkpoints. The training
     process alone checkpoints the submission and requeues the job, which starts again in its run
     folder, continues after its last checkpoint and its W&B run, and ends with each epoch once;
     the sweep waits for it and reports it complete.
@@ -234,8 +236,6 @@ def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_co
         "hydra.launcher.cpus_per_task=2",  # the default loader: 1 worker beside the trainer
         "hydra.launcher.timeout_min=3",
         "hydra.launcher.signal_delay_s=120",
-        "hydra.launcher.max_num_timeout=2",
-        "resume=true",
         f"trainer.max_epochs={REQUEUED_EPOCHS}",
     )
     sweep = start_sweep(command)
@@ -259,10 +259,14 @@ def test_a_job_at_its_time_limit_is_requeued_resumes_after_its_checkpoint_and_co
     caught = (logs / f"{job}_0_log.err").read_text().count("Caught signal SIGUSR2")
     assert caught == 1  # submitit's handler ran in the trainer alone, not in its workers
     job_log = (logs / f"{job}_0_log.out").read_text()
-    assert f"Requeued job {job} (1 remaining timeouts)" in job_log
+    launcher = yaml.safe_load((CONF_DIR / "hydra" / "launcher" / "slurm_gpu.yaml").read_text())
+    left = launcher["max_num_timeout"] - 1  # the launcher's default requeues, one spent
+    assert left >= 1 and f"Requeued job {job} ({left} remaining timeouts)" in job_log
     run_dir = tmp_path / "sweep" / "0"
     train_log = (run_dir / "train.log").read_text()
-    resumed = re.search(r"\]\[sweep.resume\]\[INFO\] - resuming \S+ after epoch (\d+)", train_log)
+    resumed = re.search(
+        r"\]\[sweep.training.resume\]\[INFO\] - resuming \S+ after epoch (\d+)", train_log
+    )
     assert resumed, train_log[-3000:]  # from the checkpoint in its own folder
     assert 0 < int(resumed.group(1)) < REQUEUED_EPOCHS
     assert each_epoch_once(run_dir, REQUEUED_EPOCHS)

@@ -1,5 +1,6 @@
 """Tests of the synthetic CELLxGENE-like data generator."""
 
+import hashlib
 import itertools
 import re
 import uuid
@@ -11,15 +12,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from omegaconf.errors import OmegaConfBaseException
+from scipy import stats
 
-from sweep.data.synthetic import (
-    ASSAYS,
-    SyntheticConfig,
-    draw_world,
-    generate,
-    main,
-    simulate_dataset,
-)
+from sweep.config.schema import SyntheticConfig
+from sweep.data.synthetic import draw_world, generate, simulate_dataset
+from sweep.data.synthetic.census import pareto_sizes, sample_counts_sparse
+from sweep.data.synthetic.files import main
+from sweep.data.synthetic.world import ASSAYS
 
 OBS_COLUMNS = {
     "dataset_id",
@@ -206,3 +205,166 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path):
         main(["n_datasets=2"])
     with pytest.raises(ValueError, match="n_cell_types"):
         main([f"output={out}", "n_cell_types=99"])
+
+
+# --------------------------------------------------------------------------------------------
+# The uniform shape's output is pinned; the census shape
+
+
+def _digest(adata: ad.AnnData) -> str:
+    """sha256 of X's CSR arrays, obs and var (as CSV)."""
+    digest = hashlib.sha256()
+    for array in (adata.X.data, adata.X.indices, adata.X.indptr):
+        digest.update(array.tobytes())
+    digest.update(adata.obs.to_csv().encode())
+    digest.update(adata.var.to_csv().encode())
+    return digest.hexdigest()
+
+
+def test_the_uniform_shape_writes_what_it_wrote_before_the_census_shape(tmp_path):
+    # Captured from the generator before shape=census existed (the demo's files, which the
+    # README's numbers come from, are made by the same code with the default keys). A numpy
+    # release that changes a Generator stream would change these too.
+    adatas = _read_all(_small(tmp_path, n_datasets=3))
+    assert [(a.shape, a.X.nnz, float(a.X.sum())) for a in adatas] == [
+        ((337, 600), 116493, 1983641.0),
+        ((444, 600), 128744, 1265989.0),
+        ((192, 600), 56391, 749250.0),
+    ]
+    assert [_digest(a) for a in adatas] == [
+        "0195ae18c2816e53fbb3ffdb3724c44939c651be0d5a861dc9e047fc2f4e369a",
+        "5d223f5938ef49b9b2572abd9544504c4e3bce1852d630f1cf053e2f9a54a569",
+        "1e36c036dcf03ee6c9b8bbec6978bcf2832e2788a2d15ec972b3e307aeadcf3d",
+    ]
+
+
+def test_pareto_sizes_have_the_mean_bounds_and_a_heavy_tail():
+    rng = np.random.default_rng(0)
+    sizes = pareto_sizes(rng, 200_000, mean=500, low=200, high=30_000)
+    assert sizes.min() >= 200 and sizes.max() <= 30_000
+    assert sizes.mean() == pytest.approx(500, rel=0.02)
+    assert 250 < np.median(sizes) < 350  # half the datasets are small
+    assert (sizes > 10_000).sum() > 10  # ... and some are huge
+    narrow = pareto_sizes(rng, 200_000, mean=700, low=200, high=2000)
+    assert narrow.mean() == pytest.approx(700, rel=0.02) and narrow.max() <= 2000
+    with pytest.raises(ValueError, match="mean"):  # above the flattest law's (1800 / ln 10)
+        pareto_sizes(rng, 10, mean=800, low=200, high=2000)
+
+
+def test_the_sparse_sampler_draws_the_negative_binomial():
+    # Means on both sides of SPARSE_SPLIT; each column holds 40,000 draws of one (mean, theta).
+    means = np.array([0.02, 0.3, 0.95, 1.0, 4.0, 40.0])
+    theta = np.array([2.0, 10.0, 3.0, 2.0, 5.0, 8.0])
+    n = 40_000
+    counts = sample_counts_sparse(np.tile(means, (n, 1)), theta, np.random.default_rng(0)).toarray()
+    assert counts.dtype == np.float32
+    for g, (m, th) in enumerate(zip(means, theta, strict=True)):
+        law = stats.nbinom(th, th / (th + m))
+        assert counts[:, g].mean() == pytest.approx(m, rel=0.05, abs=0.003)
+        assert counts[:, g].var() == pytest.approx(law.var(), rel=0.1, abs=0.003)
+        for k in range(4):
+            expected = law.pmf(k)
+            tolerance = 4 * np.sqrt(expected * (1 - expected) / n) + 1e-4
+            assert (counts[:, g] == k).mean() == pytest.approx(expected, abs=tolerance), (g, k)
+
+    csr = sample_counts_sparse(np.tile(means, (7, 1)), theta, np.random.default_rng(1))
+    assert csr.has_canonical_format and csr.indices.dtype == np.int32
+    assert (csr.data > 0).all()
+
+
+def _census(tmp_path, name="census", **overrides) -> SyntheticConfig:
+    """A small Census-shaped config: 60 datasets of 50..5,000 cells (mean 150)."""
+    params = {
+        "shape": "census",
+        "n_datasets": 60,
+        "cells_per_dataset": 150,
+        "min_cells_per_dataset": 50,
+        "max_cells_per_dataset": 5000,
+        "donors_per_dataset": 6,
+        "n_genes": 800,
+        "multi_protocol_donor_fraction": 0.2,
+        "low_quality_fraction": 0.1,
+    } | overrides
+    return SyntheticConfig(output=str(tmp_path / name), **params)
+
+
+def test_the_census_shape(tmp_path):
+    cfg = _census(tmp_path)
+    world = draw_world(cfg)
+    adatas = _read_all(cfg)
+    assert len(adatas) == 60
+    for adata in adatas:
+        pd.testing.assert_frame_equal(adata.var, adatas[0].var)
+        assert adata.n_vars == 800 and adata.X.dtype == np.float32
+        assert np.array_equal(adata.X.data, np.round(adata.X.data))
+    obs = pd.concat([a.obs.astype(str) for a in adatas])
+    obs["n_genes"] = np.concatenate([np.diff(a.X.indptr) for a in adatas])
+    obs["total"] = np.concatenate([np.asarray(a.X.sum(axis=1)).ravel() for a in adatas])
+
+    sizes = np.array([a.n_obs for a in adatas])
+    assert np.array_equal(sizes, world.n_cells)
+    assert sizes.min() >= 50 and sizes.max() <= 5000
+    assert sizes.max() / np.median(sizes) > 5  # heavy tail
+
+    donors = obs.groupby("dataset_id")["donor_id"].nunique()
+    assert obs.groupby("donor_id")["dataset_id"].nunique().max() == 1
+    assert donors.min() == 1 and donors.max() >= 3 * donors.median()
+    assert (donors <= np.maximum(1, sizes // 10).max()).all()
+    cells_per_donor = obs.groupby("donor_id").size()
+    assert cells_per_donor.max() > 10 * cells_per_donor.median()
+
+    # The set share of donors has two protocols, each with cells: exactly, in the files.
+    protocols = obs.groupby(["dataset_id", "donor_id"])[["assay", "suspension_type"]].nunique()
+    multi = (protocols > 1).any(axis=1)
+    assert multi.sum() == round(0.2 * len(protocols))
+    assert (protocols.sum(axis=1) <= 3).all()  # one change: another assay or suspension
+    assert protocols["assay"].gt(1).any() and protocols["suspension_type"].gt(1).any()
+
+    # Low-quality cells (libraries of 20-200 counts, < 300 genes): each dataset's share drawn
+    # around the set share, so the share varies by dataset (most few, some many).
+    low_quality = obs["total"] < 300
+    assert (obs["n_genes"][low_quality] < 300).all()
+    by_dataset = low_quality.groupby(obs["dataset_id"], sort=False).sum()
+    expected = np.round(world.low_quality * sizes)
+    observed = by_dataset[[a.obs["dataset_id"].iloc[0] for a in adatas]].to_numpy()
+    assert np.abs(observed - expected).max() <= 2  # a library of 200 may draw over 300 counts
+    assert world.low_quality.mean() == pytest.approx(0.1, abs=0.03)
+    assert low_quality.mean() == pytest.approx(0.1, abs=0.05)
+    shares = by_dataset / obs.groupby("dataset_id", sort=False).size()
+    assert shares.std() > 0.03 and (shares < 0.02).sum() >= 5
+    assert (~obs["is_primary_data"].eq("True")).mean() == pytest.approx(0.05, abs=0.005)
+    assert obs["assay"].nunique() == 4 and set(obs["suspension_type"]) == {"cell", "nucleus"}
+
+
+def test_the_census_shape_is_seeded_and_written_as_simulated(tmp_path):
+    small = {"n_datasets": 8, "cells_per_dataset": 300, "min_cells_per_dataset": 100}
+    small |= {"max_cells_per_dataset": 3000, "n_genes": 300}
+    cfg = _census(tmp_path, "a", **small)
+    first = _read_all(cfg)
+    again = _read_all(_census(tmp_path, "b", **small))
+    other = _read_all(_census(tmp_path, "c", **small, seed=1))
+    for x, y in zip(first, again, strict=True):
+        assert (x.X != y.X).nnz == 0
+        pd.testing.assert_frame_equal(x.obs, y.obs)
+    assert [a.n_obs for a in first] != [a.n_obs for a in other]
+
+    # A file (written chunk by chunk, by a pool process) equals its dataset simulated alone.
+    big = int(np.argmax([a.n_obs for a in first]))
+    alone = simulate_dataset(cfg, big, draw_world(cfg))
+    assert alone.n_obs > 512  # more than one chunk
+    assert (alone.X != first[big].X).nnz == 0
+    pd.testing.assert_frame_equal(alone.obs, first[big].obs)
+
+    # The gene-level world is the uniform shape's for the same seed and genes.
+    uniform = draw_world(SyntheticConfig(n_datasets=8, n_genes=300))
+    assert np.array_equal(draw_world(cfg).log_mean, uniform.log_mean)
+
+
+def test_census_arguments_are_checked(tmp_path):
+    out = tmp_path / "cli"
+    with pytest.raises(ValueError, match="shape"):
+        main([f"output={out}", "shape=atlas"])
+    with pytest.raises(ValueError, match="min_cells_per_dataset"):
+        main([f"output={out}", "shape=census", "cells_per_dataset=100"])
+    with pytest.raises(ValueError, match="multi_protocol_donor_fraction"):
+        main([f"output={out}", "shape=census", "multi_protocol_donor_fraction=1.5"])

@@ -191,7 +191,7 @@ def run_train(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.Comp
     ("override", "message"),
     [
         ("model.n_hidden=abc", "model.n_hidden"),
-        ("model=czi_256", "Could not find 'model/czi_256'"),
+        ("model=czi_256", "did you mean model=czi_128?"),
         ("model.gene_likelihood=gaussian", "model.gene_likelihood='gaussian' is not one of"),
         ("data.validation_fraction=1.5", "data.validation_fraction=1.5 must lie in"),
         ("loader.bogus_key=1", "bogus_key"),

@@ -39,6 +39,14 @@ CELLS_IN_STORE, CELLS_NOT_PRIMARY = "cells_in_store", "cells_not_primary"
 CELLS_AFTER_FILTER, CELLS_TRAIN = "cells_after_filter", "cells_train"
 #: validation cells the validation losses are measured on
 CELLS_VALIDATION = "cells_validation"
+#: store cells outside the value filter (``data.keep``: a listed column's value not listed);
+#: recorded when it is set
+CELLS_OUTSIDE_KEEP = "cells_outside_keep"
+#: ``data.max_cells`` (training cells asked for), and the filtered cells (training and
+#: validation) its stratified subsample left out; recorded when it is set
+MAX_CELLS, CELLS_NOT_SUBSAMPLED = "max_cells", "cells_not_subsampled"
+#: how ``data.keep`` and ``data.max_cells`` narrowed the cells, in words (run page, reports)
+DATA_SUBSET = "data_subset"
 
 
 def cells_below_genes(min_genes: int) -> str:
@@ -76,3 +84,21 @@ EVALUATION_CELLS = "evaluation_cells"
 KL_WARMUP_COMPLETE = "kl_warmup_complete"
 #: the job's wall time (s) and peak resident memory (MiB, with its finished children)
 WALL_TIME, PEAK_RSS = "wall_time_s", "peak_rss_mb"
+#: the evaluation batches the scores rest on: how many, the fewest and the median evaluation
+#: cells of one, and how the cells were chosen (words)
+EVALUATION_BATCHES = "evaluation_batches"
+EVALUATION_BATCH_CELLS_MIN, EVALUATION_BATCH_CELLS_MEDIAN = (
+    "evaluation_batch_cells_min",
+    "evaluation_batch_cells_median",
+)
+EVALUATION_CHOICE = "evaluation_cells_chosen"
+#: why batch correction (and the total, 0.4 batch + 0.6 bio) could not be scored, when so; the
+#: scores are then null
+BATCH_NOT_APPLICABLE = "batch_correction_not_applicable"
+
+# --- where an Optuna trial was pruned (metrics.json; sweep.study.pruning) ----------------------
+
+#: training cells seen (all DDP ranks) and epochs trained, fractional (cells seen / training cells),
+#: when the trial was pruned (the epoch it was pruned in: sweep.study.attrs.PRUNED_AT)
+PRUNED_AT_CELLS_SEEN = "pruned_at_cells_seen"
+PRUNED_AT_FRACTIONAL_EPOCH = "pruned_at_fractional_epoch"

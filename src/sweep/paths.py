@@ -32,6 +32,8 @@ def reports_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Folder for generated data: $SCVI_SWEEP_CACHE or ~/.cache/scvi-sweep."""
+    """The project's cache folder, $SCVI_SWEEP_CACHE or ~/.cache/scvi-sweep: the generated data
+    sets (``demo-<hash>/``: sources and store), the compiled scoring kernels (``kernels/``) and the
+    dry-run calibrations (``calibration/``)."""
     env = os.environ.get("SCVI_SWEEP_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "scvi-sweep"

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 class MultirunReport(Callback):
     """Builds ``<out_root>/<sweep folder name>/report.md`` at the end of a multirun
-    (``<out_root>/<study name>/`` for the Optuna sweeper) through ``sweep.report.write_report``;
-    where that folder holds another sweep's report, it takes the next free ``<name>-2``, ``-3``...
+    (``<out_root>/<study name>/`` for the Optuna sweeper) through
+    ``sweep.report.entry.write_report``; where that folder holds another sweep's report, it takes
+    the next free ``<name>-2``, ``-3``...
 
     ``out_root`` defaults to ``sweep.paths.reports_dir()`` (``multirun_reports/``); override it with
     ``hydra.callbacks.report.out_root=DIR``.

@@ -25,38 +25,80 @@ class SyntheticConfig:
     """The synthetic generator's parameters (sweep.data.synthetic): census-like h5ad files.
 
     ``output`` must be set to generate; the demo data set fills it in from its cache folder.
+    ``shape`` picks the data set's design: ``uniform`` (the demo's: datasets of similar sizes,
+    ``donors_per_dataset`` donors each, two donors profiled twice) or ``census`` (the CELLxGENE
+    Census's heavy tails: many small datasets and a few large ones, heavy-tailed donors per
+    dataset and cells per donor, a set share of donors profiled with two assays or suspension
+    types, low-quality shares that vary by dataset). The fields marked "census" act only there.
     """
 
     output: str | None = None  # folder to write dataset_{i:03d}.h5ad into (created)
     n_datasets: int = 6  # one h5ad file per dataset
-    cells_per_dataset: int = 4000  # mean; sizes vary in 0.5x..1.5x, each >= 50 cells
+    cells_per_dataset: int = 4000  # mean; uniform: sizes vary in 0.5x..1.5x, each >= 50 cells;
+    #   census: a Pareto law truncated to [min_cells_per_dataset, max_cells_per_dataset]
     n_genes: int = 3000  # genes of every file (same ids, same order); the last 13 are MT genes
     n_cell_types: int = 8  # first n of CELL_TYPES
-    donors_per_dataset: int = 3  # donors nested in datasets: "D{i:03d}-donor{k}"
+    donors_per_dataset: int = 3  # donors nested in datasets: "D{i:03d}-donor{k}"; census: the
+    #   mean of a heavy-tailed (1 + log-normal) count, at most one donor per 10 cells
     batch_effect_strength: float = 1.0  # scales every gene-specific batch effect; 0 = none
-    low_quality_fraction: float = 0.08  # share of cells with < 300 expressed genes
+    low_quality_fraction: float = 0.08  # share of cells with < 300 expressed genes; census: the
+    #   mean of per-dataset shares drawn from a Beta law (most datasets few, some many)
     non_primary_fraction: float = 0.05  # share of cells with is_primary_data False
     seed: int = 0
+    shape: str = "uniform"  # uniform | census (see above)
+    min_cells_per_dataset: int = 200  # census: the smallest dataset's cells
+    max_cells_per_dataset: int = 30_000  # census: the largest dataset's cells (CELLxGENE's go
+    #   beyond 500,000; a file's memory is bounded by one chunk of cells whatever its size)
+    multi_protocol_donor_fraction: float = 0.05  # census: share of donors (exact, rounded)
+    #   profiled with a second assay (same suspension type) or suspension type (same assay)
+
+
+def described(default: Any = MISSING, text: str = "", **kwargs) -> Any:
+    """A dataclass field with its one-line description ``text`` in ``metadata["help"]``, the one
+    home of what the key means (``scvi-sweep-prepare --help`` prints it; OmegaConf ignores it).
+    ``default_factory=`` for a list; ``MISSING`` (the default): a key that must be given."""
+    if "default_factory" in kwargs:
+        return field(default_factory=kwargs["default_factory"], metadata={"help": text})
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class PrepareOptions:
     """How prepare builds a store (``conf/prepare.yaml``; the demo data set's ``dataset.prepare``):
-    every key but what to read and where to write."""
+    every key but what to read and where to write. Each key's meaning is its ``help``."""
 
-    genes: str = "hvg"  # hvg | path of a TSV/CSV whose first column lists Ensembl ids (order
-    #   kept, ids absent from a source are zero-filled; header line optional)
-    n_top_genes: int = 8000  # genes=hvg: how many highly variable genes (CZI: 8000)
-    hvg_batch_keys: list[str] = field(default_factory=lambda: ["suspension_type", "assay"])  # CZI
-    hvg_sample_cells: int = 200_000  # genes=hvg: at most this many cells in the HVG sample
-    hvg_min_genes: int = 300  # genes=hvg: sample primary cells with n_genes_all >= this (CZI)
-    shard_size: int = 10_000  # cells per shard (the last one may be short)
-    chunk_rows: int = 10_000  # source rows read at a time per worker (memory; not the store)
-    seed: int = 0  # the HVG sample and the shuffle of cells across all sources
-    workers: int | None = None  # worker processes; null: the CPUs this process may use
-    overwrite: bool = False  # true: replace a complete store made with a different config
-    skip_bad_sources: bool = False  # true: leave bad sources out (listed in the manifest, logged)
-    progress: bool = True  # progress bars (files or cells done, cells/s, ETA) on stderr
+    genes: str = described(
+        "hvg",
+        "hvg (highly variable genes), or a TSV/CSV whose first column lists Ensembl ids: their "
+        "order is kept, ids absent from a source are zero-filled, a header line is optional",
+    )
+    n_top_genes: int = described(8000, "genes=hvg: how many highly variable genes (CZI: 8000)")
+    hvg_batch_keys: list[str] = described(
+        text="genes=hvg: obs columns whose combinations are the HVG batches (CZI's)",
+        default_factory=lambda: ["suspension_type", "assay"],
+    )
+    hvg_sample_cells: int = described(
+        200_000, "genes=hvg: at most this many cells in the sample the HVGs are chosen from"
+    )
+    hvg_min_genes: int = described(
+        300, "genes=hvg: sample primary cells with at least this many expressed genes (CZI)"
+    )
+    shard_size: int = described(10_000, "cells per shard of the store (the last may be short)")
+    chunk_rows: int = described(
+        10_000, "source rows a worker reads at a time: its memory, not the store"
+    )
+    seed: int = described(0, "seed of the HVG sample and of the shuffle of cells across sources")
+    workers: int | None = described(None, "worker processes; null: every CPU this process may use")
+    overwrite: bool = described(
+        False, "true: replace a complete store that was made with a different config"
+    )
+    skip_bad_sources: bool = described(
+        False,
+        "true: leave bad sources out (listed in the manifest and the log) instead of stopping",
+    )
+    progress: bool = described(
+        True, "progress bars on stderr (files or cells done, cells/s, time left)"
+    )
 
 
 @dataclass
@@ -64,8 +106,14 @@ class PrepareConfig(PrepareOptions):
     """The keys of ``conf/prepare.yaml``: :class:`PrepareOptions` plus the sources and the store
     folder (``???``: required)."""
 
-    source: Any = MISSING  # glob string ('/data/*.h5ad', quoted in the shell) or list of files
-    output: str = MISSING  # the store folder (created; empty, a store, or an unfinished store)
+    source: Any = described(
+        MISSING,
+        "the source h5ad files: a glob ('/data/*.h5ad', quoted in the shell) or a list "
+        "([/data/a.h5ad,/data/b.h5ad])",
+    )
+    output: str = described(
+        MISSING, "the store folder to write: new, empty, a store, or an unfinished store"
+    )
 
 
 @dataclass
@@ -85,7 +133,14 @@ class DataConfig:
     min_genes: int = 300  # n_genes_all >= min_genes (expressed genes over ALL source genes)
     primary_only: bool = True  # keep is_primary_data == True only
     validation_fraction: float = 0.1  # held-out share, same cells for every job with this filter
-    split_seed: int = 0
+    split_seed: int = 0  # the validation flags' seed, and the max_cells subsample's
+    # at most this many training cells (validation cells in proportion): a seeded subsample of
+    # the cells that pass the filter, stratified by dataset_id, the same cells for every job of
+    # this filter and split_seed; null: every cell (sweep.data.selection)
+    max_cells: int | None = None
+    # value filter: coded obs column -> the values whose cells are kept, e.g. {tissue: [blood]}
+    # (data.keep={tissue:[blood,lung]} or +data.keep.assay=[...]); {}: no value filter
+    keep: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +191,9 @@ class LoaderConfig:
     """The ``loader`` group. Seed/cellarium keys keep their meaning; block/fetch keys are ours."""
 
     batch_size: int = 1024
-    num_workers: int | None = None  # None: from the CPU count (cores - 1, at most 8)
+    # None: cores - 1, at most 8; 0 on a machine of <= 2 cores when under half of the store is
+    # in the page cache (sweep.data.datamodule.auto_num_workers; the log says which and why)
+    num_workers: int | None = None
     prefetch_factor: int | None = 2  # batches each worker keeps ready (ignored with 0 workers)
     persistent_workers: bool = True
     pin_memory: bool = False
@@ -149,6 +206,8 @@ class LoaderConfig:
     reader_thread: bool = True  # with num_workers=0, read batches in a background thread
     batches_per_handoff: int = 4  # batches a worker sends per message to the main process
     read_ahead: bool = True  # a thread per reader reads its next group of blocks from disk ahead
+    # page cache each reader's read-ahead fills beyond the shard it is on, MiB (not its memory)
+    read_ahead_mib: int = 256
 
 
 @dataclass
@@ -160,7 +219,9 @@ class TrainerConfig:
     strategy: str = "auto"  # Lightning's; "ddp": one job over ``devices`` (gloo on the CPU)
     max_epochs: int = 100  # CZI's; the demo data set sets 10
     precision: Any = "32-true"
-    enable_progress_bar: bool = True
+    enable_progress_bar: bool = True  # progress over each epoch's steps (false: quiet)
+    # where stderr is not a terminal (SLURM), a progress line every N seconds; 0: epoch ends only
+    progress_log_every_s: float = 60.0
     log_every_n_steps: int = 10
     checkpoint_every_n_epochs: int = 1  # checkpoints/last.ckpt in the run folder; 0: none
     # also in the middle of epochs, every N optimizer steps; 0: none
@@ -169,6 +230,9 @@ class TrainerConfig:
     # validation cells (seeded, the same for every job of a data filter); 0: at epoch ends only
     validate_every_n_steps: int = 1000
     step_validation_cells: int = 10000
+    # how injected batch/covariate one-hots are computed (sweep.model.batch_injection): lookup
+    # (a weight column each) or one_hot (scvi-tools' product); same model, same outputs
+    batch_injection: str = "lookup"
 
 
 @dataclass
@@ -188,6 +252,9 @@ class EvaluationConfig:
 
     enabled: bool = True
     n_cells: int = 1000  # validation cells scored (seeded; the same for every job of a filter)
+    # each scored batch should hold this many cells: with thousands of batches the cells are
+    # drawn batch first (sweep.evaluation.cells.draw_by_batch)
+    min_cells_per_batch: int = 20
     seed: int = 0
     batch_keys: list[str] = field(default_factory=lambda: ["dataset_id", "donor_id"])
     label_key: str = "cell_type"
@@ -226,6 +293,13 @@ class TrainConfig:
     save_model: bool = True
     resume: bool = False  # continue the newest incomplete run of the same overrides (checkpoint.py)
     optuna: OptunaTrialConfig = field(default_factory=OptunaTrialConfig)
+    # true: print each job's overrides, cells per epoch, epochs, cells seen and estimated time,
+    # and start nothing (sweep.planning; read from the command line only)
+    dry_run: bool = False
+    # the dry run's training throughput, cells/s on one device; null: measured by a short
+    # calibration on the store and this machine's device (cached in the cache folder)
+    dry_run_cells_per_s: float | None = None
+    dry_run_calibration_steps: int = 200  # training steps the calibration times
 
 
 #: allowed values of string keys, checked by :func:`validate` (the schema only checks types)
@@ -239,12 +313,14 @@ CHOICES = {
     "plan.optimizer": ("Adam", "AdamW"),
     "logger.kind": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
+    "trainer.batch_injection": ("lookup", "one_hot"),
 }
 
 #: (key, lower bound, upper bound) for numeric keys, inclusive
 RANGES = (
     ("data.min_genes", 0, None),
     ("data.validation_fraction", 0.0, 0.9),
+    ("data.max_cells", 1, None),
     ("model.n_hidden", 1, None),
     ("model.n_latent", 1, None),
     ("model.n_layers", 1, None),
@@ -257,14 +333,19 @@ RANGES = (
     ("loader.fetch_size", 1, None),
     ("loader.run_size", 1, None),
     ("loader.batches_per_handoff", 1, None),
+    ("loader.read_ahead_mib", 1, None),
     ("trainer.max_epochs", 1, None),
+    ("trainer.progress_log_every_s", 0.0, None),
     ("trainer.checkpoint_every_n_epochs", 0, None),
     ("trainer.checkpoint_every_n_steps", 0, None),
     ("trainer.validate_every_n_steps", 0, None),
     ("trainer.step_validation_cells", 1, None),
     ("evaluation.every_n_steps", 0, None),
     ("evaluation.n_cells", 10, None),
+    ("evaluation.min_cells_per_batch", 1, None),
     ("evaluation.convergence_tolerance", 0.0, None),
+    ("dry_run_cells_per_s", 1.0, None),
+    ("dry_run_calibration_steps", 10, None),
 )
 
 
@@ -322,8 +403,16 @@ def schema_keys(node: type = TrainConfig, prefix: str = "") -> dict[str, bool]:
 
 
 def register_schema() -> None:
-    """Make ``train_schema`` available to the defaults list of ``conf/train.yaml``."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Make ``train_schema`` available to the defaults list of ``conf/train.yaml``.
+
+    ``data.keep`` takes new keys without ``+`` (``data.keep={tissue:[blood]}``,
+    ``data.keep.assay=[...]``): its node is left out of struct mode, the rest of the schema
+    refuses unknown keys."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(TrainConfig)
+    OmegaConf.set_struct(node.data.keep, False)
+    ConfigStore.instance().store(name="train_schema", node=node)
 
 
 def compose_train(overrides: list[str]):

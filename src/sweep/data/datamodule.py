@@ -19,17 +19,51 @@ from sweep.data.epoch_plan import EpochPlan
 from sweep.data.fetch import Fetch, StoreCells
 from sweep.data.heap import retain_freed_blocks
 from sweep.data.loader import EpochLoader, ShardBatches
-from sweep.data.selection import CellTable, Split, split_cells
+from sweep.data.page_cache import cached_share
+from sweep.data.selection import CellTable, Split, split_for
 from sweep.data.store import CODED_COLUMNS, IS_PRIMARY, N_GENES_ALL, Shard, check_store
 from sweep.metric_names import CELLS_TRAIN, CELLS_VALIDATION
 
 log = logging.getLogger(__name__)
 
 
+#: below this share of a store in the page cache, its next epoch reads it from disk (cold)
+COLD_CACHED_SHARE = 0.5
+#: with at most this many cores, a cold store is read with no workers: on the 2-core machine
+#: of docs/benchmarks.md (issue 24) a cold epoch was fastest read by the training process
+COLD_NO_WORKER_CORES = 2
+#: shards whose page-cache share stands for the store's (evenly spaced)
+CACHED_SAMPLE_SHARDS = 64
+
+
 def default_num_workers() -> int:
-    """Loader workers when ``loader.num_workers`` is null: the cores this process may use
-    (a SLURM job's allocation, not the whole node) - 1, at most 8."""
+    """Loader workers for a warm store when ``loader.num_workers`` is null: the cores this
+    process may use (a SLURM job's allocation, not the whole node) - 1, at most 8."""
     return max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+
+
+def auto_num_workers(shards: list[Path]) -> tuple[int, str]:
+    """Loader workers when ``loader.num_workers`` is null, for the state of the store whose
+    shard files are ``shards``, and why (a sentence for the log).
+
+    Cold (under :data:`COLD_CACHED_SHARE` of a sample of its shards in the page cache) on a
+    machine of at most :data:`COLD_NO_WORKER_CORES` cores: 0 workers (the reader thread and
+    its read-ahead). Else :func:`default_num_workers`.
+    """
+    cores = len(os.sched_getaffinity(0))
+    share = None
+    if shards:
+        spaced = np.linspace(0, len(shards) - 1, CACHED_SAMPLE_SHARDS).round().astype(int)
+        share = cached_share([shards[i] for i in np.unique(spaced)])
+    cached = "unknown" if share is None else f"{share:.0%}"
+    if share is not None and share < COLD_CACHED_SHARE and cores <= COLD_NO_WORKER_CORES:
+        return 0, (
+            f"{cached} of the store is in the page cache, so the next epoch reads it from "
+            f"disk, and this process has {cores} cores: a cold epoch runs fastest with none "
+            "(docs/benchmarks.md, issue 24)"
+        )
+    workers = default_num_workers()
+    return workers, f"{cores} cores - 1, at most 8 ({cached} of the store in the page cache)"
 
 
 def available_memory_bytes() -> int | None:
@@ -56,7 +90,8 @@ class StoreDataModule(LightningDataModule):
     store
         A prepared store folder (``scvi-sweep-prepare``).
     data_cfg
-        The ``data`` group: the cell filter and the validation split.
+        The ``data`` group: the cell filter (``data.keep`` included), the validation split and
+        the subset (``data.max_cells``), all from obs (sweep.data.selection).
     batch_cfg
         The ``batch`` group: obs columns -> scVI's batch and categorical covariates.
     loader_cfg
@@ -71,13 +106,7 @@ class StoreDataModule(LightningDataModule):
         self.manifest = check_store(self.store)
         check_columns(list(batch_cfg.batch_keys), list(batch_cfg.covariate_keys), str(self.store))
         table = CellTable.read(self.store, self.manifest, [*CODED_COLUMNS, N_GENES_ALL, IS_PRIMARY])
-        self.split: Split = split_cells(
-            table,
-            min_genes=data_cfg.min_genes,
-            primary_only=data_cfg.primary_only,
-            validation_fraction=data_cfg.validation_fraction,
-            seed=data_cfg.split_seed,
-        )
+        self.split: Split = split_for(table, self.manifest.vocab, data_cfg)
         self.encoding: BatchEncoding = encode_batches(
             table.columns,
             self.manifest.vocab,
@@ -90,9 +119,16 @@ class StoreDataModule(LightningDataModule):
         self.n_genes_all = table.columns[N_GENES_ALL]  # (n_cells,) for evaluation's cell choice
         self.loader_cfg = loader_cfg
         self.seed = seed
-        self.num_workers = (
-            default_num_workers() if loader_cfg.num_workers is None else loader_cfg.num_workers
-        )
+        self.num_workers = loader_cfg.num_workers
+        if self.num_workers is None:
+            shards = [self.store / entry["file"] for entry in self.manifest.shards]
+            self.num_workers, why = auto_num_workers(shards)
+            log.info(
+                "loader.num_workers=null: %d workers: %s; set loader.num_workers to keep it "
+                "(the workers decide which cells each batch holds)",
+                self.num_workers,
+                why,
+            )
         self.train_set = self._dataset(self.split.train, shuffle=True)
         self.val_set = self._dataset(self.split.validation, shuffle=False)
         retain_freed_blocks(4 * loader_cfg.batch_size * self.n_vars)  # dense float32 batches
@@ -100,21 +136,25 @@ class StoreDataModule(LightningDataModule):
             self._warn_if_read_ahead_outgrows_memory()
 
     def _warn_if_read_ahead_outgrows_memory(self) -> None:
-        """Reading ahead keeps up to two groups of ``max_cache_size`` shards in the page cache
-        (the one being read and the next); warn when that is over a quarter of the memory
-        available now, where pages read ahead would push out the ones still to be read."""
+        """Reading ahead keeps in the page cache the group of ``max_cache_size`` shards being
+        read and up to ``read_ahead_mib`` of the next (at most all of it); warn when that is
+        over a quarter of the memory available now, where pages read ahead would push out the
+        ones still to be read."""
         shard_bytes = max((self.store / e["file"]).stat().st_size for e in self.manifest.shards)
-        held = 2 * self.loader_cfg.max_cache_size * shard_bytes
+        group = self.loader_cfg.max_cache_size * shard_bytes
+        held = group + min(group, self.loader_cfg.read_ahead_mib << 20)
         available = available_memory_bytes()
         if available is not None and held > available / 4:
             log.warning(
                 "loader.read_ahead holds up to %.1f GB of this store's shards in the page cache "
-                "(2 x loader.max_cache_size=%d x %.1f GB shards), over a quarter of the %.1f GB "
-                "available: prepare smaller shards (prepare's shard_size), lower "
-                "loader.max_cache_size, or set loader.read_ahead=false",
+                "(loader.max_cache_size=%d x %.1f GB shards, and up to loader.read_ahead_mib=%d "
+                "MiB of the next ones), over a quarter of the %.1f GB available: prepare smaller "
+                "shards (prepare's shard_size), lower loader.max_cache_size or "
+                "loader.read_ahead_mib, or set loader.read_ahead=false",
                 held / 1e9,
                 self.loader_cfg.max_cache_size,
                 shard_bytes / 1e9,
+                self.loader_cfg.read_ahead_mib,
                 available / 1e9,
             )
 
@@ -178,9 +218,11 @@ class StoreDataModule(LightningDataModule):
     def _by_shard(self, rows: np.ndarray):
         """(shard, its rows of ``rows`` as shard-local row numbers) for sorted global ``rows``."""
         shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
-        for s in np.unique(shard_of):
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1  # rows are sorted: one run per shard
+        for part in np.split(np.arange(len(rows)), cuts) if len(rows) else []:
+            s = shard_of[part[0]]
             shard = Shard(self.store / self.manifest.shards[s]["file"])
-            yield shard, rows[shard_of == s] - self.offsets[s]
+            yield shard, rows[part] - self.offsets[s]
             shard.close()
 
     def counts(self, rows: np.ndarray) -> sp.csr_matrix:
@@ -197,19 +239,21 @@ class StoreDataModule(LightningDataModule):
         no_codes = np.zeros(n, dtype=np.int32), np.zeros((n, 0), dtype=np.int32)
         return Fetch(sources, source, starts, lengths, *no_codes, self.n_vars).csr()
 
+    def obs_codes(self, rows: np.ndarray, columns: list[str]) -> np.ndarray:
+        """Coded obs ``columns`` of store rows ``rows`` (global, sorted): (len(rows), len(columns))
+        integer codes into the manifest's vocabularies, read a shard at a time."""
+        parts = [
+            np.stack([shard.obs_column(c)[local] for c in columns], axis=1)
+            for shard, local in self._by_shard(rows)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(columns)), dtype=np.int64)
+
     def obs_strings(self, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """Coded obs ``columns`` of store rows ``rows`` (global, sorted), decoded to strings."""
-        parts = []
-        for shard, local in self._by_shard(rows):
-            parts.append(
-                pd.DataFrame(
-                    {
-                        c: np.asarray(self.manifest.vocab[c])[shard.obs_column(c)[local]]
-                        for c in columns
-                    }
-                )
-            )
-        return pd.concat(parts, ignore_index=True)
+        codes = self.obs_codes(rows, columns)
+        return pd.DataFrame(
+            {c: np.asarray(self.manifest.vocab[c])[codes[:, i]] for i, c in enumerate(columns)}
+        )
 
     def _dataset(self, selected: np.ndarray, shuffle: bool) -> ShardBatches:
         """The reader of the cells ``selected`` (n_cells,) bool, as rank 0 of 1."""
@@ -235,7 +279,11 @@ class StoreDataModule(LightningDataModule):
             self.encoding.covariate_codes,
         )
         return ShardBatches.over(
-            plan, cells, strict=cfg.cache_size_strictly_enforced, reads_ahead=cfg.read_ahead
+            plan,
+            cells,
+            strict=cfg.cache_size_strictly_enforced,
+            reads_ahead=cfg.read_ahead,
+            read_ahead_bytes=cfg.read_ahead_mib << 20,
         )
 
     def _loader(self, dataset: ShardBatches) -> EpochLoader:

@@ -1,8 +1,9 @@
-"""The ``dataset`` group: find the prepared store a job trains on, making the demo one if needed.
+"""The ``dataset`` group: find the prepared store a job trains on, making a synthetic one if needed.
 
-``dataset=demo`` generates census-like sources with :mod:`sweep.data.synthetic` and prepares them
-once into ``<cache>/demo-<fingerprint>/store``; every later job (and every job of a multirun) reuses
-it. A file lock keeps parallel jobs from building it twice.
+A data set of ``kind: demo`` (the options ``dataset=demo`` and ``dataset=census_shape``) generates
+census-like sources with :mod:`sweep.data.synthetic` from its ``synthetic`` keys and prepares them
+with its ``prepare`` keys once into ``<cache>/demo-<fingerprint>/store``; every later job (and every
+job of a multirun) reuses it. A file lock keeps parallel jobs from building it twice.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def demo_folder(dataset_cfg) -> Path:
 
 
 def build_demo_store(folder: Path, dataset_cfg) -> Path:
-    """Generate the demo sources and prepare them into ``folder/store`` (skipped if complete)."""
+    """Generate the synthetic sources and prepare them into ``folder/store`` (skipped if
+    complete)."""
     from sweep.config.schema import SyntheticConfig
     from sweep.data.prepare import prepare_store
     from sweep.data.synthetic import generate
@@ -49,7 +51,8 @@ def build_demo_store(folder: Path, dataset_cfg) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel job waits here until the store is built
         if (store / MANIFEST_NAME).is_file():
             return store
-        log.info("building the demo data set in %s (once; later runs reuse it)", folder)
+        name = "Census-shaped" if dataset_cfg.synthetic.shape == "census" else "demo"
+        log.info("building the %s data set in %s (once; later runs reuse it)", name, folder)
         parameters = OmegaConf.to_container(dataset_cfg.synthetic, resolve=True)
         synthetic = SyntheticConfig(**{**parameters, "output": str(folder / "sources")})
         generate(synthetic)
@@ -64,11 +67,13 @@ def build_demo_store(folder: Path, dataset_cfg) -> Path:
 
 
 def resolve_store(dataset_cfg) -> Path:
-    """The store folder a job trains on; the demo store is built on first use."""
+    """The store folder a job trains on; a synthetic (``kind: demo``) store is built on first
+    use."""
     if dataset_cfg.kind == "demo":
         if dataset_cfg.path:
             raise ValueError(
-                "dataset=demo makes its own store: leave dataset.path unset, or use "
+                "a synthetic data set (dataset=demo, census_shape) makes its own store: "
+                "leave dataset.path unset, or use "
                 "dataset=prepared dataset.path=/your/store"
             )
         return build_demo_store(demo_folder(dataset_cfg), dataset_cfg)

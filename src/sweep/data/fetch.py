@@ -24,11 +24,14 @@ from scvi import REGISTRY_KEYS
 from sweep.data.densify import X_DATA, X_INDICES, X_INDPTR
 from sweep.data.epoch_plan import Blocks
 from sweep.data.handoff import WorkerSlots
-from sweep.data.store import Shard, StoreError, read_into_page_cache, rebuild_hint
+from sweep.data.page_cache import PageCacheReader
+from sweep.data.store import Shard, StoreError, rebuild_hint
 
 #: key of a batch's ring slot descriptor (in place of the CSR triple), as a worker sends it
 X_SLOT = "X_slot"
 INT16_MAX = np.iinfo(np.int16).max
+#: bytes of X a reader reads ahead beyond the shard it is on (``loader.read_ahead_mib``'s default)
+READ_AHEAD_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,8 +52,10 @@ class StoreCells:
 class OpenShards:
     """A reader's open shards (at most ``max_cache_size``) and its reads of ``blocks`` in them.
 
-    ``reads_ahead``: a :class:`ReadAhead` thread reads what :meth:`read_ahead` is given.
-    ``checked`` (shared, one byte per block) marks the blocks whose data has been checked.
+    ``reads_ahead``: a :class:`ReadAhead` thread reads what :meth:`read_ahead` is given, at most
+    ``read_ahead_bytes`` beyond the shard this reader is on, copying what it reads (``pread``)
+    or not (``sendfile``): ``read_ahead_copies``. ``checked`` (shared, one byte per block) marks
+    the blocks whose data has been checked.
     """
 
     def __init__(
@@ -61,11 +66,19 @@ class OpenShards:
         max_cache_size: int,
         strict: bool,
         reads_ahead: bool,
+        read_ahead_bytes: int = READ_AHEAD_BYTES,
+        read_ahead_copies: bool = True,
     ):
         self.cells, self.blocks, self.checked = cells, blocks, checked
         self.max_cache_size, self.strict = max_cache_size, strict
         self.handles: OrderedDict[int, Shard] = OrderedDict()
-        self.disk = ReadAhead() if reads_ahead else None
+        self.disk = (
+            ReadAhead(read_ahead_bytes, 2 * max_cache_size, read_ahead_copies)
+            if reads_ahead
+            else None
+        )
+        self.step_of: dict[int, int] = {}  # block asked ahead, not read yet -> its step
+        self.steps = 0  # steps asked for so far
 
     def __enter__(self) -> OpenShards:
         return self
@@ -78,8 +91,11 @@ class OpenShards:
 
     def read(self, blocks: np.ndarray) -> Fetch:
         """The selected cells of ``blocks``, block by block, as row locations in the mapped
-        shards (no copy)."""
+        shards (no copy). The read-ahead learns that this reader is on their step."""
         fetch_shards = set(self.blocks.shard[blocks].tolist())
+        steps = [self.step_of.pop(b) for b in blocks.tolist() if b in self.step_of]
+        if steps:
+            self.disk.reach(max(steps))
         cells = self.cells
         sources, source_of, located = [], {}, []
         for b in blocks:
@@ -138,14 +154,21 @@ class OpenShards:
         return handles[s]
 
     def read_ahead(self, blocks: np.ndarray) -> None:
-        """Have ``blocks`` read from disk into the page cache in the background, while this
-        thread goes on (see :class:`ReadAhead`); nothing when not reading ahead."""
+        """Have ``blocks`` (the blocks this reader will read next, in its order) read from disk
+        into the page cache in the background while this thread goes on (see
+        :class:`ReadAhead`): shard by shard in the order it first reads them, each shard's
+        blocks in file order (its touching ranges one read). Nothing when not reading ahead."""
         if self.disk is None:
             return
         shard_of = self.blocks.shard[blocks]
-        for s in np.unique(shard_of).tolist():
+        shards, first = np.unique(shard_of, return_index=True)
+        for s in shards[np.argsort(first)].tolist():
             mine = blocks[shard_of == s]
-            self.disk.request(self.cells.paths[s], self.blocks.start[mine], self.blocks.stop[mine])
+            self.disk.request(
+                self.cells.paths[s], self.blocks.start[mine], self.blocks.stop[mine], self.steps
+            )
+            self.step_of.update(dict.fromkeys(mine.tolist(), self.steps))
+            self.steps += 1
 
     def _check_block(self, shard: Shard, row_pointers: np.ndarray) -> None:
         """Refuse a block whose stored data is damaged: a count that is negative or NaN, or a
@@ -169,41 +192,90 @@ class OpenShards:
 
 
 class ReadAhead:
-    """A thread that reads rows of shards from disk into the page cache, ahead of the fetches
-    that will gather them, so that the disk's time overlaps the gather's.
+    """A thread that reads a reader's next blocks from disk into the page cache while the gather
+    works on the ones before them, so that the disk's time hides behind the gather's.
 
-    It opens each shard for itself (for its row pointers: the reading thread's open shards stay
-    its own) and reads the rows' bytes in file order, ``READ_BYTES`` at a time
-    (:func:`read_into_page_cache`). Advisory: a shard it cannot read is left to the fetch,
-    which raises the error that names it.
+    Requests come in the order the gather will read them, each a step (one shard's blocks of
+    what the plan announced; see :meth:`OpenShards.read_ahead`); the thread stays at most
+    ``bytes_ahead`` bytes of X beyond the step the gather is on (:meth:`reach`), so the page
+    cache it fills ahead is bounded by that, not by the store (it always reads the step after
+    the gather's). It opens shards for itself (their row pointers, 8 bytes a cell; the
+    ``shards`` most recent stay open) and reads through a
+    :class:`~sweep.data.page_cache.PageCacheReader` (what is cached already is left alone;
+    ``copy``: through ``pread``, else ``sendfile``, see there).
+    Advisory: a shard it cannot read is left to the fetch, which raises the error that names it.
     """
 
-    READ_BYTES = 8 << 20
-
-    def __init__(self):
-        self.buffer = bytearray(self.READ_BYTES)
+    def __init__(self, bytes_ahead: int = READ_AHEAD_BYTES, shards: int = 6, copy: bool = True):
+        self.bytes_ahead, self.max_shards = bytes_ahead, shards
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.progress = threading.Condition()
+        self.reached = -1  # the step the gather is on
+        self.ahead: dict[int, int] = {}  # bytes asked for each step beyond it
+        self.closed = False
+        self.shards: OrderedDict[Path, Shard] = OrderedDict()
+        self.reader = PageCacheReader(copy)
         self.thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
         self.thread.start()
 
-    def request(self, path: Path, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Read rows ``[starts[i], stops[i])`` (each (n,)) of shard ``path``, in the background."""
-        self.requests.put((path, starts, stops))
+    def request(
+        self, path: Path, starts: np.ndarray, stops: np.ndarray, step: int | None = None
+    ) -> None:
+        """Read rows ``[starts[i], stops[i])`` (each (n,)) of shard ``path``, in the background:
+        as part of ``step`` (counted against ``bytes_ahead``), or at once (None)."""
+        self.requests.put((path, starts, stops, step))
+
+    def reach(self, step: int) -> None:
+        """The gather is on ``step`` now: the steps up to it no longer count as ahead."""
+        with self.progress:
+            if step > self.reached:
+                self.reached = step
+                self.ahead = {k: n for k, n in self.ahead.items() if k > step}
+                self.progress.notify()
 
     def close(self) -> None:
-        """Stop after the reads already asked for."""
+        """Stop after the reads already asked for at once; steps not begun are left out (the
+        gather that asked for them has stopped). Returns when the thread has ended (after the
+        read it is in, if any), so that no read of this epoch overlaps the next epoch's."""
+        with self.progress:
+            self.closed = True
+            self.progress.notify()
         self.requests.put(None)
+        if self.thread is not threading.current_thread():
+            self.thread.join()
 
     def _run(self) -> None:
         while (request := self.requests.get()) is not None:
-            path, starts, stops = request
-            shard = Shard(path)
+            path, starts, stops, step = request
             try:
-                read_into_page_cache(path, shard.byte_ranges(starts, stops), self.buffer)
+                ranges = self._shard(path).byte_ranges(starts, stops)
+                if step is None or self._room_for(step, sum(n for _, n in ranges)):
+                    self.reader.read(path, ranges)
             except Exception:  # advisory: the fetch that reads the shard raises the real error
                 pass
-            finally:
-                shard.close()
+        for shard in self.shards.values():
+            shard.close()
+        self.reader.close()
+
+    def _room_for(self, step: int, size: int) -> bool:
+        """Wait until ``size`` more bytes of ``step`` fit within ``bytes_ahead`` (or the gather
+        is at the step before it, or past it); False when closed meanwhile."""
+        with self.progress:
+            while not self.closed and step > self.reached + 1:
+                if sum(self.ahead.values()) + size <= self.bytes_ahead:
+                    break
+                self.progress.wait()
+            if step > self.reached:
+                self.ahead[step] = self.ahead.get(step, 0) + size
+            return not self.closed
+
+    def _shard(self, path: Path) -> Shard:
+        """Shard ``path``, opened if needed (the least recently used closes past ``shards``)."""
+        shard = self.shards.pop(path, None) or Shard(path)
+        self.shards[path] = shard
+        if len(self.shards) > self.max_shards:
+            self.shards.popitem(last=False)[1].close()
+        return shard
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sweep.data.densify import X_DATA, X_INDICES, X_INDPTR, X_RELEASE
 from sweep.data.epoch_plan import EpochPlan, Reader
-from sweep.data.fetch import X_SLOT, Fetch, OpenShards, StoreCells
+from sweep.data.fetch import READ_AHEAD_BYTES, X_SLOT, Fetch, OpenShards, StoreCells
 from sweep.data.handoff import SlotRing, WorkerSlots
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ class ShardBatches(EpochPlan, IterableDataset):
     its own (``batch_size``, ``shuffle``, ...). ``strict``: refuse a fetch needing more than
     ``max_cache_size`` open shards (else close one it reads). ``reads_ahead``: have the
     requests' ``read_ahead`` blocks read into the page cache by a thread
-    (:class:`~sweep.data.fetch.ReadAhead`). Delivery: ``dense``: read straight into dense
-    batches (a CPU trainer, no workers); ``handoff``: batches a worker sends per
-    message; ``ring``: the workers' shared-memory slots (None without workers). Shared with the
+    (:class:`~sweep.data.fetch.ReadAhead`), shard by shard, at most ``read_ahead_bytes``
+    beyond the shard the reader is on. Delivery: ``dense``: read straight into dense batches
+    (a CPU trainer, no workers); ``handoff``: batches a worker sends per message; ``ring``:
+    the workers' shared-memory slots (None without workers). Shared with the
     workers: ``epoch`` (set before each pass) and ``checked`` (one byte per block, see
     :class:`~sweep.data.fetch.OpenShards`), and ``resume_at``: (epoch, batches) of a run
     resumed in the middle of that epoch after this rank trained that many of its batches
@@ -60,7 +61,9 @@ class ShardBatches(EpochPlan, IterableDataset):
 
     What a reader holds is bounded by the loader keys, not by the store: the locations of about
     ``fetch_size`` cells, the carry (< ``batch_size`` cells), at most ``max_cache_size`` open
-    shards (row pointers, 8 bytes per cell, and the mapped pages it has read) and its ring slots.
+    shards (row pointers, 8 bytes per cell, and the mapped pages it has read) and its ring slots;
+    reading ahead, ``2 x max_cache_size`` more row pointers, and in the page cache (not its own
+    memory) at most ``read_ahead_bytes`` of X beyond the shard it is on.
     The per-cell arrays of ``cells`` (1 + 4 + 4k bytes per cell) are shared with the main process.
     """
 
@@ -72,6 +75,7 @@ class ShardBatches(EpochPlan, IterableDataset):
     resume_at: SynchronizedArray = field(
         default_factory=lambda: multiprocessing.Array("q", [-1, 0])
     )
+    read_ahead_bytes: int = READ_AHEAD_BYTES
     rank: int = 0
     world_size: int = 1
     dense: bool = False
@@ -80,12 +84,15 @@ class ShardBatches(EpochPlan, IterableDataset):
 
     @classmethod
     def over(
-        cls, plan: EpochPlan, cells: StoreCells, strict: bool, reads_ahead: bool = True
+        cls, plan: EpochPlan, cells: StoreCells, strict: bool, reads_ahead: bool = True, **keys
     ) -> ShardBatches:
-        """``plan`` carried out over ``cells``, as the only reader (rank 0 of 1, no workers)."""
+        """``plan`` carried out over ``cells``, as the only reader (rank 0 of 1, no workers);
+        ``keys``: other fields (``read_ahead_bytes``)."""
         planned = {f.name: getattr(plan, f.name) for f in fields(EpochPlan)}
         checked = multiprocessing.RawArray("b", len(plan.blocks))
-        return cls(**planned, cells=cells, strict=strict, reads_ahead=reads_ahead, checked=checked)
+        return cls(
+            **planned, cells=cells, strict=strict, reads_ahead=reads_ahead, checked=checked, **keys
+        )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray] | list[dict[str, np.ndarray]]]:
         """This reader's batches, in lists of ``handoff`` when that is more than 1 (workers).
@@ -119,8 +126,11 @@ class ShardBatches(EpochPlan, IterableDataset):
         """Carry out ``reader``'s requests of ``epoch`` from its batch ``start`` on."""
         slots = self._slots(worker)
         carry: Fetch | None = None  # cells kept from the last fetch, copied out of its shards
-        keys = (self.max_cache_size, self.strict, self.reads_ahead)
-        with OpenShards(self.cells, self.blocks, self.checked, *keys) as shards:
+        keys = (self.max_cache_size, self.strict, self.reads_ahead, self.read_ahead_bytes)
+        # a worker's read-ahead copies nothing (every core gathers); the training process's
+        # copies, on the core the reader thread leaves it (docs/benchmarks.md, issue 24)
+        copies = worker is None
+        with OpenShards(self.cells, self.blocks, self.checked, *keys, copies) as shards:
             for request in self.requests(epoch, reader, start):
                 fetch = None  # unmaps the last fetch's closed shards before this one maps
                 shards.read_ahead(request.read_ahead)
@@ -325,7 +335,8 @@ class EpochLoader(DataLoader):
                 "resumed in the middle of epoch %d with other loader readers (%s, then %s): the "
                 "rest of the epoch is left out as these readers split it, so some of its cells "
                 "may be read twice or not at all; resume with the same trainer.devices and "
-                "loader.num_workers (set it: null follows the CPUs) to read each cell once",
+                "loader.num_workers (set it: null follows the CPUs and, on 2 cores or fewer, "
+                "the page cache) to read each cell once",
                 int(state["epoch"]) + 1,
                 saved,
                 self._layout(),

@@ -30,7 +30,8 @@ Version 1 stores are read as before (the readers and the compiled gather kernels
 dtype; their float32 counts cross the worker hand-off as float32, not int16).
 
 Every store is written by :class:`StoreWriter` (prepare, the test fixtures, the benchmark) and
-read through :func:`read_manifest`, :func:`check_store` and :class:`Shard`.
+read through :func:`read_manifest`, :func:`check_store` and :class:`Shard` (the page cache
+under it: sweep.data.page_cache).
 """
 
 from __future__ import annotations
@@ -173,9 +174,17 @@ def read_manifest(store: str | Path) -> Manifest:
     """Read and check a store's manifest; raise :class:`StoreError` naming what is wrong."""
     store = Path(store)
     path = store / MANIFEST_NAME
+    made_by = "the folder `scvi-sweep-prepare source=... output=FOLDER` wrote"
+    if store.is_file():
+        raise StoreError(f"{store} is a file, not a prepared store: give {made_by}")
     if not store.is_dir():
         raise StoreError(
-            f"prepared store {store} does not exist; create it with `scvi-sweep-prepare`"
+            f"prepared store {store} does not exist: give {made_by}, or create it with "
+            "`scvi-sweep-prepare`"
+        )
+    if not path.is_file() and not any(is_store_file(p.name) for p in store.iterdir()):
+        raise StoreError(
+            f"{store} is not a prepared store (no {MANIFEST_NAME}, no shards): give {made_by}"
         )
     if not path.is_file():
         raise StoreError(
@@ -193,9 +202,13 @@ def read_manifest(store: str | Path) -> Manifest:
     ):
         found = (obj.get("format"), obj.get("version")) if isinstance(obj, dict) else type(obj)
         versions = "/".join(f"v{v}" for v in READABLE_VERSIONS)
+        version = found[1] if isinstance(found, tuple) and found[0] == FORMAT_NAME else None
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise StoreError(
             f"{path} is not a {FORMAT_NAME} {versions} manifest (format, version: "
-            f"{found!r}); " + rebuild_hint(store)
+            f"{found!r}); "
+            + rebuild_hint(store)
+            + (f"; or upgrade scvi-sweep, whose newer versions write v{version}" if newer else "")
         )
     try:
         return Manifest.from_json(obj)
@@ -444,27 +457,6 @@ class Shard:
         lo, hi = int(indptr[0]), int(indptr[-1])
         values, indices = self.arrays()
         return np.array(values[lo:hi]), np.array(indices[lo:hi]), indptr - lo
-
-
-def read_into_page_cache(path: Path, ranges: list[tuple[int, int]], buffer: bytearray) -> None:
-    """Read byte ``ranges`` ((offset, length), see :meth:`Shard.byte_ranges`) of the file
-    ``path`` through ``buffer`` (scratch, overwritten), ``len(buffer)`` bytes per read: the data
-    lands in the page cache, where the memory-mapped gather then finds it.
-
-    Plain reads of a few MiB, not ``posix_fadvise``/``madvise`` WILLNEED (the same kernel path):
-    a 600k-cell store read ahead by WILLNEED came in at ~250-400 MB/s on this project's VM,
-    the same ranges read at 8 MiB a time at the sequential rate (700-850 MB/s); the copy into
-    the scratch buffer costs ~0.1 s of one core per GB (docs/benchmarks.md, "Cold epochs").
-    """
-    view = memoryview(buffer)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for first, length in ranges:
-            end = first + length
-            while first < end and (n := os.preadv(fd, [view[: end - first]], first)) > 0:
-                first += n
-    finally:
-        os.close(fd)
 
 
 def shard_problem(path: Path, n_cells: int, n_genes: int, nnz: int) -> str | None:

@@ -8,6 +8,8 @@
 - ``convergence``: when a recorded value settled (``epochs_to_*``, ``cells_to_*``)
 - ``health``: the checks a finished run fails (unfinished warm-up, still falling, below the
   baseline, small batch categories), kept in metrics.json and read by the reports
+- ``compile_cache``: scib-metrics' and UMAP's compiled kernels (JAX, numba) kept on disk across
+  processes, so that only a machine's first scoring compiles them
 
 Training (sweep.training) calls these as it trains; the reports read what they wrote.
 """

@@ -68,7 +68,9 @@ def health(metrics: dict, warmup_unfinished: str | None) -> dict[str, str]:
     below = [
         f"{words} ({metrics[key]:.3f} vs {metrics[BASELINE_PREFIX + key]:.3f})"
         for key, words in AGGREGATE_WORDS.items()
-        if metrics.get(key, np.inf) < metrics.get(BASELINE_PREFIX + key, -np.inf)
+        if metrics.get(key) is not None
+        and metrics.get(BASELINE_PREFIX + key) is not None
+        and metrics[key] < metrics[BASELINE_PREFIX + key]
     ]
     if below:
         findings[BELOW_BASELINE] = (

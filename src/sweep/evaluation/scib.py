@@ -15,6 +15,8 @@ it, say when in :func:`skipped_metrics` and name it in :data:`SKIPPABLE`.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pandas as pd
 
@@ -59,12 +61,23 @@ def exact_neighbors(X: np.ndarray, k: int):
     return AtMostAll(indices=indices, distances=distances)
 
 
+def batch_not_applicable(obs: pd.DataFrame) -> str | None:
+    """Why batch correction cannot be scored on the evaluation cells (``obs``), or None: they
+    come from one evaluation batch (a user's own 10x run: one dataset, one donor)."""
+    batches = obs[EVAL_BATCH].unique()
+    if len(batches) > 1:
+        return None
+    return f"one evaluation batch ({batches[0]}): batch correction compares two or more"
+
+
 def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) -> dict[str, float]:
     """scib-metrics Benchmarker on the embedding (and the PCA baseline); flat dict of scores.
 
     Keys: the three aggregates (:data:`AGGREGATES`) and every metric (snake_case) but those of
     :func:`skipped_metrics`, and with ``baseline`` the same for the PCA embedding, prefixed
-    ``pca_``. The cells must pass :func:`check_scorable`.
+    ``pca_``. Where batch correction is not applicable (:func:`batch_not_applicable`), its
+    aggregate and the total (0.4 batch + 0.6 bio) are NaN and no batch metric is computed. The
+    cells must pass :func:`~sweep.evaluation.cells.check_scorable`.
     """
     import anndata
     from scib_metrics.benchmark import BatchCorrection, Benchmarker
@@ -73,23 +86,32 @@ def score(cells: EvaluationCells, embedding: np.ndarray, baseline: bool = True) 
     adata = anndata.AnnData(obs=cells.obs.set_axis(cells.obs.index.astype(str)))
     adata.obsm["scvi"] = embedding
     adata.obsm["pca"] = cells.baseline
+    one_batch = batch_not_applicable(cells.obs) is not None
     bench = Benchmarker(
         adata,
         batch_key=EVAL_BATCH,
         label_key=LABEL,
         embedding_obsm_keys=list(names),
-        batch_correction_metrics=BatchCorrection(
-            **{SKIPPABLE[name]: False for name in skipped_metrics(cells.obs)}
-        ),
+        batch_correction_metrics=None
+        if one_batch
+        else BatchCorrection(**{SKIPPABLE[name]: False for name in skipped_metrics(cells.obs)}),
         pre_integrated_embedding_obsm_key="pca",
         n_jobs=1,
         progress_bar=False,
     )
-    bench.prepare(neighbor_computer=exact_neighbors)
-    bench.benchmark()
+    # scib-metrics runs ~20 full garbage collections a scoring, each over the whole process
+    # (~850k objects in a training job): frozen objects are not walked, results are the same
+    gc.freeze()
+    try:
+        bench.prepare(neighbor_computer=exact_neighbors)
+        bench.benchmark()
+    finally:
+        gc.unfreeze()
     results = bench.get_results(min_max_scale=False).drop(index="Metric Type")
     scores = {}
     for embedding_name, prefix in names.items():
+        if one_batch:
+            scores |= {prefix + BATCH: float("nan"), prefix + TOTAL: float("nan")}
         for name, value in results.loc[embedding_name].items():
             key = AGGREGATES.get(name, name.lower().replace(" ", "_").replace("-", "_"))
             scores[prefix + key] = float(value)

@@ -16,6 +16,8 @@ import scipy.sparse as sp
 from omegaconf import OmegaConf
 from scvi.model import SCVI
 
+from sweep.model.batch_injection import LOOKUP, set_batch_injection
+
 #: the obs column that holds the batch category in the template (and in query data)
 BATCH_COLUMN = "batch"
 
@@ -38,6 +40,7 @@ def build_scvi(
     batch_categories: list[str],
     covariate_categories: dict[str, list[str]],
     model_cfg,
+    batch_injection: str = LOOKUP,
 ) -> SCVI:
     """scvi-tools' SCVI set up for a store, ``model_cfg``'s keys passed as constructor arguments,
     one to one.
@@ -52,6 +55,11 @@ def build_scvi(
         Each categorical covariate's categories, in code order.
     model_cfg
         The ``model`` group.
+    batch_injection
+        ``trainer.batch_injection``: how the layers that take the batch and covariates compute
+        them, ``"lookup"`` (a column of the weight per covariate,
+        sweep.model.batch_injection) or ``"one_hot"`` (scvi-tools' product with a one-hot).
+        Same parameters, same outputs either way.
 
     Returns
     -------
@@ -66,4 +74,6 @@ def build_scvi(
             batch_key=BATCH_COLUMN,
             categorical_covariate_keys=list(covariate_categories) or None,
         )
-    return SCVI(adata, **OmegaConf.to_container(model_cfg, resolve=True))
+    model = SCVI(adata, **OmegaConf.to_container(model_cfg, resolve=True))
+    set_batch_injection(model.module, batch_injection)
+    return model

@@ -19,11 +19,24 @@ from matplotlib.figure import Figure
 from sweep import run_folder
 from sweep.evaluation.embedding import SPACES, layout_columns
 from sweep.report.render import DPI, cell, colours
+from sweep.report.run_answer import run_title
 
 #: each space's column title
 SPACE_TITLES = {"scvi": "scVI latent space", "pca": "PCA baseline (unintegrated)"}
 #: the most categories a panel's legend lists; beyond, the panel title gives their number
 LEGEND_MAX = 20
+#: each colour column in words (others as they are). The store keeps dataset ids, not titles
+#: (sweep.data.store: obs holds codes of CODED_COLUMNS only), so datasets are shown by their ids
+COLUMN_WORDS = {
+    "cell_type": "cell type",
+    "dataset_id": "dataset (id)",
+    "assay": "assay",
+    "suspension_type": "suspension type",
+    "donor_id": "donor (id)",
+}
+#: ids longer than this (CELLxGENE's 36-character UUIDs) are shown by their first ID_SHOWN
+#: characters in a legend, as a short git hash is
+ID_LONG, ID_SHOWN = 16, 8
 PANEL = (4.0, 3.4)  # inches, of one panel (legend beside it not included)
 
 
@@ -34,11 +47,19 @@ def colour_columns(layout: pd.DataFrame) -> list[str]:
     return [c for c in layout if c not in coordinates and layout[c].nunique() > 1]
 
 
-def plot_embedding(layout: pd.DataFrame) -> Figure:
+def legend_name(category: str) -> str:
+    """A category as its legend shows it: a long id by its first ID_SHOWN characters
+    (``53d208b0…``), anything else whole."""
+    text = str(category)
+    return f"{text[:ID_SHOWN]}…" if len(text) > ID_LONG and " " not in text else text
+
+
+def plot_embedding(layout: pd.DataFrame, title: str | None = None) -> Figure:
     """A row per colour column (:func:`colour_columns`), a column per space (scVI, PCA): every
     cell a dot, one colour per category (sorted, so jobs on the same cells share colours); the
     legend beside the right panel of its row, or the number of categories past LEGEND_MAX;
-    dots shrink as the cells grow in number."""
+    dots shrink as the cells grow in number. ``title``: the run's (its job and settings), above
+    the figure's own."""
     rows = colour_columns(layout)
     fig = Figure(
         figsize=(PANEL[0] * len(SPACES) + 2.5, PANEL[1] * len(rows)), dpi=DPI, layout="constrained"
@@ -53,11 +74,18 @@ def plot_embedding(layout: pd.DataFrame) -> Figure:
             for i, category in enumerate(categories):
                 cells = layout[layout[column] == category]
                 ax.scatter(
-                    cells[x], cells[y], s=dot, color=palette[i], label=category, linewidths=0
+                    cells[x],
+                    cells[y],
+                    s=dot,
+                    color=palette[i],
+                    label=legend_name(category),
+                    linewidths=0,
                 )
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_xlabel("UMAP 1", fontsize="small"), ax.set_ylabel("UMAP 2", fontsize="small")
-            ax.set_title(f"{SPACE_TITLES[space]}: {column}", fontsize="small")
+            ax.set_title(
+                f"{SPACE_TITLES[space]}: {COLUMN_WORDS.get(column, column)}", fontsize="small"
+            )
         if len(categories) <= LEGEND_MAX:
             row[-1].legend(
                 loc="center left",
@@ -69,18 +97,23 @@ def plot_embedding(layout: pd.DataFrame) -> Figure:
         else:
             title = f"{row[-1].get_title()} ({len(categories)}, no legend)"
             row[-1].set_title(title, fontsize="small")
-    fig.suptitle(f"{len(layout)} evaluation cells, UMAP")
+    cells = f"{len(layout):,} evaluation cells, UMAP"
+    fig.suptitle(f"{title}\n{cells}" if title else cells)
     return fig
 
 
 def draw_embedding(run_dir: Path) -> Path | None:
-    """Draw ``embedding.png`` from the run folder's ``embedding.csv``; its path, or None when the
-    run has no layout (not scored)."""
+    """Draw ``embedding.png`` from the run folder's ``embedding.csv``, titled with the run's job
+    and settings (its metrics.json); its path, or None when the run has no layout (not
+    scored)."""
     layout = run_folder.read_table(run_dir, run_folder.EMBEDDING_TABLE)
     if layout is None:
         return None
     path = Path(run_dir) / run_folder.EMBEDDING_FIGURE
-    plot_embedding(layout.astype({c: str for c in colour_columns(layout)})).savefig(path)
+    metrics = run_folder.read_metrics(Path(run_dir)) or {}
+    plot_embedding(
+        layout.astype({c: str for c in colour_columns(layout)}), run_title(metrics, width=90)
+    ).savefig(path)
     return path
 
 
@@ -109,7 +142,9 @@ def embedding_lines(
         "",
         "Each job's evaluation cells in 2-D (UMAP): its scVI latent space (left) beside the "
         "unintegrated PCA baseline (right), a row per colouring (cell type, then dataset, assay, "
-        "suspension, donor). Integrated batches mix within a cell type; cell types stay apart.",
+        "suspension, donor). Integrated batches mix within a cell type; cell types stay apart. "
+        "Datasets and donors are shown by their ids (a long id by its first "
+        f"{ID_SHOWN} characters): the store keeps no dataset titles.",
         "",
         "| job | settings | embedding |",
         "| --- | --- | --- |",

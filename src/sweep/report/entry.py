@@ -29,6 +29,8 @@ class NothingToReport(ValueError):
 
 #: in a report folder: what it reports, one line
 SOURCE_FILE = "source.txt"
+#: the folder of the experiments' sweep folders (conf/experiment/*.yaml: hydra.sweep.dir)
+EXPERIMENTS_DIR = "experiments"
 
 
 def sweep_source(sweep_dir: str | Path) -> str:
@@ -58,11 +60,19 @@ def report_folder(root: Path, name: str, source: str) -> Path:
 
 
 def default_out(sweep_dir: str | Path, out_root: Path | None = None) -> Path:
-    """``<out_root>/<sweep folder name>`` (:func:`report_folder`: never another sweep's);
-    ``out_root`` by default ``sweep.paths.reports_dir()`` (``multirun_reports/``, the one place
-    outside run folders we write to)."""
-    name = Path(sweep_dir).resolve().name
+    """``<out_root>/<report name>`` (:func:`report_name`; :func:`report_folder`: never another
+    sweep's); ``out_root`` by default ``sweep.paths.reports_dir()`` (``multirun_reports/``, the
+    one place outside run folders we write to)."""
+    name = report_name(sweep_dir)
     return report_folder(out_root or reports_dir(), name, sweep_source(sweep_dir))
+
+
+def report_name(sweep_dir: str | Path) -> str:
+    """A sweep's report name: the experiment's for an experiment's sweep folder
+    (``outputs/<task>/experiments/<experiment>/<time>``: ``architecture``), else the sweep
+    folder's own name (``outputs/<task>/multiruns/<time>``: the time)."""
+    folder = Path(sweep_dir).resolve()
+    return folder.parent.name if folder.parent.parent.name == EXPERIMENTS_DIR else folder.name
 
 
 def signed(report: Path, source: str) -> Path:

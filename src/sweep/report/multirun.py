@@ -9,238 +9,72 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from sweep.metric_names import (
-    BASELINE_PREFIX,
-    BATCH,
-    BIO,
-    CELLS_CONVERGENCE_PREFIX,
-    CELLS_SEEN,
-    CONVERGENCE_PREFIX,
-    ELBO_VALIDATION,
-    EPOCH,
-    EPOCHS,
-    KL_WEIGHT,
-    TOTAL,
-    TRAIN_TIME,
-)
+from sweep.metric_names import DATA_SUBSET, TRAIN_TIME
+from sweep.report.answer import answer_paragraph
 from sweep.report.baseline import LABEL, baseline_lines
 from sweep.report.embedding import embedding_lines
-from sweep.report.headline import axis_label, label
+from sweep.report.glossary import Glossary
+from sweep.report.multirun_figures import job_labels, planned_figures
+from sweep.report.numbers import column_formats
 from sweep.report.render import (
-    CHAR_WIDTH,
-    PlannedFigure,
-    cells_seen_axis,
-    colours,
     data_note,
-    figure_legend,
     figure_lines,
     markdown_table,
-    panel_figure,
+    shown_path,
     write_figures,
 )
+from sweep.report.settling import convergence_lines
 from sweep.report.sweep_folder import COMPLETE, FAILED, RUNNING, Sweep, job_dirs, load_sweep
-from sweep.report.verdicts import RULE, SEED, levels, present_metrics, seed_note, verdicts
+from sweep.report.trust import (
+    PROVISIONAL_RULE,
+    STEADY_RULE,
+    check_words,
+    provisional_jobs,
+    throughput,
+)
+from sweep.report.verdict_tables import verdict_lines
+from sweep.report.verdicts import (
+    RULE,
+    SEED,
+    factor_comparisons,
+    levels,
+    present_metrics,
+    seed_note,
+)
 from sweep.run_folder import REPORT_FILE
 
+__all__ = ["RESULTS_FILE", "build_report", "planned_figures"]
+
 RESULTS_FILE = "results.csv"
-
-
-# --- figures -----------------------------------------------------------------------------------
-
-
-def job_labels(sweep: Sweep) -> dict[int, str]:
-    """Job number -> its swept values (``model=hidden_512 seed=1``), or ``job N`` without any."""
-    return {
-        row["job"]: " ".join(f"{f}={row[f]}" for f in sweep.factors) or f"job {row['job']}"
-        for _, row in sweep.results.iterrows()
-    }
-
-
-def plot_histories(
-    sweep: Sweep,
-    columns: list[str],
-    title: str,
-    tables: dict[int, pd.DataFrame] | None = None,
-    x: str = EPOCH,
-) -> Figure | None:
-    """``columns`` of each job's table (``tables``, default history.csv) against ``x`` (epoch,
-    or CELLS_SEEN), a panel each, one line per job; per epoch with a marker at each epoch (so
-    a one-epoch run shows); the legend below (None without data)."""
-    tables = {n: t for n, t in (sweep.histories if tables is None else tables).items() if x in t}
-    columns = [c for c in columns if any(c in t for t in tables.values())]
-    if not columns:
-        return None
-    labels = job_labels(sweep)
-    last = max(t[x].max() for t in tables.values() if len(t))
-    fig, axes = panel_figure(len(columns))
-    for ax, column in zip(axes, columns, strict=True):
-        for (number, table), colour in zip(tables.items(), colours(len(tables)), strict=True):
-            if column in table:
-                points = table[[x, column]].dropna()  # scores exist at scored points only
-                style = dict(marker="o", ms=4) if x == EPOCH else dict(marker=".", ms=3)
-                ax.plot(points[x], points[column], color=colour, label=labels[number], **style)
-        if x == EPOCH:
-            ax.set_xlim(0.5, last + 0.5)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-            ax.set_xlabel(axis_label(x))
-        else:
-            cells_seen_axis(ax, last)
-        ax.set_ylabel(axis_label(column), fontsize="small")
-        if len(columns) > 1:
-            ax.set_title(axis_label(column).split(" (")[0], fontsize="small")  # no unit
-    figure_legend(fig, *axes[0].get_legend_handles_labels())
-    fig.suptitle(title)
-    return fig
-
-
-def scored_between_epochs(scorings: pd.DataFrame) -> bool:
-    """Whether a job's integration.csv has a scoring between epoch ends (a fractional epoch)."""
-    return bool((scorings[EPOCH] % 1 > 0).any())
-
-
-def seed_spread(data: pd.DataFrame, factor: str, column: str) -> pd.Series:
-    """Per level of ``factor``: the sd across seeds of the seed means of ``column``."""
-    return data.groupby([factor, SEED])[column].mean().groupby(level=0).std()
-
-
-def plot_factor(sweep: Sweep, factor: str) -> Figure | None:
-    """Headline metrics by level of ``factor``: mean bars from zero, the sd across seeds as error
-    bars (when seeds were swept), jobs as dots, the mean PCA baseline of integration scores as a
-    dashed line."""
-    complete = sweep.complete
-    metrics = present_metrics(complete)
-    if not metrics:
-        return None
-    order = levels(complete, factor)
-    position = {level: i for i, level in enumerate(order)}
-    seeded = SEED in sweep.factors and factor != SEED
-    names = list(map(str, order))
-    upright = sum(map(len, names)) <= 24  # side by side under a panel a third of FIGSIZE wide
-    fig, axes = panel_figure(len(metrics), 0 if upright else CHAR_WIDTH * max(map(len, names)))
-    for ax, metric in zip(axes, metrics, strict=True):
-        data = complete.dropna(subset=[metric.key])
-        means = data.groupby(factor)[metric.key].mean().reindex(order)
-        errors = seed_spread(data, factor, metric.key).reindex(order) if seeded else None
-        ax.bar(range(len(order)), means, yerr=errors, capsize=3, color="lightsteelblue")
-        ax.scatter(data[factor].map(position), data[metric.key], s=10, color="black", zorder=3)
-        baseline = data.get(BASELINE_PREFIX + metric.key)
-        if baseline is not None and baseline.notna().any():
-            ax.axhline(baseline.mean(), ls="--", color="grey")
-            ax.annotate(
-                "PCA baseline",
-                (1, baseline.mean()),
-                xycoords=("axes fraction", "data"),
-                ha="right",
-                va="bottom",
-                fontsize="x-small",
-            )
-        ax.set_xticks(range(len(order)), names, rotation=0 if upright else 90, fontsize="small")
-        ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
-        ax.set_xlabel(factor, fontsize="small")
-        ax.set_ylabel(axis_label(metric.key), fontsize="small")
-        ax.set_title(metric.label, fontsize="small")
-    spread = "; error bars: sd across seeds" if seeded else ""
-    fig.suptitle(f"headline metrics by {factor} (bars: mean{spread})")
-    return fig
-
-
-def plot_bio_vs_batch(sweep: Sweep) -> Figure | None:
-    """Bio conservation against batch correction, a dot per job and a grey cross per job's PCA
-    baseline where metrics.json has one (None without the scores)."""
-    if not {BATCH, BIO} <= set(sweep.complete):
-        return None
-    data = sweep.complete.dropna(subset=[BATCH, BIO])
-    if data.empty:
-        return None
-    labels = job_labels(sweep)
-    fig, (ax,) = panel_figure()
-    for (_, row), colour in zip(data.iterrows(), colours(len(data)), strict=True):
-        ax.scatter(row[BATCH], row[BIO], color=colour, label=labels[row["job"]])
-    if {BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO} <= set(data):
-        baseline = data[[BASELINE_PREFIX + BATCH, BASELINE_PREFIX + BIO]].dropna()
-        ax.scatter(*baseline.T.values, marker="x", color="grey", label="PCA baseline")
-    ax.set_xlabel(f"{axis_label(BATCH)}, higher is better")
-    ax.set_ylabel(f"{axis_label(BIO)}, higher is better")
-    figure_legend(fig, *ax.get_legend_handles_labels())
-    return fig
-
-
-def planned_figures(sweep: Sweep) -> list[PlannedFigure]:
-    """Every figure of the report: per-epoch histories, a panel per factor, bio vs batch."""
-    seeded = SEED in sweep.factors
-    return [
-        (
-            "elbo_validation.png",
-            f"{label(ELBO_VALIDATION)} (the loss) per epoch, lower is better",
-            lambda: plot_histories(sweep, [ELBO_VALIDATION], label(ELBO_VALIDATION)),
-        ),
-        (
-            "kl_weight.png",
-            "KL weight per epoch",
-            lambda: plot_histories(sweep, [KL_WEIGHT], "KL weight"),
-        ),
-        (
-            "convergence.png",
-            "integration scores per evaluated epoch (higher is better)",
-            lambda: plot_histories(sweep, [BIO, BATCH, TOTAL], "integration scores per epoch"),
-        ),
-        (
-            "by_cells_seen.png",
-            f"{label(ELBO_VALIDATION)} and KL weight every few steps (steps.csv), against "
-            "training cells seen",
-            lambda: plot_histories(
-                sweep,
-                [ELBO_VALIDATION, KL_WEIGHT],
-                "every few steps, against training cells seen",
-                sweep.steps,
-                CELLS_SEEN,
-            ),
-        ),
-        (
-            "scores_by_cells_seen.png",
-            "integration scores against training cells seen, where jobs scored between epoch "
-            "ends (higher is better)",
-            lambda: plot_histories(
-                sweep,
-                [BIO, BATCH, TOTAL],
-                "integration scores",
-                {
-                    n: sweep.scorings[n]
-                    for n in sweep.scorings
-                    if scored_between_epochs(sweep.scorings[n])
-                },
-                CELLS_SEEN,
-            ),
-        ),
-        *[
-            (
-                f"by_{factor.replace('/', '_')}.png",
-                f"headline metrics by `{factor}`"
-                + ("" if not seeded or factor == SEED else " (error bars: sd across seeds)"),
-                lambda factor=factor: plot_factor(sweep, factor),
-            )
-            for factor in sweep.factors
-        ],
-        (
-            "bio_vs_batch.png",
-            "bio conservation vs batch correction, PCA baseline as crosses",
-            lambda: plot_bio_vs_batch(sweep),
-        ),
-    ]
-
-
-# --- report.md ---------------------------------------------------------------------------------
+#: the words of the report the glossary explains, linked once below the answer
+TERMS_USED = [
+    "validation negative ELBO",
+    "bio conservation",
+    "batch correction",
+    "integration total",
+    "PCA baseline",
+    "seed spread",
+    "verdict",
+    "provisional",
+    "KL warm-up",
+    "settled",
+    "cells seen",
+    "throughput",
+    "UMAP",
+]
 
 
 def jobs_table(sweep: Sweep) -> str:
-    """Every job with its swept values, headline metrics and training time."""
+    """Every job with its swept values, headline metrics and training time, each column in its
+    metric's format (sweep.report.numbers)."""
     metrics = {m.key: m.label for m in present_metrics(sweep.results)}
-    times = {TRAIN_TIME: axis_label(TRAIN_TIME)} if TRAIN_TIME in sweep.results else {}
+    times = {TRAIN_TIME: "training time"} if TRAIN_TIME in sweep.results else {}
     columns = ["job", "status", *sweep.factors, *metrics, *times]
-    return markdown_table(sweep.results[columns].rename(columns={**metrics, **times}))
+    names = {**metrics, **times}
+    return markdown_table(
+        sweep.results[columns].rename(columns=names), formats=column_formats(names, names)
+    )
 
 
 def job_list(sweep: Sweep, status: str) -> list[str]:
@@ -252,45 +86,10 @@ def job_list(sweep: Sweep, status: str) -> list[str]:
     ]
 
 
-def convergence_lines(sweep: Sweep) -> list[str]:
-    """A "Convergence" section from the ``epochs_to_*`` and ``cells_to_*`` metrics: their
-    range over complete jobs."""
-    prefixes = (CONVERGENCE_PREFIX, CELLS_CONVERGENCE_PREFIX)
-    columns = [c for c in sweep.results.columns if c.startswith(prefixes)]
-    complete = sweep.results[sweep.results["status"] == COMPLETE]
-    if not columns or complete.empty:
-        return []
-    lines = [
-        "## Convergence",
-        "",
-        "Epochs, and training cells seen, until a value stays within the tolerance of its value "
-        "at the end of training, checked where it was measured (the validation loss between "
-        "epoch ends where the jobs measured it there, steps.csv; integration scores at their "
-        "scorings), over complete jobs:",
-        "",
-    ]
-    for column in columns:
-        values = complete[column].dropna()
-        if not len(values):
-            continue
-        if column.startswith(CELLS_CONVERGENCE_PREFIX):
-            of = complete[CELLS_SEEN].max() if CELLS_SEEN in complete else values.max()
-            lines.append(
-                f"- `{column}`: median {values.median():,.0f} "
-                f"(range {values.min():,.0f}-{values.max():,.0f}, of {of:,.0f} cells)"
-            )
-        else:
-            lines.append(
-                f"- `{column}`: median {values.median():.3g} "
-                f"(range {values.min():.3g}-{values.max():.3g}, of {complete[EPOCHS].max():g})"
-            )
-    return [*lines, ""]
-
-
 def health_lines(sweep: Sweep) -> list[str]:
-    """A "Run health" section: each health check (sweep.report.run_report.health) that some
-    complete job failed, with the jobs that failed it and the first one's message; [] without
-    complete jobs."""
+    """A "Run health" section: each health check (sweep.evaluation.health) that some complete
+    job failed, in words with its key and whether it makes a verdict provisional, with the jobs
+    that failed it and the first one's message; [] without complete jobs."""
     if not sweep.health:
         return []
     failed: dict[str, list[int]] = {}
@@ -298,7 +97,7 @@ def health_lines(sweep: Sweep) -> list[str]:
         for check in findings:
             failed.setdefault(check, []).append(job)
     lines = [
-        f"- **{check}**: {len(jobs)} of {len(sweep.health)} complete jobs "
+        f"- **{check_words(check)}**: {len(jobs)} of {len(sweep.health)} complete jobs "
         f"({', '.join(map(str, jobs))}); job {jobs[0]}: {sweep.health[jobs[0]][check]}"
         for check, jobs in failed.items()
     ]
@@ -312,38 +111,56 @@ def health_lines(sweep: Sweep) -> list[str]:
     ]
 
 
-def report_text(sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[str]) -> str:
-    """The text of report.md; ``embeddings``: the lines of embedding_lines."""
-    folder = sweep.folder.resolve()
+def report_text(
+    sweep: Sweep, figures: list[tuple[str, str]], embeddings: list[str], out: Path
+) -> str:
+    """The text of report.md (``out``: its folder, for the glossary's links); ``embeddings``:
+    the lines of embedding_lines."""
     counts = sweep.results["status"].value_counts()
     swept = "; ".join(
         f"`{f}` ({', '.join(map(str, levels(sweep.results, f)))})" for f in sweep.factors
     )
     datasets = sweep.results["dataset"].dropna() if "dataset" in sweep.results else []
     labelled = sweep.complete.assign(**{LABEL: sweep.complete["job"].map(job_labels(sweep))})
+    provisional = provisional_jobs(sweep)
+    speed = throughput(sweep, SEED)
+    glossary = Glossary(out)
+    comparisons = [
+        c for f in sweep.factors if f != SEED for c in factor_comparisons(sweep, f, provisional)[0]
+    ]
+    demo = "demo" in set(map(str, datasets))
     lines = [
-        f"# Multirun report: {folder.name}",
+        f"# Multirun report: {sweep.folder.resolve().name}",
         "",
-        f"Sweep folder: `{folder}`",
+        answer_paragraph(sweep, comparisons, speed, glossary, demo),
+        "",
+        *glossary.terms_line(TERMS_USED),
+        f"Sweep folder: `{shown_path(sweep.folder)}`",
         "",
         f"Jobs: {counts.get(COMPLETE, 0)} complete, {counts.get(FAILED, 0)} failed, "
         f"{counts.get(RUNNING, 0)} running / unfinished.",
         "",
         f"Swept: {swept or 'nothing (every job has the same overrides)'}.",
         "",
-        *data_note(datasets),
+        *data_note(datasets, sweep.complete.get(DATA_SUBSET, pd.Series(dtype=object)).tolist()),
         "## Verdicts",
         "",
         "Each level against the reference level (the first in sweep order), averaged over the "
-        "complete jobs that differ only in that factor (other factors and seeds matched). "
-        "Lower is better for the validation negative ELBO (the loss) and reconstruction loss, "
-        "higher for cells/s and integration scores (0-1).",
+        "complete jobs that differ only in that factor (other factors and seeds matched): a "
+        "table per level, a row per metric.",
         "",
         RULE,
         "",
-        *seed_note(sweep),
-        *(verdicts(sweep) or ["Nothing to compare: no factor but the seed was swept."]),
+        PROVISIONAL_RULE,
         "",
+        STEADY_RULE
+        + (" Here they are compared." if speed.steady else f" Not compared here: {speed.reason}."),
+        "",
+        *seed_note(sweep),
+        *(
+            verdict_lines(sweep, provisional, speed)
+            or ["Nothing to compare: no factor but the seed was swept.", ""]
+        ),
         *baseline_lines(labelled, "job"),
         *health_lines(sweep),
         *convergence_lines(sweep),
@@ -383,5 +200,5 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path) -> Path:
     figures = write_figures(planned_figures(sweep), out)
     embeddings = embedding_lines(job_dirs(sweep.folder), out, job_labels(sweep))
     report = out / REPORT_FILE
-    report.write_text(report_text(sweep, figures, embeddings))
+    report.write_text(report_text(sweep, figures, embeddings, out))
     return report

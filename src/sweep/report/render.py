@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 from collections.abc import Callable, Iterable
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from sweep.report.numbers import Format, duration, durations, general, missing
 
 log = logging.getLogger(__name__)
 
@@ -22,31 +26,104 @@ DPI = 100
 PlannedFigure = tuple[str, str, Callable[[], Figure | None]]
 
 
-def cell(value, digits: int = 4) -> str:
-    """A markdown table cell: floats to ``digits`` significant digits, missing values empty."""
+def cell(value, digits: int = 4, fmt: Format | None = None) -> str:
+    """A markdown table cell: floats in ``fmt`` (sweep.report.numbers) or to ``digits``
+    significant digits (never an exponent for a large number), missing values empty."""
+    if isinstance(value, Real) and not isinstance(value, bool) and fmt is not None:
+        return "" if missing(value) else fmt(value)
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.{digits}g}"
+        return "" if math.isnan(value) else general(value, digits)
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    """``frame`` as a markdown table, floats to ``digits`` significant digits."""
+def markdown_table(
+    frame: pd.DataFrame, digits: int = 4, formats: dict[str, Format] | None = None
+) -> str:
+    """``frame`` as a markdown table: the columns named in ``formats`` in their format
+    (sweep.report.numbers.column_formats; times in one unit per column), other floats to
+    ``digits`` significant digits."""
+    formats = formats or {}
     rows = frame.itertuples(index=False)
+    fmts = [formats.get(column) for column in frame.columns]
+    fmts = [  # times: one unit per column
+        durations(frame.iloc[:, i]) if f is duration else f for i, f in enumerate(fmts)
+    ]
     lines = [
         "| " + " | ".join(map(str, frame.columns)) + " |",
         "|" + " --- |" * len(frame.columns),
-        *("| " + " | ".join(cell(value, digits) for value in row) + " |" for row in rows),
+        *(
+            "| "
+            + " | ".join(cell(value, digits, f) for value, f in zip(row, fmts, strict=True))
+            + " |"
+            for row in rows
+        ),
     ]
     return "\n".join(lines)
 
 
-def data_note(datasets: Iterable[str]) -> list[str]:
-    """Which data set the runs trained on; a warning when it is the synthetic demo. [] when
+def listing(items: list[str]) -> str:
+    """Items in words: ``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def shown_path(path: str | Path, elide: bool = False) -> str:
+    """A folder or file as a report names it, without the machine's own paths: relative to the
+    working folder when inside it (``outputs/train/multiruns/2026-01-30_10-00-00``), else by its
+    name alone (``architecture``; ``…/architecture`` with ``elide``, where a reader must fill in
+    the rest, as in a command). A path given relative stays as given."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return f"…/{path.name}" if elide else path.name
+
+
+#: the URL prefix of a SQLite database file (Optuna's storages)
+SQLITE = "sqlite:///"
+
+
+def shown_storage(storage: str) -> str:
+    """A study's storage as a report names it: a journal file or a SQLite file by
+    :func:`shown_path` (elided), a database server's URL as it is."""
+    if storage.startswith(SQLITE):
+        return SQLITE + shown_path(storage.removeprefix(SQLITE), elide=True)
+    if "://" in storage:
+        return storage
+    return shown_path(storage, elide=True)
+
+
+def shown_command(command: str) -> str:
+    """A command line as a report shows it: each absolute path in it (a word, or an override's
+    value) by :func:`shown_path` (elided)."""
+    words = []
+    for word in shlex.split(command):
+        key, equals, value = word.partition("=")
+        if equals and value.startswith("/"):
+            words.append(f"{key}={shown_path(value, elide=True)}")
+        elif word.startswith("/"):
+            words.append(shown_path(word, elide=True))
+        else:
+            words.append(shlex.quote(word))
+    return " ".join(words)
+
+
+def data_note(datasets: Iterable[str], subsets: Iterable[str | None] = ()) -> list[str]:
+    """Which data set the runs trained on, and on which of its cells when ``data.keep`` or
+    ``data.max_cells`` narrowed them (``subsets``: each run's metrics.json ``data_subset``, None
+    or "" for a run on every cell, one line); a warning when it is the synthetic demo. [] when
     unknown."""
     datasets = sorted(set(map(str, datasets)))
     if not datasets:
         return []
     lines = [f"Data set: {', '.join(f'`{d}`' for d in datasets)}.", ""]
+    subsets = [s if isinstance(s, str) and s else "" for s in subsets]
+    narrowed = sorted(set(subsets) - {""})
+    if narrowed:
+        n = len(subsets)
+        some = "" if "" not in subsets else f" ({n - subsets.count('')} of {n} runs)"
+        lines += [f"Cells narrowed{some}: {'; or '.join(narrowed)}.", ""]
     if "demo" in datasets:
         lines += [
             "**Demo data**: a small synthetic data set trained for a few epochs on a CPU. "

@@ -16,12 +16,18 @@ from sweep import metric_names, run_folder
 from sweep.evaluation.health import AGGREGATE_WORDS, FALLING_PER_EPOCH, SMALL_BATCH_CELLS
 from sweep.metric_names import (
     BASELINE_PREFIX,
+    BATCH_NOT_APPLICABLE,
     CELLS_CONVERGENCE_PREFIX,
     CELLS_SEEN,
     CONVERGENCE_PREFIX,
+    DATA_SUBSET,
     ELBO_VALIDATION,
     EPOCH,
+    EVALUATION_BATCH_CELLS_MEDIAN,
+    EVALUATION_BATCH_CELLS_MIN,
+    EVALUATION_BATCHES,
     EVALUATION_CELLS,
+    EVALUATION_CHOICE,
     HEALTH,
     JOB_NAME,
     KL_WEIGHT,
@@ -36,7 +42,18 @@ from sweep.metric_names import (
     STEP_VALIDATION_CELLS,
 )
 from sweep.report.embedding import draw_embedding
-from sweep.report.render import DPI, cells_seen_axis, figure_lines, markdown_table, write_figures
+from sweep.report.glossary import Glossary
+from sweep.report.numbers import duration, loss, score, signed_change
+from sweep.report.render import (
+    DPI,
+    cells_seen_axis,
+    figure_lines,
+    markdown_table,
+    shown_path,
+    write_figures,
+)
+from sweep.report.run_answer import run_title, summary_paragraph
+from sweep.report.settling import NEVER, UNKNOWN, record, state
 from sweep.run_folder import CURVES_FIGURE, EMBEDDING_FIGURE, REPORT_FILE
 
 #: model sizes as built (metrics.json key -> words)
@@ -49,6 +66,22 @@ MODEL_SIZES = {
     MODEL_PARAMETERS: "trainable parameters",
 }
 
+#: the words of the page the glossary explains, linked once below its opening
+TERMS_USED = [
+    "validation negative ELBO",
+    "KL warm-up",
+    "settled",
+    "cells seen",
+    "bio conservation",
+    "batch correction",
+    "integration total",
+    "PCA baseline",
+    "evaluation cells",
+    "run health",
+    "batch category",
+    "UMAP",
+]
+
 
 # --- the page ----------------------------------------------------------------------------------
 
@@ -59,7 +92,8 @@ def plot_curves(
     steps: pd.DataFrame | None = None,
     integration: pd.DataFrame | None = None,
 ) -> Figure:
-    """The run's curves, a panel each: its loss (negative ELBO, validation and training), KL
+    """The run's curves, titled by its job and settings (sweep.report.run_answer.run_title), a
+    panel each: its loss (negative ELBO, validation and training), KL
     weight and, where scored, integration scores on a 0-1 axis with the PCA baseline's
     (``metrics``: metrics.json's) as dashed lines.
 
@@ -129,12 +163,17 @@ def plot_curves(
         ax.set_ylabel(unit, fontsize="small")
         ax.set_title(title, fontsize="small")
         ax.legend(fontsize="x-small")
+    # the run's job number and settings, wrapped to the figure's width (~12 characters an inch)
+    fig.suptitle(run_title(metrics, width=12 * 4 * len(panels)), fontsize="small")
     return fig
 
 
-def trained_lines(metrics: dict) -> list[str]:
+def trained_lines(
+    metrics: dict, history: pd.DataFrame | None = None, steps: pd.DataFrame | None = None
+) -> list[str]:
     """The section of what was trained: group choices, overrides, the built model's sizes, the
-    cells, time and final loss."""
+    cells (and how ``data.keep`` / ``data.max_cells`` narrowed them), time and final loss
+    (whether it settled: :func:`settled_lines`, from ``history`` and ``steps``)."""
     choices = pd.DataFrame(list(metrics[metric_names.CHOICES].items()), columns=["group", "option"])
     overrides = " ".join(f"`{o}`" for o in metrics[metric_names.OVERRIDES]) or "none"
     sizes = ", ".join(f"{metrics[k]:,} {w}" for k, w in MODEL_SIZES.items() if k in metrics)
@@ -148,28 +187,28 @@ def trained_lines(metrics: dict) -> list[str]:
         "",
         f"Overrides: {overrides}.",
         "",
-        f"Model as built: {sizes}"
-        + (
-            f"; categorical covariates of {', '.join(map(str, covariates))} categories"
-            if covariates
-            else ""
-        )
-        + ".",
+        f"Model as built: {sizes}.",
         "",
         f"{metrics[metric_names.EPOCHS]} epochs on {metrics['cells_train']:,} training cells "
         f"({metrics[metric_names.CELLS_VALIDATION]:,} validation), "
-        f"{metrics[metric_names.TRAIN_TIME]:.0f} s of "
+        f"{duration(metrics[metric_names.TRAIN_TIME])} of "
         f"training ({metrics[metric_names.TRAIN_CELLS_PER_S]:,.0f} cells/s), "
-        f"{metrics['wall_time_s']:.0f} s wall. Final validation loss (negative ELBO, lower is "
-        f"better): {metrics[ELBO_VALIDATION]:.6g} at KL weight {metrics[KL_WEIGHT]:.2f}.",
+        f"{duration(metrics['wall_time_s'])} wall. Final validation loss (negative ELBO, lower is "
+        f"better): {loss(metrics[ELBO_VALIDATION])} at KL weight {metrics[KL_WEIGHT]:.2f}.",
         "",
-        *settled_lines(metrics),
+        *([f"Cells narrowed: {metrics[DATA_SUBSET]}.", ""] if metrics.get(DATA_SUBSET) else []),
+        *settled_lines(metrics, history, steps),
     ]
 
 
-def settled_lines(metrics: dict) -> list[str]:
+def settled_lines(
+    metrics: dict, history: pd.DataFrame | None = None, steps: pd.DataFrame | None = None
+) -> list[str]:
     """When the validation loss settled, in training cells seen and epochs (the
-    ``cells_to_*``/``epochs_to_*`` metrics of the validation loss), and where it was measured."""
+    ``cells_to_*``/``epochs_to_*`` metrics of the validation loss), and where it was measured;
+    a loss within the tolerance only at its last measurement *had not settled by the end*
+    (sweep.report.settling). ``history``, ``steps``: the run's tables (without them, the end is
+    the run's cells seen)."""
     suffix = f"_{ELBO_VALIDATION}"
     cells = next(
         (k for k in metrics if k.startswith(CELLS_CONVERGENCE_PREFIX) and k.endswith(suffix)),
@@ -178,6 +217,7 @@ def settled_lines(metrics: dict) -> list[str]:
     if cells is None or metrics[cells] is None:
         return []
     tolerance = cells.removeprefix(CELLS_CONVERGENCE_PREFIX).removesuffix(suffix)
+    within = tolerance.replace("pct", "%")
     epochs = metrics[CONVERGENCE_PREFIX + cells.removeprefix(CELLS_CONVERGENCE_PREFIX)]
     where = (
         f"measured between epoch ends on {metrics[STEP_VALIDATION_CELLS]:,} validation cells "
@@ -185,8 +225,23 @@ def settled_lines(metrics: dict) -> list[str]:
         if STEP_VALIDATION_CELLS in metrics
         else "measured at epoch ends"
     )
+    found = state(
+        metrics[cells], record(ELBO_VALIDATION, history, steps), CELLS_SEEN, metrics.get(CELLS_SEEN)
+    )
+    if found == NEVER:
+        return [
+            f"The validation loss, {where}, had not settled by the end: it was within {within} "
+            f"of its final value only at its last measurement ({metrics[cells]:,} training cells "
+            f"seen, epoch {epochs:.3g}).",
+            "",
+        ]
+    if found == UNKNOWN and history is not None:
+        return [
+            f"The validation loss, {where}, was measured once: whether it settled is not known.",
+            "",
+        ]
     return [
-        f"The validation loss, {where}, stayed within {tolerance.replace('pct', '%')} of its "
+        f"The validation loss, {where}, stayed within {within} of its "
         f"final value from {metrics[cells]:,} training cells seen (epoch {epochs:.3g}) on.",
         "",
     ]
@@ -210,7 +265,11 @@ def health_lines(metrics: dict) -> list[str]:
 def scores_lines(metrics: dict) -> list[str]:
     """The section of scores against the PCA baseline: a table and a sentence (or "Not
     scored")."""
-    keys = [k for k in AGGREGATE_WORDS if k in metrics and BASELINE_PREFIX + k in metrics]
+    keys = [
+        k
+        for k in AGGREGATE_WORDS
+        if metrics.get(k) is not None and metrics.get(BASELINE_PREFIX + k) is not None
+    ]
     if not keys:
         return ["## Scores", "", "Not scored (evaluation=none).", ""]
     differences = {k: metrics[k] - metrics[BASELINE_PREFIX + k] for k in keys}
@@ -229,35 +288,72 @@ def scores_lines(metrics: dict) -> list[str]:
     return [
         "## Scores against the PCA baseline",
         "",
-        f"scib-metrics on {metrics[EVALUATION_CELLS]} validation cells at the last epoch, "
+        f"scib-metrics on {metrics[EVALUATION_CELLS]:,} validation cells at the last epoch, "
         "beside the unintegrated PCA baseline of the same cells: scVI is "
         f"{', '.join(words)}. One run of one seed: the spread across seeds is not known, so "
         "a small difference may be noise.",
         "",
-        markdown_table(table),
+        *evaluation_cells_lines(metrics),
+        markdown_table(
+            table,
+            formats={
+                "scVI": score,
+                "PCA baseline": score,
+                "scVI - PCA": lambda d: signed_change(d, score),
+            },
+        ),
         "",
     ]
 
 
-def report_text(run_dir: Path, metrics: dict, figures: list[tuple[str, str]]) -> str:
-    """The text of a run's report.md."""
-    return (
-        "\n".join(
-            [
-                f"# Run report: {metrics[JOB_NAME]}",
-                "",
-                f"Run folder: `{Path(run_dir).resolve()}`",
-                "",
-                *trained_lines(metrics),
-                *health_lines(metrics),
-                *scores_lines(metrics),
-                "## Figures",
-                "",
-                *figure_lines(figures),
-            ]
-        ).rstrip()
-        + "\n"
-    )
+def evaluation_cells_lines(metrics: dict) -> list[str]:
+    """What the scores rest on: the evaluation batches, their cells and how they were chosen,
+    and why batch correction was not scored when it was not."""
+    if EVALUATION_BATCHES not in metrics:  # runs made before these were recorded
+        return []
+    lines = [
+        f"The {metrics[EVALUATION_CELLS]:,} evaluation cells come from "
+        f"{metrics[EVALUATION_BATCHES]:,} evaluation batches "
+        f"({metrics[EVALUATION_BATCH_CELLS_MIN]:,} to {metrics[EVALUATION_BATCH_CELLS_MEDIAN]:g} "
+        "cells a batch, smallest to median), "
+        f"{metrics[EVALUATION_CHOICE]}.",
+        "",
+    ]
+    if metrics.get(BATCH_NOT_APPLICABLE):
+        lines += [
+            f"Batch correction and the total were not scored: {metrics[BATCH_NOT_APPLICABLE]}.",
+            "",
+        ]
+    return lines
+
+
+def report_text(
+    run_dir: Path,
+    metrics: dict,
+    figures: list[tuple[str, str]],
+    history: pd.DataFrame | None = None,
+    steps: pd.DataFrame | None = None,
+) -> str:
+    """The text of a run's report.md: its opening paragraph (sweep.report.run_answer), what was
+    trained, its health, its scores and figures. The run folder is named by its job number and
+    overrides, and by its path only relative to the working folder (never the machine's)."""
+    glossary = Glossary(run_dir)
+    lines = [
+        f"# Run report: {metrics[JOB_NAME]}",
+        "",
+        summary_paragraph(metrics, history, steps, glossary),
+        "",
+        *glossary.terms_line(TERMS_USED),
+        f"Run folder: `{shown_path(run_dir)}`",
+        "",
+        *trained_lines(metrics, history, steps),
+        *health_lines(metrics),
+        *scores_lines(metrics),
+        "## Figures",
+        "",
+        *figure_lines(figures),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def write_run_report(run_dir: str | Path) -> Path:
@@ -293,5 +389,5 @@ def write_run_report(run_dir: str | Path) -> Path:
             )
         )
     report = run_dir / REPORT_FILE
-    report.write_text(report_text(run_dir, metrics, figures))
+    report.write_text(report_text(run_dir, metrics, figures, history, steps))
     return report

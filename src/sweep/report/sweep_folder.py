@@ -8,7 +8,7 @@ written), *failed* (its log holds a traceback) or *running* (neither: still trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +20,8 @@ from sweep.metric_names import HEALTH
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
 #: value of an override key in a job that does not set it
 DEFAULT = "(default)"
+#: metrics.json's words that results.csv keeps beside the numbers (columns only when a job has one)
+TEXT_METRICS = (metric_names.DATA_SUBSET,)
 TRACEBACK = "Traceback (most recent call last):"
 
 
@@ -50,6 +52,8 @@ class Sweep:
     scorings: dict[int, pd.DataFrame]  # job number -> integration.csv of the jobs that have one
     health: dict[int, dict[str, str]]  # job number -> metrics.json's run health (complete jobs)
     overrides: dict[int, list[str]]  # job number -> its overrides, as on the command line
+    #: complete jobs whose metrics.json records no health (written before the checks existed)
+    unchecked: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -137,15 +141,18 @@ def job_row(job: Job, keys: list[str]) -> dict:
         **job.choices,
         **{k: values.get(k, job.choices.get(k, DEFAULT)) for k in keys},
         **numeric_metrics(job.metrics),
+        **{k: job.metrics[k] for k in TEXT_METRICS if k in job.metrics},
     }
 
 
 def results_table(jobs: list[Job]) -> pd.DataFrame:
-    """One row per job: job, status, overrides, error, group choices, override values, metrics."""
+    """One row per job: job, status, overrides, error, group choices, override values, metrics
+    (numbers, then :data:`TEXT_METRICS`)."""
     keys = override_keys(jobs)
     settings = ordered_union([*(job.choices for job in jobs), keys])
     metrics = ordered_union(numeric_metrics(job.metrics) for job in jobs)
-    columns = ["job", "status", "overrides", "error", *settings, *metrics]
+    texts = [k for k in TEXT_METRICS if any(k in job.metrics for job in jobs)]
+    columns = ["job", "status", "overrides", "error", *settings, *metrics, *texts]
     return pd.DataFrame([job_row(job, keys) for job in jobs], columns=columns)
 
 
@@ -165,4 +172,5 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         scorings={job.number: job.scorings for job in jobs if job.scorings is not None},
         health={job.number: job.metrics.get(HEALTH, {}) for job in jobs if job.status == COMPLETE},
         overrides={job.number: job.overrides for job in jobs},
+        unchecked=[j.number for j in jobs if j.status == COMPLETE and HEALTH not in j.metrics],
     )

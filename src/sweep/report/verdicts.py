@@ -1,8 +1,11 @@
 """Verdicts of a multirun: each level of each swept factor against its reference level, on the
-headline metrics and training time, over job pairs that differ only in that factor.
+headline metrics and training time, over job pairs that differ only in that factor
+(:func:`factor_comparisons`; sweep.report.verdict_tables writes them as tables, sweep.report.answer
+in words).
 
 A level is called better or worse only beyond the spread across seeds (:data:`RULE`); with one
 seed there is no spread yet, so no verdict, and :func:`seed_note` gives the command adding seeds.
+Each comparison also names the jobs whose health makes it provisional (sweep.report.trust).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ RULE = (
 )
 #: the seeds the command of :func:`seed_note` sweeps
 SEEDS = "0,1,2"
+#: the judgements of a change beyond (or within) the seed spread
+BETTER, WORSE, WITHIN = "better", "worse", "within seed spread"
+#: training time, judged beside the headline metrics (lower is better)
+TIME = Metric(TRAIN_TIME, "training time", "s", higher_is_better=False, relative=True)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class Change:
     beyond_spread: bool  # |mean per-seed change| > SE_FACTOR x its standard error
     #: (reference, level) mean cell counts of metric.cells where they differ: not compared
     cells: tuple[float, float] | None = None
+    #: the metric's mean over the pairs at the reference and at the level
+    means: tuple[float, float] = (math.nan, math.nan)
 
 
 def levels(results: pd.DataFrame, factor: str) -> list[str]:
@@ -79,11 +88,14 @@ def change(pairs: pd.DataFrame, metric: Metric, seeded: bool) -> Change | None:
         return None
     ref, new = pairs[f"{metric.key}_ref"], pairs[f"{metric.key}_level"]
     difference = float((new - ref).mean())
+    means = (float(ref.mean()), float(new.mean()))
     if metric.cells and f"{metric.cells}_ref" in pairs:
         cells = pairs[f"{metric.cells}_ref"], pairs[f"{metric.cells}_level"]
         if (cells[0] != cells[1]).any():  # e.g. a cell filter: other validation cells
-            means = (float(cells[0].mean()), float(cells[1].mean()))
-            return Change(metric, difference, difference / abs(ref.mean()), 1, None, False, means)
+            counts = (float(cells[0].mean()), float(cells[1].mean()))
+            return Change(
+                metric, difference, difference / abs(ref.mean()), 1, None, False, counts, means
+            )
     seeds = pairs[SEED].nunique() if seeded else 1
     spread, beyond = None, False
     if seeds > 1:
@@ -93,90 +105,80 @@ def change(pairs: pd.DataFrame, metric: Metric, seeded: bool) -> Change | None:
             per_seed = 100 * per_seed / grouped["ref"].mean().abs()
         spread = float(per_seed.std())
         beyond = abs(per_seed.mean()) > SE_FACTOR * spread / math.sqrt(seeds)
-    return Change(metric, difference, difference / abs(ref.mean()), seeds, spread, beyond)
-
-
-def time_ratio(pairs: pd.DataFrame) -> float | None:
-    """Mean training time at the level over that at the reference (None without times)."""
-    pairs = pairs.dropna(subset=[f"{TRAIN_TIME}_ref", f"{TRAIN_TIME}_level"])
-    if pairs.empty:
-        return None
-    return float(pairs[f"{TRAIN_TIME}_level"].mean() / pairs[f"{TRAIN_TIME}_ref"].mean())
+    return Change(
+        metric, difference, difference / abs(ref.mean()), seeds, spread, beyond, means=means
+    )
 
 
 def judgement(c: Change) -> str | None:
     """better or worse by the metric's direction, when beyond the seed spread; ``within seed
-    spread`` when not; None with one seed (no spread to judge by)."""
-    if c.spread is None:
+    spread`` when not; None with one seed (no spread to judge by) or cells that differ."""
+    if c.spread is None or c.cells is not None:
         return None
     if not c.beyond_spread:
-        return "within seed spread"
+        return WITHIN
     improved = (c.difference > 0) == c.metric.higher_is_better
-    return "better" if improved else "worse"
+    return BETTER if improved else WORSE
 
 
-def describe(c: Change) -> str:
-    """One metric's change in words: ``validation negative ELBO -17.5 (-1.74%, better; 2 seeds
-    sd ±0.36%)``; with one seed only the numbers: ``bio conservation +0.020``; measured on
-    different cells, no numbers: ``validation negative ELBO not compared (measured on
-    different cells: 2,525 vs 2,727)`` (mean counts of the reference's and the level's jobs)."""
-    if c.cells is not None:
-        return (
-            f"{c.metric.label} not compared (measured on different cells: {c.cells[0]:,.0f} vs "
-            f"{c.cells[1]:,.0f})"
-        )
-    if c.metric.relative:
-        width = "{:.2f}%"
-        head, notes = f"{c.metric.label} {c.difference:+.4g}", [f"{100 * c.relative:+.2f}%"]
-    else:
-        width = "{:.3f}"
-        head, notes = f"{c.metric.label} {c.difference:+.3f}", []
-    if c.spread is not None:
-        notes.append(f"{judgement(c)}; {c.seeds} seeds sd ±{width.format(c.spread)}")
-    return f"{head} ({', '.join(notes)})" if notes else head
+@dataclass(frozen=True)
+class Comparison:
+    """One level of a factor against the reference level, over the job pairs that differ only in
+    that factor."""
+
+    factor: str
+    reference: str
+    level: str
+    pairs: int  # job pairs
+    seeds: int  # seeds among the pairs (1 when seeds were not swept)
+    changes: list[Change]  # one per metric the pairs have, TIME last
+    jobs: tuple[int, ...]  # the jobs of the pairs, both sides
+    provisional: tuple[int, ...]  # those whose health makes a verdict provisional
+
+    def judged(self, *words: str) -> list[Change]:
+        """The changes judged one of ``words`` (BETTER, WORSE, WITHIN)."""
+        return [c for c in self.changes if judgement(c) in words]
 
 
-def verdict(sweep: Sweep, factor: str, reference: str, level: str) -> str | None:
-    """``level`` against ``reference`` on every headline metric and training time, in words;
-    None when no two complete jobs differ only in ``factor`` between these levels."""
+def compare(
+    sweep: Sweep, factor: str, reference: str, level: str, provisional: dict[int, list[str]]
+) -> Comparison | None:
+    """``level`` against ``reference`` on every headline metric and training time; None when no
+    two complete jobs differ only in ``factor`` between these levels. ``provisional``: job ->
+    its checks that make a verdict provisional (sweep.report.trust.provisional_jobs)."""
     metrics = present_metrics(sweep.complete)
-    times = [TRAIN_TIME] if TRAIN_TIME in sweep.results else []
+    if TRAIN_TIME in sweep.results and sweep.results[TRAIN_TIME].notna().any():
+        metrics.append(TIME)
     counts = list(dict.fromkeys(m.cells for m in metrics if m.cells in sweep.results))
-    columns = [m.key for m in metrics] + counts + times
+    columns = ["job", *(m.key for m in metrics), *counts]
     pairs = matched_pairs(sweep, factor, reference, level, columns)
     if pairs.empty:
         return None
     seeded = SEED in sweep.factors
-    parts = [describe(c) for m in metrics if (c := change(pairs, m, seeded)) is not None]
-    ratio = time_ratio(pairs) if times else None
-    if ratio is not None:
-        parts.append(f"{ratio:.2f}x training time")
-    plural = "s" if len(pairs) > 1 else ""
-    text = f"`{level}` vs `{reference}` ({len(pairs)} job pair{plural}): " + ", ".join(parts)
-    if seeded and pairs[SEED].nunique() < 2:
-        text += " (one seed among these pairs: no spread, so no verdict)"
-    return text
+    jobs = tuple(sorted({*pairs["job_ref"], *pairs["job_level"]}))
+    return Comparison(
+        factor=factor,
+        reference=reference,
+        level=level,
+        pairs=len(pairs),
+        seeds=pairs[SEED].nunique() if seeded else 1,
+        changes=[c for m in metrics if (c := change(pairs, m, seeded)) is not None],
+        jobs=jobs,
+        provisional=tuple(job for job in jobs if job in provisional),
+    )
 
 
-def factor_verdicts(sweep: Sweep, factor: str) -> list[str]:
-    """Markdown list items: each level of ``factor`` but the reference, and levels left out."""
+def factor_comparisons(
+    sweep: Sweep, factor: str, provisional: dict[int, list[str]]
+) -> tuple[list[Comparison], list[str]]:
+    """Each level of ``factor`` but the reference against the reference, and the levels that no
+    complete job matches (no comparison)."""
     order = levels(sweep.complete, factor)
-    if len(order) < 2:
-        return [f"- **{factor}**: fewer than two of its levels have complete jobs"]
-    found = {level: verdict(sweep, factor, order[0], level) for level in order[1:]}
-    lines = [f"- **{factor}**: {text}" for text in found.values() if text]
-    unmatched = ", ".join(f"`{level}`" for level, text in found.items() if text is None)
-    if unmatched:
-        lines.append(
-            f"- **{factor}**: no complete job at {unmatched} matches a `{order[0]}` job "
-            "in every other factor"
-        )
-    return lines
-
-
-def verdicts(sweep: Sweep) -> list[str]:
-    """The verdicts of every swept factor but the seed, as markdown list items."""
-    return [line for f in sweep.factors if f != SEED for line in factor_verdicts(sweep, f)]
+    found = {level: compare(sweep, factor, order[0], level, provisional) for level in order[1:]}
+    return (
+        [c for c in found.values() if c is not None],
+        [level for level, c in found.items() if c is None],
+    )
 
 
 def seed_command(sweep: Sweep) -> str:

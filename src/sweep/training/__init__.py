@@ -6,6 +6,7 @@
 - ``epoch_stats``, ``kl_warmup``: what a run measures of itself
 - ``scoring``, ``step_evaluation``: evaluation at epoch ends and between them (sweep.evaluation)
 - ``checkpoint``, ``rng``, ``resume``: runs that survive a crash or a requeue
+- ``progress``: the step progress bar on a terminal, or log lines where stderr is not one
 - ``tracking``: the W&B run; ``distributed``: DDP; ``quiet``: known-harmless library messages
 
 Training never imports the reports (sweep.report); the training command hands it the run page's

@@ -55,7 +55,7 @@ def run(cfg, run_dir: str | Path, write_page: PageWriter | None = None) -> float
     missing = [k for k in keys if k not in metrics]
     if missing:
         raise KeyError(f"optimized_metric {missing} not in metrics.json (keys: {sorted(metrics)})")
-    values = [float(metrics[k]) for k in keys]
+    values = [float("nan") if metrics[k] is None else float(metrics[k]) for k in keys]
     shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(keys, values, strict=True))
     log.info("run folder: %s (%s)", run_dir, shown)
     return values[0] if single else values
@@ -125,5 +125,6 @@ def train(parts: JobParts, cfg, resume_from: Path | None) -> None:
         callbacks=parts.callbacks,
         ckpt_path=str(resume_from) if resume_from else None,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
+        simple_progress_bar=False,  # not scvi-tools' bar over epochs: StepProgress
         log_every_n_steps=cfg.trainer.log_every_n_steps,
     )

@@ -17,17 +17,22 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 from scvi.train._logger import SimpleLogger
 
-from sweep import run_folder
+from sweep import metric_names, run_folder
 from sweep.data.datamodule import StoreDataModule
 from sweep.data.demo import resolve_store
 from sweep.evaluation.cells import check_scorable, choose_cells, model_cells
+from sweep.evaluation.compile_cache import keep_compiled_kernels
+from sweep.evaluation.scib import batch_not_applicable
 from sweep.model.build import build_scvi
+from sweep.paths import cache_dir
 from sweep.study.pruning import TrialPruning, pruning_callback
 from sweep.training import tracking
 from sweep.training.checkpoint import EpochCheckpoint, StepCheckpoint, StopOnNonFiniteLoss
 from sweep.training.distributed import is_rank_zero
 from sweep.training.epoch_stats import EpochStats
 from sweep.training.kl_warmup import KlWarmupWatch
+from sweep.training.progress import StepProgress
+from sweep.training.resume import requeued
 from sweep.training.scoring import IntegrationScoring
 from sweep.training.step_evaluation import StepEvaluation
 
@@ -38,7 +43,8 @@ class JobParts:
     (``model``), who it is (``identity``: name, group, overrides, choices; ``writer``: whether
     this process writes the run folder), where it logs (``history_logger``: scvi-tools'
     in-memory history; ``wandb_logger``), and the callbacks that measure, evaluate and
-    checkpoint it (``scoring`` and ``pruning`` are None when switched off)."""
+    checkpoint it and show its progress (``scoring``, ``pruning`` and ``progress`` are None
+    when switched off)."""
 
     run_dir: Path
     store: Path
@@ -53,6 +59,7 @@ class JobParts:
     scoring: IntegrationScoring | None
     step_evaluation: StepEvaluation
     pruning: TrialPruning | None
+    progress: StepProgress | None
     checkpoints: tuple[Callback, ...]
 
     @property
@@ -62,16 +69,33 @@ class JobParts:
     @property
     def callbacks(self) -> list[Callback]:
         """In the order Lightning calls them: measurement first; the step evaluation before the
-        step checkpoint, so that a step's row is in the checkpoint taken at that step."""
+        pruning, which reports its rows, and before the step checkpoint, so that a step's row
+        is in the checkpoint taken at that step."""
         ordered = (
             self.epoch_stats,
             self.warmup,
             self.scoring,
             self.step_evaluation,
             self.pruning,
+            self.progress,
             *self.checkpoints,
         )
         return [c for c in ordered if c is not None]
+
+
+def data_and_model(cfg, store: Path) -> tuple[StoreDataModule, scvi.model.SCVI]:
+    """The job's datamodule over ``store`` and its untrained scVI model, with scvi-tools' seed
+    set to ``cfg.seed`` first (the model's initial weights follow from it)."""
+    datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
+    scvi.settings.seed = cfg.seed
+    model = build_scvi(
+        datamodule.manifest.genes,
+        datamodule.encoding.batch_categories,
+        datamodule.encoding.covariate_categories,
+        cfg.model,
+        batch_injection=cfg.trainer.batch_injection,
+    )
+    return datamodule, model
 
 
 def build_parts(cfg, run_dir: Path) -> JobParts:
@@ -89,14 +113,7 @@ def build_parts(cfg, run_dir: Path) -> JobParts:
     The parts, ready to train (:func:`sweep.training.job.fit`).
     """
     store = resolve_store(cfg.dataset)
-    datamodule = StoreDataModule(store, cfg.data, cfg.batch, cfg.loader, seed=cfg.seed)
-    scvi.settings.seed = cfg.seed
-    model = build_scvi(
-        datamodule.manifest.genes,
-        datamodule.encoding.batch_categories,
-        datamodule.encoding.covariate_categories,
-        cfg.model,
-    )
+    datamodule, model = data_and_model(cfg, store)
     identity = tracking.job_identity(cfg.task_name, cfg.optuna.study_name)
     writer = is_rank_zero()  # with DDP, only rank 0 writes the run folder and the W&B run
     wandb_logger = None
@@ -107,11 +124,12 @@ def build_parts(cfg, run_dir: Path) -> JobParts:
             run_dir,
             identity,
             tags=list(cfg.tags),
-            resume=cfg.resume,
+            resume=cfg.resume or requeued(),  # a requeued job continues its W&B run
             recorded=OmegaConf.to_container(cfg, resolve=True),
         )
     epoch_stats = EpochStats()
     scoring = build_scoring(cfg, datamodule, epoch_stats)
+    step_evaluation = build_step_evaluation(cfg, datamodule, scoring, epoch_stats)
     history_logger = SimpleLogger(save_dir=None)
     return JobParts(
         run_dir=run_dir,
@@ -125,8 +143,14 @@ def build_parts(cfg, run_dir: Path) -> JobParts:
         epoch_stats=epoch_stats,
         warmup=KlWarmupWatch(),
         scoring=scoring,
-        step_evaluation=build_step_evaluation(cfg, datamodule, scoring, epoch_stats),
-        pruning=pruning_callback(cfg.optuna, cfg.optimized_metric),
+        step_evaluation=step_evaluation,
+        # after step_evaluation in the callbacks: reports its rows to the trial
+        pruning=pruning_callback(cfg.optuna, cfg.optimized_metric, step_evaluation),
+        progress=(
+            StepProgress(cfg.trainer.progress_log_every_s)
+            if cfg.trainer.enable_progress_bar
+            else None
+        ),
         checkpoints=(
             StopOnNonFiniteLoss(),
             EpochCheckpoint(run_dir, cfg.trainer.checkpoint_every_n_epochs, history_logger),
@@ -139,7 +163,8 @@ def build_scoring(
     cfg, datamodule: StoreDataModule, counter: EpochStats
 ) -> IntegrationScoring | None:
     """The integration scoring of ``cfg.evaluation`` on its evaluation cells, or None when it is
-    switched off; settings no score can be computed on are refused here, before training."""
+    switched off; settings no score can be computed on are refused here, before training. The
+    scoring's compiled kernels are kept in the cache folder (sweep.evaluation.compile_cache)."""
     evaluation = cfg.evaluation
     if not evaluation.enabled:
         return None
@@ -151,8 +176,24 @@ def build_scoring(
         cfg.batch.separator,
         evaluation.label_key,
         evaluation.min_genes,
+        evaluation.min_cells_per_batch,
     )
     check_scorable(cells.obs, evaluation, cfg.data)
+    one_batch = batch_not_applicable(cells.obs)
+    optimized = (
+        [cfg.optimized_metric]
+        if isinstance(cfg.optimized_metric, str)
+        else list(cfg.optimized_metric)
+    )
+    unscorable = [key for key in optimized if key in (metric_names.BATCH, metric_names.TOTAL)]
+    if one_batch and unscorable:
+        raise ValueError(
+            f"optimized_metric {unscorable} cannot be scored: {one_batch}; optimise "
+            f"{metric_names.BIO} or {metric_names.ELBO_VALIDATION} instead, or evaluate on more "
+            "than one batch (evaluation.batch_keys)"
+        )
+    if is_rank_zero():  # the process that scores (DDP's rank 0): before its first scoring
+        keep_compiled_kernels(cache_dir())
     return IntegrationScoring(cells, list(evaluation.epochs), counter, evaluation.seed)
 
 

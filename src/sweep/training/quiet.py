@@ -35,6 +35,9 @@ HARMLESS_WARNINGS = (
 HARMLESS_RECORDS = (
     ("lightning.pytorch.utilities.rank_zero", "💡 Tip"),  # an advertisement for litlogger
     ("jax._src.xla_bridge", "Unable to initialize backend"),  # JAX looking for a TPU
+    # scib-metrics (on the root logger) at each scoring: a fixed setting of its isolated-labels
+    # metric, not a fact about the data
+    ("root", "isolated labels: no more than"),
 )
 
 

@@ -132,22 +132,37 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children, in MiB."""
+    """Peak resident memory of this process plus that of its largest finished child (loader
+    workers: ``RUSAGE_CHILDREN`` keeps the largest, not the sum), in MiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return (own + children) / 1024
 
 
 def integration_summary(scoring: IntegrationScoring, evaluation_cfg, run_dir: Path) -> dict:
-    """Final integration scores, their baseline, and when each aggregate settled within
-    ``convergence_tolerance`` of its final value (sweep.evaluation.convergence); every scoring goes
-    to integration.csv, in training order."""
+    """Final integration scores (null where not applicable: one evaluation batch), their
+    baseline, when each aggregate settled within ``convergence_tolerance`` of its final value
+    (sweep.evaluation.convergence), and the evaluation cells and batches they rest on; every
+    scoring goes to integration.csv, in training order."""
     records = pd.DataFrame(scoring.records)  # in training order
     run_folder.write_table(run_dir, run_folder.INTEGRATION_FILE, records)
     settled = convergence(
         {name: records for name in AGGREGATES.values()}, evaluation_cfg.convergence_tolerance
     )
-    return {**scoring.final, **settled, metric_names.EVALUATION_CELLS: len(scoring.cells.rows)}
+    final = {
+        k: None if isinstance(v, float) and np.isnan(v) else v for k, v in scoring.final.items()
+    }
+    sizes = scoring.cells.batch_sizes()
+    cells = {
+        metric_names.EVALUATION_CELLS: len(scoring.cells.rows),
+        metric_names.EVALUATION_BATCHES: len(sizes),
+        metric_names.EVALUATION_BATCH_CELLS_MIN: int(sizes.min()),
+        metric_names.EVALUATION_BATCH_CELLS_MEDIAN: float(sizes.median()),
+        metric_names.EVALUATION_CHOICE: scoring.cells.choice,
+    }
+    if scoring.not_applicable:
+        cells[metric_names.BATCH_NOT_APPLICABLE] = scoring.not_applicable
+    return {**final, **settled, **cells}
 
 
 def model_sizes(model: scvi.model.SCVI) -> dict:
@@ -182,7 +197,7 @@ def summarize(parts: JobParts, history: pd.DataFrame, started: float) -> dict:
         metric_names.TRAIN_TIME: epoch_stats.train_time_s,
         metric_names.WALL_TIME: time.perf_counter() - started,
         metric_names.PEAK_RSS: peak_rss_mb(),
-        **datamodule.split.counts,
+        **datamodule.split.summary(),  # cell counts; data_subset: keep / max_cells
         metric_names.N_BATCH: datamodule.n_batch,
         **batch_category_sizes(batch_cells, encoding.batch_categories),
         metric_names.N_CATS_PER_COV: datamodule.n_cats_per_cov or [],

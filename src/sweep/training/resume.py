@@ -14,6 +14,7 @@ progress (SLURM requeued it: it starts again in the same folder) continues that.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,15 +81,31 @@ def previous_run(run_dir: Path, overrides: list[str], multirun: bool) -> Path | 
     return max(found, key=lambda f: _progress(f).stat().st_mtime, default=None)
 
 
+def requeued() -> bool:
+    """Whether SLURM started this job again (requeued at its time limit, or after a node
+    failure): ``SLURM_RESTART_COUNT`` is 1 or more."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def prepare_resume(resume: bool, run_dir: Path) -> Resume:
-    """For ``resume`` (``resume=true``): find this job's previous run, copy it into ``run_dir``,
-    and say what to continue from. Outside Hydra only ``run_dir`` itself is looked at."""
+    """Say what a job continues from, and for ``resume`` (``resume=true``) find this job's
+    previous run and copy it into ``run_dir``. Outside Hydra only ``run_dir`` itself is looked at.
+
+    A job SLURM requeued (:func:`requeued`) continues what its own folder holds whether or not
+    ``resume`` is set: the SLURM launchers requeue timed-out jobs by default, and a requeued job
+    that started over would never finish.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     run_dir = Path(run_dir)
-    if not resume:
+    if not resume and not (requeued() and _progress(run_dir) is not None):
         return Resume()
+    if not resume:  # a requeued job: its own folder, whatever the siblings hold
+        log.info(
+            "SLURM requeued this job (SLURM_RESTART_COUNT=%s)", os.environ["SLURM_RESTART_COUNT"]
+        )
+        return continue_from(run_dir, run_dir)
     if not is_rank_zero():  # a DDP process started by rank 0, which prepared the folder
         checkpoint = run_folder.checkpoint_file(run_dir)
         return Resume(checkpoint=checkpoint if checkpoint.is_file() else None)
@@ -101,13 +118,19 @@ def prepare_resume(resume: bool, run_dir: Path) -> Resume:
     if found is None:
         log.warning("resume=true: no earlier run of these overrides near %s; starting", run_dir)
         return Resume()
+    return continue_from(found, run_dir)
+
+
+def continue_from(found: Path, run_dir: Path) -> Resume:
+    """Copy the run ``found`` into ``run_dir`` (unless it is that folder) and say what to
+    continue from: its finished metrics, or its checkpoint."""
     if found != run_dir:
         shutil.copytree(
             found, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED)
         )
     metrics = run_folder.read_metrics(run_dir)
     if metrics is not None:
-        log.info("resume=true: %s finished this run already; its results are reused", found)
+        log.info("resume: %s finished this run already; its results are reused", found)
         return Resume(metrics=metrics)
     info = run_folder.read_checkpoint_info(run_dir)
     within = (

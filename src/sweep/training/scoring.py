@@ -6,15 +6,23 @@ listed epochs (sweep.evaluation.scib), lays the cells out at the last one
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pandas as pd
 from lightning.pytorch import Callback
 
 from sweep.evaluation.cells import EvaluationCells
+from sweep.evaluation.compile_cache import compiles_now
 from sweep.evaluation.embedding import umap_layout
 from sweep.evaluation.latent import latent
-from sweep.evaluation.scib import AGGREGATES, NEIGHBORS, score, skipped_metrics
+from sweep.evaluation.scib import (
+    AGGREGATES,
+    NEIGHBORS,
+    batch_not_applicable,
+    score,
+    skipped_metrics,
+)
 from sweep.metric_names import BASELINE_PREFIX, BATCH, BIO, CELLS_SEEN, EPOCH, GLOBAL_STEP
 from sweep.training.epoch_stats import EpochStats
 from sweep.training.rng import rng_untouched
@@ -51,7 +59,23 @@ class IntegrationScoring(Callback):
         self.records: list[dict] = []
         self.baseline_scores: dict[str, float] = {}
         self.neighbors = min(NEIGHBORS, len(cells.rows))
-        self.skipped = "; ".join(f"{k}: {v}" for k, v in skipped_metrics(cells.obs).items())
+        self.not_applicable = batch_not_applicable(cells.obs)
+        skipped = (
+            {"batch correction": self.not_applicable}
+            if self.not_applicable
+            else skipped_metrics(cells.obs)
+        )
+        self.skipped = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        sizes = cells.batch_sizes()
+        log.info(
+            "evaluation cells: %d of %d evaluation batches (%d to %d cells a batch, median %g); %s",
+            len(cells.rows),
+            len(sizes),
+            sizes.min(),
+            sizes.max(),
+            sizes.median(),
+            cells.choice,
+        )
         if self.neighbors < NEIGHBORS or self.skipped:
             log.warning(
                 "evaluation on %d cells: neighbourhoods of at most %d cells (scib-metrics: %d)%s",
@@ -79,7 +103,8 @@ class IntegrationScoring(Callback):
         at = {GLOBAL_STEP: trainer.global_step, EPOCH: epoch, CELLS_SEEN: self.counter.cells_seen}
         scores = self.evaluate(pl_module, at, layout=epoch == trainer.max_epochs)
         for name in AGGREGATES.values():
-            pl_module.log(name, scores[name], on_epoch=True)
+            if not math.isnan(scores[name]):  # NaN: not applicable (one evaluation batch)
+                pl_module.log(name, scores[name], on_epoch=True)
 
     def evaluate(self, pl_module, at: dict, layout: bool = False) -> dict[str, float]:
         """Score the latent space now (one process: DDP's rank 0), and with ``layout`` lay the
@@ -94,10 +119,12 @@ class IntegrationScoring(Callback):
                 scores = {**score(self.cells, embedding, baseline=False), **self.baseline_scores}
             else:
                 log.info(
-                    "scoring %s with the PCA baseline: in a process's first scoring, "
-                    "scib-metrics compiles its kernels (JAX, numba) first, 45 s to 5 minutes on "
-                    "a CPU, while the progress bar stands still",
+                    "scoring %s with the PCA baseline%s",
                     position(at),
+                    ": scib-metrics compiles its kernels (JAX, numba) first, 45 s to 5 minutes "
+                    "on a CPU, while the progress bar stands still (later processes load them)"
+                    if compiles_now()  # this process's first scoring, no kept kernels found
+                    else "",
                 )
                 scores = score(self.cells, embedding)
                 self.baseline_scores = {
@@ -120,13 +147,20 @@ class IntegrationScoring(Callback):
                 "evaluation_skipped": self.skipped,
             }
         )
+        batch = (
+            "batch correction not applicable"
+            if self.not_applicable
+            else f"batch correction {scores[BATCH]:.3f}"
+        )
         log.info(
-            "%s: bio conservation %.3f, batch correction %.3f (baseline %.3f, %.3f), %.1f s",
+            "%s: bio conservation %.3f, %s (baseline %s), %.1f s",
             position(at),
             scores[BIO],
-            scores[BATCH],
-            scores[BASELINE_PREFIX + BIO],
-            scores[BASELINE_PREFIX + BATCH],
+            batch,
+            ", ".join(
+                f"{scores[BASELINE_PREFIX + k]:.3f}"
+                for k in ((BIO,) if self.not_applicable else (BIO, BATCH))
+            ),
             time.perf_counter() - started,
         )
         return scores

@@ -8,6 +8,11 @@ epoch, training cells seen), the loss terms, the KL weight and learning rate. Ev
 (sweep.training.scoring.IntegrationScoring.evaluate: a row of integration.csv). Both go to W&B as
 ``steps/<name>`` charted against ``cells_seen`` (Lightning's per-epoch charts stay against
 the global step). Neither moves the training's random streams.
+
+Other callbacks read the step-level validation without importing this module: the latest row is
+``records[-1]`` on rank 0, ``validated_step`` says at which global step it was taken (on every
+rank), :meth:`StepEvaluation.position` says where training is (sweep.study.pruning reports the
+rows to an Optuna trial this way).
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from lightning.pytorch.loggers import WandbLogger
 from sweep.evaluation.cells import ModelCells
 from sweep.evaluation.latent import validation_loss
 from sweep.evaluation.scib import AGGREGATES
-from sweep.metric_names import CELLS_SEEN, EPOCH, GLOBAL_STEP, KL_WEIGHT
+from sweep.metric_names import (
+    CELLS_SEEN,
+    ELBO_VALIDATION,
+    EPOCH,
+    GLOBAL_STEP,
+    KL_LOCAL_VALIDATION,
+    KL_WEIGHT,
+    RECONSTRUCTION_VALIDATION,
+)
 from sweep.training.epoch_stats import EpochStats
 from sweep.training.rng import rng_untouched
 from sweep.training.scoring import IntegrationScoring
@@ -33,8 +46,12 @@ class StepEvaluation(Callback):
     ``score_every`` steps (not where the epoch-end scoring follows). 0 (or None): off.
 
     ``counter`` counts the training cells; ``n_train``: training cells an epoch. ``records``:
-    the steps.csv rows, kept in checkpoints.
+    the steps.csv rows, kept in checkpoints; ``validated_step``: the global step of the latest
+    validation (every rank knows it; the row is rank 0's).
     """
+
+    #: the loss terms a row holds (per cell, nats: sweep.evaluation.latent.validation_loss)
+    LOSSES = (ELBO_VALIDATION, RECONSTRUCTION_VALIDATION, KL_LOCAL_VALIDATION)
 
     def __init__(
         self,
@@ -52,6 +69,7 @@ class StepEvaluation(Callback):
         self.counter = counter
         self.n_train = n_train
         self.records: list[dict] = []
+        self.validated_step: int | None = None
         self._charted: set[str] = set()  # W&B keys defined as charted against CELLS_SEEN
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -68,10 +86,12 @@ class StepEvaluation(Callback):
         )
         if not (validate or score):
             return
-        cells_seen = self.counter.cells_so_far(trainer)  # every rank: a collective under DDP
+        at = self.position(trainer)  # every rank: a collective under DDP
+        cells_seen = at[CELLS_SEEN]
+        if validate:
+            self.validated_step = step
         if not trainer.is_global_zero:  # rank 0 measures for all
             return
-        at = {GLOBAL_STEP: step, EPOCH: cells_seen / self.n_train, CELLS_SEEN: cells_seen}
         logged = {}
         if validate:
             with rng_untouched():  # z is sampled
@@ -95,6 +115,59 @@ class StepEvaluation(Callback):
                     run.define_metric(key, step_metric=CELLS_SEEN)
                 self._charted |= logged.keys()
                 run.log({CELLS_SEEN: cells_seen, **logged})
+
+    def position(self, trainer) -> dict:
+        """Where training is now, as a steps.csv row says it.
+
+        Parameters
+        ----------
+        trainer
+            The Lightning trainer; under DDP every rank must call this at the same step (it
+            adds up the ranks' cells).
+
+        Returns
+        -------
+        ``global_step`` (optimizer steps), ``epoch`` (epochs trained, fractional: training cells
+        seen / training cells) and ``cells_seen`` (training cells so far, all ranks).
+        """
+        cells_seen = self.counter.cells_so_far(trainer)
+        return {
+            GLOBAL_STEP: trainer.global_step,
+            EPOCH: cells_seen / self.n_train,
+            CELLS_SEEN: cells_seen,
+        }
+
+    def takes_rows(self, trainer) -> bool:
+        """Whether this fit takes any step-level validation.
+
+        Parameters
+        ----------
+        trainer
+            The Lightning trainer, fitting the store's datamodule for ``max_epochs`` epochs.
+
+        Returns
+        -------
+        True when the validation is on and its first interval ends within the fit's optimizer
+        steps (sweep.data.datamodule.StoreDataModule.train_steps: Lightning cannot count them).
+        """
+        if self.cells is None:
+            return False
+        return self.validate_every <= trainer.datamodule.train_steps(trainer.max_epochs)
+
+    def interval_cells(self, trainer) -> float:
+        """Training cells (all DDP ranks) between two step-level validations: about
+        ``validate_every`` x the batch size.
+
+        Parameters
+        ----------
+        trainer
+            The Lightning trainer, fitting the store's datamodule.
+
+        Returns
+        -------
+        The cells, from an epoch's training cells and optimizer steps.
+        """
+        return self.validate_every * self.n_train / max(trainer.datamodule.train_steps(1), 1)
 
     def state_dict(self) -> dict:
         return {"records": self.records}

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from sweep.data.prepare.checks import (
@@ -256,7 +257,7 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
             "n_below_min_genes": scan.n_below_min_genes,
         }
         entries.append(entry)
-        log.info(
+        log.debug(  # one per source: 4,440 for the Census; the summary follows at INFO
             "%s: %d cells (%s), %d genes; %d of %d store genes present, %d zero-filled; "
             "%d non-primary, %d below %d expressed genes",
             scan.path.name,
@@ -271,6 +272,23 @@ def source_entries(plan: Plan, min_genes: int) -> list[dict]:
             min_genes,
         )
     return entries
+
+
+def source_summary(entries: list[dict], n_genes: int) -> str:
+    """The sources in one line: their sizes (cells), how many lack some of the ``n_genes`` store
+    genes (zero-filled), and where each source's own counts are (the manifest)."""
+    cells = np.array([e["n_cells"] for e in entries])
+    missing = [e["n_genes_missing"] for e in entries if e["n_genes_missing"]]
+    lacking = (
+        f"{len(missing)} lack some of the {n_genes} store genes (zero-filled; up to {max(missing)})"
+        if missing
+        else f"all have the {n_genes} store genes"
+    )
+    return (
+        f"sources: {len(entries)} of {int(cells.min())} to {int(cells.max())} cells (median "
+        f"{int(np.median(cells))}); {lacking}; each source's counts: {MANIFEST_NAME} "
+        '"sources"'
+    )
 
 
 def write_shards(
@@ -317,6 +335,7 @@ def build_store(
         n_shards,
         cfg.shard_size,
     )
+    log.info(source_summary(entries, len(plan.genes)))
     if plan.skipped:
         log.warning(
             "left out %d bad sources (skip_bad_sources=true; listed in %s under "
@@ -439,4 +458,11 @@ def prepare_store(cfg: PrepareConfig | Mapping | Any) -> Manifest:
             len(manifest.shards),
             time.time() - start,
         )
+        try:  # the new store's audit in a few lines (obs columns only; sweep.audit)
+            from sweep.audit import store_summary
+
+            for line in store_summary(out):
+                log.info(line)
+        except Exception as err:  # the store is complete: a failed summary must not fail it
+            log.warning("audit summary skipped (%s: %s)", type(err).__name__, err)
     return manifest

@@ -362,15 +362,6 @@ class SourceReader:
                     chunk.eliminate_zeros()
                 yield start, chunk
 
-    def check_first_rows(self, rows: int) -> None:
-        """Check the counts of the first ``rows`` rows (of CSR: the values, not gene indices)."""
-        if isinstance(self.matrix, h5py.Dataset):
-            next(self.chunks(rows), None)
-            return
-        with _reading(self.path):
-            indptr = self.matrix["indptr"][: min(rows, self.n_cells) + 1]
-            self._check_counts(self.matrix["data"][: int(indptr[-1])], indptr, 0)
-
     def _check_counts(self, data: np.ndarray, indptr: np.ndarray, start: int) -> None:
         """Raise unless every value of rows ``start``... (CSR ``data``, ``indptr``) is a finite
         non-negative integer."""
