@@ -139,7 +139,8 @@ def draw_by_batch(
     return np.sort(taken), (
         f"batches first: {len(chosen)} of the {len(eligible)} evaluation batches with "
         f"{per_batch}+ validation cells, at random, {per_batch} cells each and the rest at random "
-        f"among their cells (a plain draw would have held {median:g} cells a batch on median)"
+        f"among their cells (a plain draw would have held {median:g} "
+        f"cell{'' if median == 1 else 's'} a batch on median)"
     )
 
 

@@ -67,6 +67,11 @@ def whole(value: float) -> str:
 TIME_UNITS = (("h", 3600, 7200), ("min", 60, 120), ("s", 1, 0))
 
 
+def counted(n: int, noun: str) -> str:
+    """A count and its noun: ``1 epoch``, ``3 epochs``, ``1,000 cells``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def duration(seconds: float, unit: str | None = None) -> str:
     """A time by its size: ``16.5 s`` under two minutes, ``12.3 min`` under two hours, else
     ``2.1 h``; in ``unit`` (``s``, ``min``, ``h``) when given."""

@@ -24,7 +24,7 @@ from sweep.metric_names import (
     SMALL_BATCHES,
 )
 from sweep.report.glossary import Glossary
-from sweep.report.numbers import duration, loss, score
+from sweep.report.numbers import counted, duration, loss, score
 from sweep.report.render import listing
 from sweep.report.settling import NEVER, SETTLED, record, state
 from sweep.report.trust import provisional_findings
@@ -154,8 +154,9 @@ def summary_paragraph(
     who = f"Job {number}" if number else "This run"
     dataset = metrics.get(metric_names.CHOICES, {}).get("dataset")
     data = f" of the `{dataset}` data" if dataset else ""
+    epochs = counted(metrics[metric_names.EPOCHS], "epoch")
     trained = (
-        f"{who} (`{settings(metrics)}`) trained scVI for {metrics[metric_names.EPOCHS]} epochs "
+        f"{who} (`{settings(metrics)}`) trained scVI for {epochs} "
         f"on {metrics[metric_names.CELLS_TRAIN]:,} training cells{data} "
         f"({duration(metrics[metric_names.TRAIN_TIME])} of training)."
     )

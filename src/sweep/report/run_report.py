@@ -43,7 +43,7 @@ from sweep.metric_names import (
 )
 from sweep.report.embedding import draw_embedding
 from sweep.report.glossary import Glossary
-from sweep.report.numbers import duration, loss, score, signed_change
+from sweep.report.numbers import counted, duration, loss, score, signed_change
 from sweep.report.render import (
     DPI,
     cells_seen_axis,
@@ -189,7 +189,8 @@ def trained_lines(
         "",
         f"Model as built: {sizes}.",
         "",
-        f"{metrics[metric_names.EPOCHS]} epochs on {metrics['cells_train']:,} training cells "
+        f"{counted(metrics[metric_names.EPOCHS], 'epoch')} on {metrics['cells_train']:,} "
+        "training cells "
         f"({metrics[metric_names.CELLS_VALIDATION]:,} validation), "
         f"{duration(metrics[metric_names.TRAIN_TIME])} of "
         f"training ({metrics[metric_names.TRAIN_CELLS_PER_S]:,.0f} cells/s), "

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from sweep.training import tracking
 from sweep.training.distributed import check_launch, is_rank_zero
 from sweep.training.parts import JobParts, build_parts
-from sweep.training.results import PageWriter, write_results
+from sweep.training.results import PageWriter, reset_peak_rss, write_results
 from sweep.training.resume import prepare_resume
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def fit(
     (the trained model, the metrics written to metrics.json; {} in a DDP helper process)
     """
     started = time.perf_counter()
+    reset_peak_rss()  # this job's peak, not an earlier job's of the same process
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = build_parts(cfg, run_dir)
@@ -105,9 +106,10 @@ def train(parts: JobParts, cfg, resume_from: Path | None) -> None:
     callbacks and loggers, ``cfg.trainer`` and ``cfg.plan`` as Lightning and the training plan
     take them; from ``resume_from`` when given."""
     log.info(
-        "training %s for %d epochs on %d cells, %d batch categories",
+        "training %s for %d epoch%s on %d cells, %d batch categories",
         parts.identity["name"],
         cfg.trainer.max_epochs,
+        "" if cfg.trainer.max_epochs == 1 else "s",
         parts.datamodule.n_train,
         parts.datamodule.n_batch,
     )

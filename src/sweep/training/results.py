@@ -5,6 +5,7 @@ caller's writer) and the W&B summary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
@@ -131,12 +132,30 @@ def history_frame(history: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table.reset_index()
 
 
+#: the kernel's per-process files: the peak RSS (``VmHWM`` in status) and its reset (clear_refs)
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS over from its RSS now, so that a job's peak is its own
+    and not an earlier job's of the same process (a ``-m`` sweep's basic launcher); Linux only,
+    elsewhere the process's peak stands."""
+    with contextlib.suppress(OSError):
+        PROC_CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process plus that of its largest finished child (loader
-    workers: ``RUSAGE_CHILDREN`` keeps the largest, not the sum), in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory of this process since :func:`reset_peak_rss` (``VmHWM``; off Linux
+    since it started) plus that of its largest finished child (loader workers:
+    ``RUSAGE_CHILDREN`` keeps the largest over the process's life, not the sum), in MiB."""
+    own_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        status = PROC_STATUS.read_text().splitlines()
+        own_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+    return (own_kib + children) / 1024
 
 
 def integration_summary(scoring: IntegrationScoring, evaluation_cfg, run_dir: Path) -> dict:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,17 @@ def generate(cfg: SyntheticConfig) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """CLI: ``key=value`` overrides of SyntheticConfig; unknown keys or bad types raise."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if {"-h", "--help"} & set(argv):
+        print(
+            "python -m sweep.data.synthetic output=DIR [key=value ...]: write CELLxGENE-like "
+            "h5ad files. Keys (sweep.config.schema.SyntheticConfig) and their defaults:"
+        )
+        for field in fields(SyntheticConfig):
+            print(f"  {field.name}={field.default}")
+        return []
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else list(argv))
+    overrides = OmegaConf.from_dotlist(argv)
     schema = OmegaConf.structured(SyntheticConfig)
     schema.output = "???"  # the command line must name it (the demo fills it in)
     merged = OmegaConf.merge(schema, overrides)
