@@ -242,9 +242,10 @@ def test_pruner_arguments_in_the_wrong_unit_are_refused(conf, unit, message):
 
 def test_pruner_arguments_in_the_studys_unit_pass():
     cells = {"min_resource": 2_048_000, "max_resource": "auto", "n_warmup_steps": 0}
-    check_step_arguments(cells, attrs.STEPS_CELLS, max_epochs=3, interval_cells=1_024_000.0)
-    check_step_arguments({"min_resource": 1}, attrs.STEPS_EPOCHS, max_epochs=3, interval_cells=None)
-    check_step_arguments({"n_warmup_steps": 5}, attrs.STEPS_EPOCHS, 3, None)  # warned, not pruned
+    # each returns (None) without raising: the arguments are in the study's unit
+    assert check_step_arguments(cells, attrs.STEPS_CELLS, 3, interval_cells=1_024_000.0) is None
+    assert check_step_arguments({"min_resource": 1}, attrs.STEPS_EPOCHS, 3, None) is None
+    assert check_step_arguments({"n_warmup_steps": 5}, attrs.STEPS_EPOCHS, 3, None) is None
 
 
 # --- the Census preset and the report ----------------------------------------------------------

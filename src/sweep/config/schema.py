@@ -210,6 +210,19 @@ class LoaderConfig:
     read_ahead_mib: int = 256
 
 
+def named_device_count(devices) -> int | None:
+    """How many devices Lightning's ``trainer.devices`` names: an int, ``"2"``, ``"0,1"`` or a
+    list; None for ``"auto"`` and ``-1``, which only the machine the job runs on can count."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([part for part in text.split(",") if part.strip()])
+        return None if text in ("auto", "-1") else int(text)
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return len(list(devices))
+
+
 @dataclass
 class TrainerConfig:
     """Lightning ``Trainer`` arguments (the ``trainer`` group)."""

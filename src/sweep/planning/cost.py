@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep.config.schema import named_device_count
 from sweep.planning.calibration import Throughput, throughput
 from sweep.planning.job_list import JobList, expand
 
@@ -79,18 +80,9 @@ def device_count(trainer_cfg) -> int:
     -------
     ``trainer.devices`` as a number (``4``, ``"4"``), the length of a list (``[0, 1]``,
     ``"0,1"``); 1 for ``auto`` and ``-1``, which only the machine the job runs on can count
-    (:func:`sweep.training.distributed.several_devices` reads the same values).
+    (:func:`sweep.config.schema.named_device_count`).
     """
-    devices = trainer_cfg.devices
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
-        return max(1, len(devices))
-    if isinstance(devices, str) and "," in devices:
-        return max(1, len([part for part in devices.split(",") if part.strip()]))
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return max(1, int(devices))
-    return 1
+    return max(1, named_device_count(trainer_cfg.devices) or 1)
 
 
 class Planner:

@@ -16,6 +16,8 @@ from lightning.fabric.plugins.environments import (
 )
 from lightning.pytorch.utilities import rank_zero_only
 
+from sweep.config.schema import named_device_count
+
 
 def is_rank_zero() -> bool:
     """True in the process that writes the run folder (the only one without DDP)."""
@@ -25,14 +27,8 @@ def is_rank_zero() -> bool:
 def several_devices(devices) -> bool:
     """Whether Lightning's ``devices`` (an int, "2", "0,1", "auto", -1 or a list) may mean more
     than one device ("auto" and -1 do on a machine with several)."""
-    if isinstance(devices, str):
-        text = devices.strip()
-        if "," in text:
-            return len([part for part in text.split(",") if part.strip()]) > 1
-        return text in ("auto", "-1") or int(text) > 1
-    if isinstance(devices, int):
-        return devices == -1 or devices > 1
-    return len(list(devices)) > 1
+    count = named_device_count(devices)
+    return count is None or count > 1
 
 
 def in_multirun() -> bool:
